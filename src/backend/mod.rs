@@ -1,0 +1,52 @@
+//! `backend/`: what turns a completed config and a version folder into something that runs.
+//! As in Triton, a backend owns auto-complete (it is the one that reads the model file) and the
+//! load-time checks of the config against the model. `onnx` runs ONNX graphs on tract;
+//! `identity` is Triton's test backend (OUTPUTi = INPUTi), used by the QA cases.
+
+pub(crate) mod ensemble;
+mod identity;
+pub(crate) mod onnx;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Settings a backend needs at load.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadOptions {
+    /// Plans kept per model version (one per distinct set of input shapes).
+    pub plan_cache_capacity: usize,
+    /// `default-max-batch-size` of the ONNX auto-complete (Triton's default: 4).
+    pub default_max_batch_size: i32,
+}
+
+/// One loaded model version, ready to execute.
+pub(crate) trait Executable: Send + Sync {
+    /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
+    /// applied); `outputs` names the outputs wanted (non-empty).
+    fn execute(&self, inputs: Vec<(String, Tensor)>, outputs: &[String]) -> Result<Vec<(String, Tensor)>>;
+}
+
+/// A backend: auto-complete plus load.
+pub(crate) trait Backend: Send + Sync {
+    /// Completes `config` from the model file in `version_dir` (only called when auto-complete
+    /// is enabled).
+    fn auto_complete(&self, config: &mut ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<()>;
+
+    /// Loads one version; checks the completed config against the model file.
+    fn load(&self, config: &ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn Executable>>;
+}
+
+/// The backend registered under `name`, or Triton's "unable to find backend library" error.
+pub(crate) fn find(name: &str) -> Result<&'static dyn Backend> {
+    match name {
+        "onnxruntime" => Ok(&onnx::OnnxBackend),
+        "identity" => Ok(&identity::IdentityBackend),
+        _ => Err(Error::invalid_config(format!(
+            "unable to find backend library for backend '{name}', try specifying runtime on the model configuration."
+        ))),
+    }
+}

@@ -1,0 +1,164 @@
+//! Reads an ONNX file's graph inputs and outputs (what ONNX Runtime reports to Triton):
+//! names, element types and dims (symbolic or unknown dims as -1). Initializers are not inputs;
+//! an initializer also listed as a graph input is an "overridable initializer".
+
+use std::path::{Path, PathBuf};
+
+use tract_onnx::pb::{self, type_proto};
+use tract_onnx::prelude::Framework;
+
+use crate::config::DataType;
+use crate::error::{Error, ErrorKind, Result};
+
+/// One graph input or output.
+#[derive(Debug, Clone)]
+pub(crate) struct OnnxTensor {
+    pub name: String,
+    pub data_type: DataType,
+    /// None when the file declares no shape.
+    pub dims: Option<Vec<i64>>,
+}
+
+/// The I/O of an ONNX graph, in graph order.
+#[derive(Debug, Clone)]
+pub(crate) struct OnnxIo {
+    pub inputs: Vec<OnnxTensor>,
+    pub overridable: Vec<OnnxTensor>,
+    pub outputs: Vec<OnnxTensor>,
+}
+
+/// The model file of a version: `<version>/<default_model_filename or model.onnx>`, or
+/// `<that>/model.onnx` when it is a folder. The file name may not leave the version folder.
+pub(crate) fn model_path(config: &crate::config::ModelConfig, version_dir: &Path) -> Result<PathBuf> {
+    let file = if config.default_model_filename.is_empty() {
+        "model.onnx"
+    } else {
+        config.default_model_filename.as_str()
+    };
+    crate::repository::check_relative(file).map_err(|why| {
+        Error::invalid_config(format!(
+            "default_model_filename '{file}' for model '{}' {why}",
+            config.name
+        ))
+    })?;
+    let path = version_dir.join(file);
+    if path.is_dir() {
+        return Ok(path.join("model.onnx"));
+    }
+    if !path.exists() {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "unable to find '{}' for model instance '{}'",
+                path.display(),
+                config.name
+            ),
+        ));
+    }
+    Ok(path)
+}
+
+/// Decodes the ONNX protobuf at `path`.
+pub(crate) fn read_proto(path: &Path, model: &str) -> Result<pb::ModelProto> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, "failed to read model file", e))?;
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut bytes.as_slice())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::ModelFile,
+                format!(
+                    "failed to load model '{model}': '{}' is not a valid ONNX model ({e})",
+                    path.display()
+                ),
+            )
+        })?;
+    if proto.graph.is_none() {
+        return Err(Error::new(
+            ErrorKind::ModelFile,
+            format!(
+                "failed to load model '{model}': '{}' contains no graph",
+                path.display()
+            ),
+        ));
+    }
+    Ok(proto)
+}
+
+/// ONNX `TensorProto.DataType` numbers to Triton data types.
+fn map_type(t: i32) -> Option<DataType> {
+    Some(match t {
+        1 => DataType::TypeFp32,
+        2 => DataType::TypeUint8,
+        3 => DataType::TypeInt8,
+        4 => DataType::TypeUint16,
+        5 => DataType::TypeInt16,
+        6 => DataType::TypeInt32,
+        7 => DataType::TypeInt64,
+        8 => DataType::TypeString,
+        9 => DataType::TypeBool,
+        10 => DataType::TypeFp16,
+        11 => DataType::TypeFp64,
+        12 => DataType::TypeUint32,
+        13 => DataType::TypeUint64,
+        16 => DataType::TypeBf16,
+        _ => return None,
+    })
+}
+
+fn tensor_of(v: &pb::ValueInfoProto) -> Result<OnnxTensor> {
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "Unsupported ONNX Type 'ONNX_TYPE_SEQUENCE or ONNX_TYPE_MAP' for I/O '{}', expected 'ONNX_TYPE_TENSOR'.",
+                v.name
+            ),
+        ));
+    };
+    let data_type = map_type(t.elem_type).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("unsupported ONNX element type {} for I/O '{}'", t.elem_type, v.name),
+        )
+    })?;
+    let dims = t.shape.as_ref().map(|s| {
+        s.dim
+            .iter()
+            .map(|d| match d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if v >= 0 => v,
+                _ => -1,
+            })
+            .collect()
+    });
+    Ok(OnnxTensor {
+        name: v.name.clone(),
+        data_type,
+        dims,
+    })
+}
+
+impl OnnxIo {
+    pub(crate) fn from_proto(proto: &pb::ModelProto) -> Result<OnnxIo> {
+        let Some(graph) = proto.graph.as_ref() else {
+            return Err(Error::new(ErrorKind::ModelFile, "model contains no graph"));
+        };
+        let inits: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|i| i.name.as_str()).collect();
+        let mut inputs = Vec::new();
+        let mut overridable = Vec::new();
+        for v in &graph.input {
+            let t = tensor_of(v)?;
+            if inits.contains(v.name.as_str()) {
+                overridable.push(t);
+            } else {
+                inputs.push(t);
+            }
+        }
+        let outputs = graph.output.iter().map(tensor_of).collect::<Result<_>>()?;
+        Ok(OnnxIo {
+            inputs,
+            overridable,
+            outputs,
+        })
+    }
+}

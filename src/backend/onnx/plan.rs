@@ -1,0 +1,198 @@
+//! Execution on tract. tract plans are much faster with concrete shapes than with symbolic
+//! dims, so each distinct set of input shapes gets its own optimised plan, built on first use
+//! and kept in a small least-recently-used cache shared by all callers (`infer(&self)`).
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
+use tract_hir::infer::Factoid;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::prelude::tract_data::prelude::Blob;
+
+use super::super::{Executable, LoadOptions};
+use crate::config::ModelConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor as MyTensor;
+
+type Plan = TypedRunnableModel<TypedModel>;
+
+/// Least-recently-used cache of plans keyed by input shapes.
+struct Lru {
+    tick: u64,
+    entries: HashMap<Vec<TVec<usize>>, (u64, Arc<Plan>)>,
+}
+
+pub(crate) struct Plans {
+    model_name: String,
+    model: InferenceModel,
+    inputs: Vec<String>,
+    input_types: Vec<DatumType>,
+    outputs: Vec<String>,
+    overridable: Vec<String>,
+    capacity: usize,
+    cache: Mutex<Lru>,
+    executor: Option<Executor>,
+}
+
+fn tract_err(kind: ErrorKind, what: String, e: impl std::fmt::Display) -> Error {
+    Error::new(kind, format!("{what}: {e}"))
+}
+
+/// Runs `f`, turning a panic inside tract into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(tract_err(ErrorKind::Execution, what.to_string(), format!("{e:#}"))),
+        Err(_) => Err(Error::new(ErrorKind::Execution, format!("{what}: the engine panicked"))),
+    }
+}
+
+impl Plans {
+    pub(crate) fn new(config: &ModelConfig, proto: &pb::ModelProto, dir: Option<&str>, opts: &LoadOptions) -> Result<Plans> {
+        let m = &config.name;
+        let parsed = guarded(&format!("failed to load model '{m}'"), || tract_onnx::onnx().parse(proto, dir))?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(Error::new(
+                ErrorKind::ModelFile,
+                format!("failed to load model '{m}': unresolved graph inputs {:?}", parsed.unresolved_inputs),
+            ));
+        }
+        let model = parsed.model;
+        // Check the whole graph once, with its declared (possibly symbolic) shapes.
+        guarded(&format!("failed to load model '{m}'"), || model.clone().into_typed().map(|_| ()))
+            .map_err(|e| Error::new(ErrorKind::ModelFile, e.message().to_string()))?;
+        let graph = proto.graph.as_ref();
+        let inits: std::collections::HashSet<&str> = graph
+            .map(|g| g.initializer.iter().map(|i| i.name.as_str()).collect())
+            .unwrap_or_default();
+        let inputs: Vec<String> = graph
+            .map(|g| g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect())
+            .unwrap_or_default();
+        let overridable: Vec<String> = graph
+            .map(|g| g.input.iter().filter(|i| inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect())
+            .unwrap_or_default();
+        let outputs: Vec<String> = graph.map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+        if inputs.len() != model.input_outlets().map(|o| o.len()).unwrap_or(0)
+            || outputs.len() != model.output_outlets().map(|o| o.len()).unwrap_or(0)
+        {
+            return Err(Error::new(ErrorKind::ModelFile, format!("failed to load model '{m}': graph inputs/outputs could not be mapped")));
+        }
+        let mut input_types = Vec::with_capacity(inputs.len());
+        for i in 0..inputs.len() {
+            let fact = model.input_fact(i).map_err(|e| tract_err(ErrorKind::ModelFile, format!("failed to load model '{m}'"), e))?;
+            input_types.push(fact.datum_type.concretize().unwrap_or(DatumType::F32));
+        }
+        let threads = config
+            .parameters
+            .get("intra_op_thread_count")
+            .and_then(|p| p.string_value.parse::<usize>().ok())
+            .unwrap_or(1);
+        let executor = (threads > 1).then(|| Executor::multithread_with_name(threads, &format!("modelyard-{m}")));
+        Ok(Plans {
+            model_name: m.clone(),
+            model,
+            inputs,
+            input_types,
+            outputs,
+            overridable,
+            capacity: opts.plan_cache_capacity.max(1),
+            cache: Mutex::new(Lru { tick: 0, entries: HashMap::new() }),
+            executor,
+        })
+    }
+
+    fn plan_for(&self, shapes: &[TVec<usize>]) -> Result<Arc<Plan>> {
+        {
+            let mut cache = self.cache.lock();
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some(entry) = cache.entries.get_mut(shapes) {
+                entry.0 = tick;
+                return Ok(entry.1.clone());
+            }
+        }
+        let span = tracing::debug_span!("compile", model = %self.model_name, shapes = ?shapes);
+        let _enter = span.enter();
+        let plan = guarded(&format!("failed to compile model '{}' for input shapes {shapes:?}", self.model_name), || {
+            let mut m = self.model.clone();
+            for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
+                m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
+            }
+            m.into_optimized()?.into_runnable()
+        })?;
+        let plan = Arc::new(plan);
+        let mut cache = self.cache.lock();
+        cache.tick += 1;
+        let tick = cache.tick;
+        if cache.entries.len() >= self.capacity {
+            if let Some(oldest) = cache.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+                cache.entries.remove(&oldest);
+            }
+        }
+        cache.entries.insert(shapes.to_vec(), (tick, plan.clone()));
+        Ok(plan)
+    }
+
+    /// Number of compiled plans currently cached.
+    #[cfg(test)]
+    pub(crate) fn cached_plans(&self) -> usize {
+        self.cache.lock().entries.len()
+    }
+}
+
+fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {
+    let inner = t.as_tract();
+    if dt == DatumType::String && inner.datum_type() == DatumType::Blob {
+        let blobs = inner.as_slice::<Blob>().map_err(|e| Error::invalid_input(e.to_string()))?;
+        let strings = blobs
+            .iter()
+            .map(|b| String::from_utf8(b.as_bytes().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::invalid_input("BYTES input is not valid UTF-8, which ONNX string tensors require"))?;
+        let arr = tract_ndarray::ArrayD::from_shape_vec(inner.shape(), strings).map_err(|e| Error::invalid_input(e.to_string()))?;
+        return Ok(TValue::Const(Arc::new(Tensor::from(arr))));
+    }
+    Ok(TValue::Const(inner.clone()))
+}
+
+impl Executable for Plans {
+    fn execute(&self, inputs: Vec<(String, MyTensor)>, outputs: &[String]) -> Result<Vec<(String, MyTensor)>> {
+        if let Some((name, _)) = inputs.iter().find(|(n, _)| self.overridable.contains(n)) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("model '{}': overriding the initializer '{name}' is not supported by the tract backend", self.model_name),
+            )
+            .with_tensor(name.clone()));
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for name in &self.inputs {
+            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
+                return Err(Error::invalid_input(format!("missing input '{name}' for model '{}'", self.model_name)).with_tensor(name.clone()));
+            };
+            ordered.push(t);
+        }
+        let shapes: Vec<TVec<usize>> = ordered.iter().map(|t| t.shape().into()).collect();
+        let plan = self.plan_for(&shapes)?;
+        let values = ordered
+            .iter()
+            .zip(&self.input_types)
+            .map(|(t, dt)| to_tvalue(t, *dt))
+            .collect::<Result<TVec<_>>>()?;
+        let what = format!("failed to run model '{}'", self.model_name);
+        let result = match &self.executor {
+            Some(ex) => guarded(&what, || multithread_tract_scope(ex.clone(), || plan.run(values))),
+            None => guarded(&what, || plan.run(values)),
+        }?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for (name, value) in self.outputs.iter().zip(result) {
+            if outputs.contains(name) {
+                out.push((name.clone(), MyTensor::from_tract(value.into_tensor())));
+            }
+        }
+        Ok(out)
+    }
+}

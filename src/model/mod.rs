@@ -1,0 +1,178 @@
+//! `model/`: the handle an application holds ([`Model`]): its completed config, the input
+//! checks, and the call into the backend.
+
+mod input;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::backend::Executable;
+use crate::config::ModelConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor;
+
+/// State of a model version, as Triton's repository index reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModelState {
+    /// Loaded and serving.
+    Ready,
+    /// Failed to load, or unloaded; the index entry's reason says which.
+    Unavailable,
+    /// Being loaded.
+    Loading,
+    /// Being unloaded.
+    Unloading,
+    /// Never loaded.
+    Unknown,
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelState::Ready => "READY",
+            ModelState::Unavailable => "UNAVAILABLE",
+            ModelState::Loading => "LOADING",
+            ModelState::Unloading => "UNLOADING",
+            ModelState::Unknown => "UNKNOWN",
+        })
+    }
+}
+
+/// A loaded model version. Cheap to clone, `Send + Sync`; `infer` may be called from many
+/// threads at once.
+#[derive(Clone)]
+pub struct Model {
+    inner: Arc<ModelInner>,
+}
+
+struct ModelInner {
+    version: i64,
+    config: ModelConfig,
+    exec: Arc<dyn Executable>,
+    labels: BTreeMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name())
+            .field("version", &self.inner.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outputs of one inference, by name, in the config's output order.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    tensors: Vec<(String, Tensor)>,
+}
+
+impl Outputs {
+    /// The output named `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Names and tensors.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// Number of outputs.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there is no output.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+impl IntoIterator for Outputs {
+    type Item = (String, Tensor);
+    type IntoIter = std::vec::IntoIter<(String, Tensor)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.tensors.into_iter()
+    }
+}
+
+impl Model {
+    pub(crate) fn new(config: ModelConfig, version: i64, exec: Arc<dyn Executable>, labels: BTreeMap<String, Vec<String>>) -> Model {
+        Model {
+            inner: Arc::new(ModelInner {
+                version,
+                config,
+                exec,
+                labels,
+            }),
+        }
+    }
+
+    /// The model name.
+    pub fn name(&self) -> &str {
+        &self.inner.config.name
+    }
+
+    /// The version number.
+    pub fn version(&self) -> i64 {
+        self.inner.version
+    }
+
+    /// The completed, typed configuration (after normalisation and auto-complete).
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.config
+    }
+
+    /// The labels of an output that has a `label_filename` (line i = label of index i).
+    pub fn labels(&self, output: &str) -> Option<&[String]> {
+        self.inner.labels.get(output).map(Vec::as_slice)
+    }
+
+    /// Runs the model on `inputs` (any iterable of name and tensor) and returns every output.
+    pub fn infer<I, S>(&self, inputs: I) -> Result<Outputs>
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        let outputs: Vec<String> = self.inner.config.output.iter().map(|o| o.name.clone()).collect();
+        self.run(inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(), outputs)
+    }
+
+    /// Like [`infer`](Self::infer), returning only the outputs named in `outputs`.
+    pub fn infer_outputs<I, S>(&self, inputs: I, outputs: &[&str]) -> Result<Outputs>
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
+        self.run(inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(), outputs)
+    }
+
+    fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
+        let config = &self.inner.config;
+        let tag = |e: Error| e.with_model(config.name.clone()).with_version(self.inner.version);
+        input::check_outputs(config, &outputs).map_err(tag)?;
+        let inputs = input::prepare(config, inputs).map_err(tag)?;
+        let span = tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
+        let _enter = span.enter();
+        let produced = self.inner.exec.execute(inputs, &outputs).map_err(tag)?;
+        let mut tensors = input::present_outputs(config, produced).map_err(tag)?;
+        // Config order, as Triton returns them.
+        tensors.sort_by_key(|(n, _)| config.output.iter().position(|o| &o.name == n));
+        if tensors.len() != outputs.len() {
+            return Err(tag(Error::new(
+                ErrorKind::Execution,
+                format!("model '{}' did not produce every requested output", config.name),
+            )));
+        }
+        Ok(Outputs { tensors })
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    assert_send_sync::<Tensor>();
+};

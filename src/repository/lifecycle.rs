@@ -1,0 +1,377 @@
+//! Loading: poll each model folder, load the versions its policy selects, then resolve
+//! ensembles against their composing models (spec sections (b), (c) pipeline order, (g)).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::scan;
+use crate::backend::{self, ensemble, LoadOptions};
+use crate::config::{
+    self, model_version_policy::PolicyChoice, ModelConfig, ModelTransactionPolicy,
+};
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelState};
+
+/// A version of a model: loaded (`model` is Some) or not, with the reason.
+pub(crate) struct VersionEntry {
+    pub state: ModelState,
+    pub reason: String,
+    pub model: Option<Model>,
+}
+
+/// A model folder after loading.
+pub(crate) struct ModelEntry {
+    /// Failure before versions were loaded (poll, version selection, ensemble dependencies).
+    pub error: Option<String>,
+    pub versions: BTreeMap<i64, VersionEntry>,
+    /// The polled config, kept for ensembles (resolved after every other model).
+    polled: Option<(ModelConfig, PathBuf)>,
+    /// Whether `error` comes from the poll (the config itself is invalid).
+    poll_failed: bool,
+}
+
+impl ModelEntry {
+    pub(crate) fn failures(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.error {
+            out.push(format!("'{name}': {e}"));
+        }
+        for (v, ve) in &self.versions {
+            if ve.model.is_none() {
+                out.push(format!("'{name}' version {v}: {}", ve.reason));
+            }
+        }
+        out
+    }
+
+    fn failed(error: String) -> ModelEntry {
+        ModelEntry {
+            error: Some(error),
+            versions: BTreeMap::new(),
+            polled: None,
+            poll_failed: false,
+        }
+    }
+}
+
+/// Reads, completes the backend fields of, normalises and validates one model's config.
+fn poll(name: &str, dir: &Path, auto_complete: bool) -> Result<ModelConfig> {
+    let path = dir.join("config.pbtxt");
+    let mut config = if path.exists() || !auto_complete {
+        ModelConfig::from_pbtxt_file(&path)?
+    } else {
+        ModelConfig::default()
+    };
+    scan::autofill_backend_fields(&mut config, name, dir)?;
+    config::normalize(&mut config);
+    config::validate_model_config(&config)?;
+    if !auto_complete {
+        config::validate_io_config(&config)?;
+    }
+    if config.name != name {
+        return Err(Error::invalid_config(format!(
+            "unexpected directory name '{name}' for model '{}', directory name must equal model name",
+            config.name
+        )));
+    }
+    Ok(config)
+}
+
+/// The versions the policy selects among the version folders.
+fn select_versions(config: &ModelConfig, dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
+    let available = scan::version_dirs(dir)?;
+    let selected: Vec<(i64, PathBuf)> = match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+        Some(PolicyChoice::All(_)) => available,
+        Some(PolicyChoice::Specific(s)) => {
+            for v in &s.versions {
+                if !available.iter().any(|(a, _)| a == v) {
+                    tracing::warn!("version {v} is specified for model '{}', but the version directory is not present", config.name);
+                }
+            }
+            available.into_iter().filter(|(v, _)| s.versions.contains(v)).collect()
+        }
+        Some(PolicyChoice::Latest(l)) => {
+            let n = l.num_versions as usize;
+            let skip = available.len().saturating_sub(n);
+            available.into_iter().skip(skip).collect()
+        }
+        None => available.into_iter().last().into_iter().collect(),
+    };
+    if selected.is_empty() {
+        return Err(Error::invalid_config(format!(
+            "at least one version must be available under the version policy of model '{}'",
+            config.name
+        )));
+    }
+    Ok(selected)
+}
+
+/// Reads the label files of the outputs; paths may not leave the model folder.
+fn read_labels(config: &ModelConfig, model_dir: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut labels = BTreeMap::new();
+    for output in &config.output {
+        if output.label_filename.is_empty() {
+            continue;
+        }
+        let file = &output.label_filename;
+        let path = model_dir.join(file);
+        if super::check_relative(file).is_err() || !super::resolves_inside(model_dir, &path) {
+            return Err(Error::invalid_config(format!(
+                "label file path '{file}' for output '{}' in model '{}' is outside model directory",
+                output.name, config.name
+            ))
+            .with_tensor(output.name.clone()));
+        }
+        if labels.contains_key(&output.name) {
+            return Err(Error::invalid_config(format!("multiple label files for '{}'", output.name)));
+        }
+        let text = std::fs::read(&path).map_err(|e| Error::io(&path, "failed to read label file", e))?;
+        let text = String::from_utf8_lossy(&text);
+        labels.insert(output.name.clone(), text.split('\n').map(str::to_string).collect());
+    }
+    Ok(labels)
+}
+
+/// Completes and loads one version of a non-ensemble model.
+fn load_version(polled: &ModelConfig, dir: &Path, version: i64, vdir: &Path, auto_complete: bool, opts: &LoadOptions) -> Result<Model> {
+    let mut config = polled.clone();
+    let backend = backend::find(&config.backend)?;
+    config::normalize_instance_groups(&mut config, 0);
+    config::validate_instance_groups(&config, false, 0)?;
+    if auto_complete {
+        backend.auto_complete(&mut config, vdir, opts)?;
+        config::normalize(&mut config);
+    }
+    config::validate_model_config(&config)?;
+    config::validate_io_config(&config)?;
+    let labels = read_labels(&config, dir)?;
+    let exec = backend.load(&config, vdir, opts)?;
+    Ok(Model::new(config, version, exec, labels))
+}
+
+fn version_failed(name: &str, v: i64, e: &Error) -> VersionEntry {
+    let reason = format!("{}: {e}", e.kind().triton_code());
+    tracing::error!("failed to load '{name}' version {v}: {reason}");
+    VersionEntry {
+        state: ModelState::Unavailable,
+        reason,
+        model: None,
+    }
+}
+
+/// Loads every model of the repository at `root`.
+pub(crate) fn load_all(root: &Path, auto_complete: bool, opts: &LoadOptions) -> Result<BTreeMap<String, ModelEntry>> {
+    let mut models = BTreeMap::new();
+    for (name, dir) in scan::model_dirs(root)? {
+        let entry = match poll(&name, &dir, auto_complete) {
+            Err(e) => {
+                tracing::error!("Poll failed for model directory '{name}': {e}");
+                ModelEntry {
+                    poll_failed: true,
+                    ..ModelEntry::failed(e.to_string())
+                }
+            }
+            Ok(config) if config.is_ensemble() => ModelEntry {
+                error: None,
+                versions: BTreeMap::new(),
+                polled: Some((config, dir)),
+                poll_failed: false,
+            },
+            Ok(config) => load_model(&name, config, &dir, auto_complete, opts),
+        };
+        models.insert(name, entry);
+    }
+    resolve_ensembles(&mut models);
+    Ok(models)
+}
+
+fn load_model(name: &str, config: ModelConfig, dir: &Path, auto_complete: bool, opts: &LoadOptions) -> ModelEntry {
+    let span = tracing::info_span!("load_model", model = name);
+    let _enter = span.enter();
+    let versions = match select_versions(&config, dir) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("failed to load '{name}': {e}");
+            return ModelEntry::failed(e.to_string());
+        }
+    };
+    let mut loaded = BTreeMap::new();
+    let mut any_failed = false;
+    for (v, vdir) in versions {
+        let entry = match load_version(&config, dir, v, &vdir, auto_complete, opts) {
+            Ok(model) => {
+                tracing::info!("successfully loaded '{name}' version {v}");
+                VersionEntry {
+                    state: ModelState::Ready,
+                    reason: String::new(),
+                    model: Some(model),
+                }
+            }
+            Err(e) => {
+                any_failed = true;
+                version_failed(name, v, &e.with_model(name).with_version(v))
+            }
+        };
+        loaded.insert(v, entry);
+    }
+    // As in Triton, a load in which any version fails is rolled back as a whole.
+    if any_failed {
+        let first = loaded.values().find(|v| v.model.is_none()).map(|v| v.reason.clone()).unwrap_or_default();
+        for ve in loaded.values_mut() {
+            if ve.model.take().is_some() {
+                ve.state = ModelState::Unavailable;
+                ve.reason = format!("another version failed to load: {first}");
+            }
+        }
+    }
+    ModelEntry {
+        error: None,
+        versions: loaded,
+        polled: None,
+        poll_failed: false,
+    }
+}
+
+/// Resolves ensembles in dependency order: missing or failed composing models, cycles, then
+/// the tensor checks against the completed composing configs.
+fn resolve_ensembles(models: &mut BTreeMap<String, ModelEntry>) {
+    let ensembles: Vec<String> = models
+        .iter()
+        .filter(|(_, e)| e.polled.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut done = BTreeSet::new();
+    for name in &ensembles {
+        let mut stack = Vec::new();
+        resolve_one(name, models, &mut done, &mut stack);
+    }
+}
+
+fn deps_of(config: &ModelConfig) -> Vec<String> {
+    let mut deps: Vec<String> = config
+        .ensemble()
+        .map(|e| e.step.iter().map(|s| s.model_name.clone()).collect())
+        .unwrap_or_default();
+    deps.sort();
+    deps.dedup();
+    deps
+}
+
+fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut BTreeSet<String>, stack: &mut Vec<String>) {
+    if done.contains(name) {
+        return;
+    }
+    let Some((config, dir)) = models.get(name).and_then(|e| e.polled.clone()) else {
+        return;
+    };
+    stack.push(name.to_string());
+    let deps = deps_of(&config);
+    let missing: Vec<&str> = deps.iter().filter(|d| !models.contains_key(d.as_str())).map(String::as_str).collect();
+    let result = if !missing.is_empty() {
+        Err(Error::invalid_config(format!(
+            "ensemble {name} contains models that are not available or ambiguous: {}",
+            missing.join(", ")
+        )))
+    } else {
+        let mut cycle = None;
+        for d in &deps {
+            if let Some(pos) = stack.iter().position(|s| s == d) {
+                let start = &stack[pos];
+                cycle = Some(format!("circular dependency between ensembles: {start} -> ... -> {name} -> {start}"));
+                break;
+            }
+            if models.get(d).is_some_and(|e| e.polled.is_some()) {
+                resolve_one(d, models, done, stack);
+            }
+        }
+        match cycle {
+            Some(msg) => Err(Error::invalid_config(msg)),
+            None => ensemble::check_dependencies(&config, &|dep, version| composing_config(models, dep, version)),
+        }
+    };
+    stack.pop();
+    done.insert(name.to_string());
+    let entry = match result {
+        Err(e) => {
+            tracing::error!("failed to load '{name}': {e}");
+            ModelEntry::failed(e.to_string())
+        }
+        Ok(()) => load_ensemble(name, config, &dir, models),
+    };
+    models.insert(name.to_string(), entry);
+}
+
+/// The completed config of version `version` (-1: latest ready) of a composing model, or why
+/// it cannot be used.
+fn composing_config(models: &BTreeMap<String, ModelEntry>, dep: &str, version: i64) -> std::result::Result<ModelConfig, ensemble::DepError> {
+    let Some(entry) = models.get(dep) else {
+        return Err(ensemble::DepError::Missing);
+    };
+    if let Some(e) = &entry.error {
+        return Err(if entry.poll_failed {
+            ensemble::DepError::Invalid(e.clone())
+        } else {
+            ensemble::DepError::NotLoaded(Some(e.clone()))
+        });
+    }
+    if entry.polled.is_some() {
+        // An ensemble that is not resolved yet is part of a cycle.
+        return Err(ensemble::DepError::NotLoaded(None));
+    }
+    let ready = |v: &VersionEntry| v.model.as_ref().map(|m| m.config().clone());
+    if version == -1 {
+        entry.versions.values().rev().find_map(ready).ok_or_else(|| {
+            ensemble::DepError::NotLoaded(entry.versions.values().find(|v| v.model.is_none()).map(|v| v.reason.clone()))
+        })
+    } else {
+        if entry.versions.values().all(|v| v.model.is_none()) {
+            return Err(ensemble::DepError::NotLoaded(entry.versions.values().next().map(|v| v.reason.clone())));
+        }
+        entry.versions.get(&version).and_then(ready).ok_or(ensemble::DepError::VersionMissing(version))
+    }
+}
+
+fn load_ensemble(name: &str, mut config: ModelConfig, dir: &Path, models: &BTreeMap<String, ModelEntry>) -> ModelEntry {
+    let steps: Vec<(String, i64)> = config
+        .ensemble()
+        .map(|e| e.step.iter().map(|s| (s.model_name.clone(), s.model_version)).collect())
+        .unwrap_or_default();
+    let mut step_configs = Vec::new();
+    for (dep, v) in &steps {
+        match composing_config(models, dep, *v) {
+            Ok(c) => step_configs.push(c),
+            Err(_) => return ModelEntry::failed(format!("ensemble '{name}' depends on '{dep}' which has no loaded version.")),
+        }
+    }
+    if let Err(e) = ensemble::validate_tensors(&config, &step_configs) {
+        tracing::error!("failed to load '{name}': {e}");
+        return ModelEntry::failed(e.to_string());
+    }
+    let decoupled = step_configs.iter().any(|c| c.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled));
+    config.model_transaction_policy = Some(ModelTransactionPolicy { decoupled });
+    let versions = match select_versions(&config, dir) {
+        Ok(v) => v,
+        Err(e) => return ModelEntry::failed(e.to_string()),
+    };
+    let exec: Arc<dyn backend::Executable> = Arc::new(ensemble::Ensemble::new(name));
+    let versions = versions
+        .into_iter()
+        .map(|(v, _)| {
+            (
+                v,
+                VersionEntry {
+                    state: ModelState::Ready,
+                    reason: String::new(),
+                    model: Some(Model::new(config.clone(), v, exec.clone(), BTreeMap::new())),
+                },
+            )
+        })
+        .collect();
+    ModelEntry {
+        error: None,
+        versions,
+        polled: None,
+        poll_failed: false,
+    }
+}

@@ -1,0 +1,236 @@
+//! `repository/`: a model repository on disk, loaded as Triton loads it in its default
+//! ("none") model-control mode: every model folder is polled (config read, backend fields,
+//! normalisation, validation), the versions its policy selects are loaded, then ensembles are
+//! checked against their composing models.
+
+mod lifecycle;
+mod scan;
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backend::LoadOptions;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{Model, ModelState};
+
+
+
+/// One row of the repository index (Triton's `POST v2/repository/index`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Model name (the folder name).
+    pub name: String,
+    /// Version, or None for a model that failed before any version was selected.
+    pub version: Option<i64>,
+    /// State of this version.
+    pub state: ModelState,
+    /// Why it is not ready ("" when ready).
+    pub reason: String,
+}
+
+/// Options for [`Repository::builder`].
+#[derive(Debug, Clone)]
+pub struct RepositoryBuilder {
+    root: PathBuf,
+    auto_complete: bool,
+    exit_on_error: bool,
+    opts: LoadOptions,
+}
+
+impl RepositoryBuilder {
+    /// Auto-complete configs from the model files (default true). `false` is Triton's
+    /// `--disable-auto-complete-config`: a config.pbtxt is then required and must be complete.
+    pub fn auto_complete(mut self, enabled: bool) -> Self {
+        self.auto_complete = enabled;
+        self
+    }
+
+    /// Fail the whole load if any model fails (default true, Triton's `--exit-on-error`).
+    /// With `false`, good models serve and failed ones are UNAVAILABLE in the index.
+    pub fn exit_on_error(mut self, enabled: bool) -> Self {
+        self.exit_on_error = enabled;
+        self
+    }
+
+    /// How many compiled plans (one per distinct set of input shapes) each model version keeps
+    /// (default 16, least recently used evicted).
+    pub fn plan_cache_capacity(mut self, plans: usize) -> Self {
+        self.opts.plan_cache_capacity = plans.max(1);
+        self
+    }
+
+    /// The max_batch_size ONNX auto-complete gives a batchable model (default 4, as Triton's
+    /// `--backend-config=onnxruntime,default-max-batch-size`).
+    pub fn default_max_batch_size(mut self, n: i32) -> Self {
+        self.opts.default_max_batch_size = n;
+        self
+    }
+
+    /// Loads the repository.
+    pub fn load(self) -> Result<Repository> {
+        let span = tracing::info_span!("load_repository", root = %self.root.display());
+        let _enter = span.enter();
+        let models = lifecycle::load_all(&self.root, self.auto_complete, &self.opts)?;
+        let failures: Vec<String> = models
+            .iter()
+            .flat_map(|(name, entry)| entry.failures(name))
+            .collect();
+        if self.exit_on_error && !failures.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("failed to load all models: {}", failures.join("; ")),
+            ));
+        }
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                root: self.root,
+                models,
+            }),
+        })
+    }
+}
+
+/// A loaded model repository. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    models: BTreeMap<String, lifecycle::ModelEntry>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("root", &self.inner.root)
+            .field("models", &self.inner.models.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn unknown(msg: String) -> Error {
+    Error::new(ErrorKind::NotFound, format!("Request for unknown model: {msg}"))
+}
+
+impl Repository {
+    /// Loads every model of the repository at `root` with Triton's defaults.
+    pub fn load(root: impl AsRef<Path>) -> Result<Repository> {
+        Self::builder(root).load()
+    }
+
+    /// A builder for loading with options.
+    pub fn builder(root: impl AsRef<Path>) -> RepositoryBuilder {
+        RepositoryBuilder {
+            root: root.as_ref().to_path_buf(),
+            auto_complete: true,
+            exit_on_error: true,
+            opts: LoadOptions {
+                plan_cache_capacity: 16,
+                default_max_batch_size: 4,
+            },
+        }
+    }
+
+    /// The repository folder.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The highest READY version of `name`.
+    pub fn model(&self, name: &str) -> Result<Model> {
+        let Some(entry) = self.inner.models.get(name) else {
+            return Err(unknown(format!("'{name}' is not found")).with_model(name));
+        };
+        entry
+            .versions
+            .values()
+            .rev()
+            .find_map(|v| v.model.clone())
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Unavailable, format!("Request for unknown model: '{name}' has no available versions"))
+                    .with_model(name)
+            })
+    }
+
+    /// Version `version` of `name`, which must be READY.
+    pub fn model_version(&self, name: &str, version: i64) -> Result<Model> {
+        let Some(entry) = self.inner.models.get(name) else {
+            return Err(unknown(format!("'{name}' is not found")).with_model(name));
+        };
+        match entry.versions.get(&version) {
+            None => Err(unknown(format!("'{name}' version {version} is not found")).with_model(name).with_version(version)),
+            Some(v) => v.model.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("Request for unknown model: '{name}' version {version} is not at ready state"),
+                )
+                .with_model(name)
+                .with_version(version)
+            }),
+        }
+    }
+
+    /// Every model folder and version with its state, sorted by name then version.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let mut out = Vec::new();
+        for (name, entry) in &self.inner.models {
+            if let Some(err) = &entry.error {
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: None,
+                    state: ModelState::Unavailable,
+                    reason: err.clone(),
+                });
+            }
+            for (v, ve) in &entry.versions {
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: Some(*v),
+                    state: ve.state,
+                    reason: ve.reason.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Names of the models with at least one READY version.
+    pub fn ready_models(&self) -> Vec<String> {
+        self.inner
+            .models
+            .iter()
+            .filter(|(_, e)| e.versions.values().any(|v| v.model.is_some()))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// Checks that a relative file name from a config stays inside its folder: no absolute path,
+/// no `..`, no root or prefix component. Returns why not.
+pub(crate) fn check_relative(file: &str) -> std::result::Result<(), &'static str> {
+    let p = Path::new(file);
+    if file.is_empty() {
+        return Err("is empty");
+    }
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err("escapes the model directory"),
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path"),
+        }
+    }
+    Ok(())
+}
+
+/// `path` (inside `dir`) after resolving symlinks must still be inside `dir`.
+pub(crate) fn resolves_inside(dir: &Path, path: &Path) -> bool {
+    match (dir.canonicalize(), path.canonicalize()) {
+        (Ok(d), Ok(p)) => p.starts_with(d),
+        // A path that does not exist cannot point outside; the read will fail later.
+        (Ok(_), Err(_)) => true,
+        _ => false,
+    }
+}
