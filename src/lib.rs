@@ -1,12 +1,30 @@
 //! modelyard: run a Triton Inference Server model repository inside the calling process.
+//!
+//! ```no_run
+//! # fn main() -> modelyard::Result<()> {
+//! let repo = modelyard::Repository::load("fixtures/tutorial_repository")?;
+//! let model = repo.model("text_recognition")?;
+//! let crop = ndarray::Array4::<f32>::zeros((1, 1, 32, 100));
+//! let out = model.infer([("input.1", modelyard::Tensor::from(crop))])?;
+//! let logits = out.get("308").unwrap().view::<f32>()?;
+//! assert_eq!(logits.shape(), &[1, 26, 37]);
+//! # Ok(()) }
+//! ```
+//!
+//! The folders follow a request: [`config`] (schema, parse, normalise, validate) →
+//! [`repository`] (scan, versions, lifecycle) → [`model`] (handle, input checks) → backends
+//! (ONNX on tract, Triton's identity test backend, ensemble checks) → [`tensor`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![warn(missing_docs)]
 
+mod backend;
 pub mod config;
 mod error;
+pub mod model;
+pub mod repository;
+pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
-pub mod tensor;
+pub use model::{Model, ModelState, Outputs};
+pub use repository::{IndexEntry, Repository, RepositoryBuilder};
 pub use tensor::{Element, Tensor};
-mod backend;
-pub mod repository;
-pub mod model;

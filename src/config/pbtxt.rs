@@ -12,8 +12,11 @@ use prost_reflect::{
 /// A text-format syntax or schema error at a 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
+    /// What is wrong, in protobuf's wording.
     pub message: String,
 }
 

@@ -62,9 +62,19 @@ impl Plans {
             ));
         }
         let model = parsed.model;
-        // Check the whole graph once, with its declared (possibly symbolic) shapes.
-        guarded(&format!("failed to load model '{m}'"), || model.clone().into_typed().map(|_| ()))
-            .map_err(|e| Error::new(ErrorKind::ModelFile, e.message().to_string()))?;
+        // Operators tract does not know are parsed as placeholders: reject them now.
+        if let Some(node) = model.nodes().iter().find(|n| n.op_is::<tract_onnx::tract_core::ops::unimpl::UnimplementedOp>()) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("failed to load model '{m}': unsupported ONNX operator in node '{}': {:?}", node.name, node.op),
+            ));
+        }
+        // Check the whole graph once with its declared (possibly symbolic) shapes. Some graphs
+        // (shapes computed from `Shape`) only type with concrete input shapes: those are
+        // checked when the first plan is built.
+        if let Err(e) = guarded("", || model.clone().into_typed().map(|_| ())) {
+            tracing::debug!("model '{m}' does not type with symbolic shapes; plans are checked per shape ({})", e.message());
+        }
         let graph = proto.graph.as_ref();
         let inits: std::collections::HashSet<&str> = graph
             .map(|g| g.initializer.iter().map(|i| i.name.as_str()).collect())

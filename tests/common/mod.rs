@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use modelyard::Tensor;
+use ndarray::ArrayD;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A reference case from `fixtures/reference/manifest.json` (inputs and ONNX Runtime outputs).
+pub struct Reference {
+    pub inputs: Vec<(String, ArrayD<f32>)>,
+    pub outputs: Vec<(String, ArrayD<f32>)>,
+}
+
+fn read_f32(file: &str, shape: &[usize]) -> ArrayD<f32> {
+    let bytes = std::fs::read(fixtures().join("reference").join(file)).unwrap();
+    let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    ArrayD::from_shape_vec(shape.to_vec(), data).unwrap()
+}
+
+pub fn reference(key: &str) -> Reference {
+    let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let entry = &manifest[key];
+    let load = |section: &str| -> Vec<(String, ArrayD<f32>)> {
+        entry[section]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, v)| {
+                let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                (name.clone(), read_f32(v["file"].as_str().unwrap(), &shape))
+            })
+            .collect()
+    };
+    Reference { inputs: load("inputs"), outputs: load("outputs") }
+}
+
+impl Reference {
+    pub fn input_tensors(&self) -> Vec<(String, Tensor)> {
+        self.inputs.iter().map(|(n, a)| (n.clone(), Tensor::from(a.clone()))).collect()
+    }
+}
+
+/// Largest absolute difference, asserting equal shapes.
+pub fn max_abs_diff(a: &ndarray::ArrayViewD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
