@@ -40,13 +40,24 @@ pub(crate) trait Backend: Send + Sync {
     fn load(&self, config: &ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn Executable>>;
 }
 
-/// The backend registered under `name`, or Triton's "unable to find backend library" error.
-pub(crate) fn find(name: &str) -> Result<&'static dyn Backend> {
-    match name {
-        "onnxruntime" => Ok(&onnx::OnnxBackend),
-        "identity" => Ok(&identity::IdentityBackend),
-        _ => Err(Error::invalid_config(format!(
-            "unable to find backend library for backend '{name}', try specifying runtime on the model configuration."
-        ))),
+/// The backend a config asks for, or Triton's "unable to find backend library" errors. A
+/// `runtime` must name the backend's own library (`libtriton_<backend>.so`).
+pub(crate) fn find(config: &ModelConfig) -> Result<&'static dyn Backend> {
+    let name = config.backend.as_str();
+    let backend: &'static dyn Backend = match name {
+        "onnxruntime" => &onnx::OnnxBackend,
+        "identity" => &identity::IdentityBackend,
+        _ => {
+            return Err(Error::invalid_config(format!(
+                "unable to find backend library for backend '{name}', try specifying runtime on the model configuration."
+            )))
+        }
+    };
+    if !config.runtime.is_empty() && config.runtime != format!("libtriton_{name}.so") {
+        return Err(Error::invalid_config(format!(
+            "unable to find backend library '{}' for model '{}'",
+            config.runtime, config.name
+        )));
     }
+    Ok(backend)
 }

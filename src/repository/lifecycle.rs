@@ -136,7 +136,7 @@ fn read_labels(config: &ModelConfig, model_dir: &Path) -> Result<BTreeMap<String
 /// Completes and loads one version of a non-ensemble model.
 fn load_version(polled: &ModelConfig, dir: &Path, version: i64, vdir: &Path, auto_complete: bool, opts: &LoadOptions) -> Result<Model> {
     let mut config = polled.clone();
-    let backend = backend::find(&config.backend)?;
+    let backend = backend::find(&config)?;
     config::normalize_instance_groups(&mut config, 0);
     config::validate_instance_groups(&config, false, 0)?;
     if auto_complete {

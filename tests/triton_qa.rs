@@ -1,0 +1,247 @@
+//! Triton's own QA cases (`fixtures/triton-qa/L0_model_config`, copied from Triton's
+//! `qa/L0_model_config`), run the way Triton's harness runs them (see
+//! `fixtures/triton-qa/INDEX.md`): the load must fail with an error matching `expected*`
+//! (grep regexes), or succeed with a completed config equal (as protobuf) to an `expected*`.
+//!
+//! Cases for backends this crate does not run (TensorRT, OpenVINO, PyTorch, Python) are
+//! references only and are not run. The "identity" test backend is built in.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{copy_dir, fixtures};
+use modelyard::config::{model_instance_group::Kind, ModelConfig};
+use modelyard::Repository;
+
+fn qa() -> PathBuf {
+    fixtures().join("triton-qa/L0_model_config")
+}
+
+fn case_dirs(group: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(qa().join(group))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    v
+}
+
+/// grep basic regular expression → Rust regex.
+fn bre(pattern: &str) -> regex::Regex {
+    let mut out = String::new();
+    let mut chars = pattern.trim_end_matches('\n').chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push_str(&regex::escape(&n.to_string()));
+                }
+            }
+            '(' | ')' | '{' | '}' | '+' | '?' | '|' => out.push_str(&regex::escape(&c.to_string())),
+            _ => out.push(c),
+        }
+    }
+    regex::Regex::new(&out).unwrap()
+}
+
+fn expected_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("expected"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn has_version_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let e = e.unwrap();
+        e.file_type().unwrap().is_dir() && e.file_name().to_string_lossy().parse::<u64>().is_ok()
+    })
+}
+
+/// Builds the repository for an autofill case: the case folder is one model when it has a
+/// config.pbtxt, else its sub-folders are the models. Like the harness, gives every model
+/// without a version folder an empty `1/` (except where the case is about that).
+fn autofill_repo(case: &Path, tmp: &Path, make_versions: bool) -> PathBuf {
+    let repo = tmp.join("models");
+    std::fs::create_dir_all(&repo).unwrap();
+    let name = case.file_name().unwrap();
+    if case.join("config.pbtxt").exists() || !case_has_model_children(case) {
+        copy_dir(case, &repo.join(name));
+    } else {
+        for e in std::fs::read_dir(case).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                copy_dir(&p, &repo.join(p.file_name().unwrap()));
+            }
+        }
+    }
+    if make_versions {
+        for e in std::fs::read_dir(&repo).unwrap() {
+            let p = e.unwrap().path();
+            if !has_version_dir(&p) {
+                std::fs::create_dir_all(p.join("1")).unwrap();
+            }
+        }
+    }
+    repo
+}
+
+fn case_has_model_children(case: &Path) -> bool {
+    std::fs::read_dir(case).unwrap().any(|e| {
+        let p = e.unwrap().path();
+        p.is_dir() && p.join("config.pbtxt").exists()
+    })
+}
+
+/// Expected error regexes; the CPU-only substitutions described in INDEX.md where Triton's
+/// file assumes a GPU.
+fn expected_errors(case: &Path, name: &str) -> Vec<regex::Regex> {
+    match name {
+        "invalid_gpu" => vec![bre("instance group invalid_gpu_0 of model invalid_gpu has kind KIND_GPU but server does not support GPUs")],
+        "negative_gpu" => vec![bre("instance group negative_gpu_0 of model negative_gpu has kind KIND_CPU but specifies one or more GPUs")],
+        _ => expected_files(case)
+            .iter()
+            // `expected_ensemble` and `expected_unsupported` are retired alternatives.
+            .filter(|p| !p.to_string_lossy().ends_with("_ensemble") && !p.to_string_lossy().ends_with("_unsupported"))
+            .map(|p| bre(&std::fs::read_to_string(p).unwrap()))
+            .collect(),
+    }
+}
+
+fn assert_fails(case: &Path, repo: &Path, auto_complete: bool, failures: &mut Vec<String>) {
+    let name = case.file_name().unwrap().to_string_lossy().to_string();
+    let patterns = expected_errors(case, &name);
+    assert!(!patterns.is_empty(), "{name}: no expected file");
+    match Repository::builder(repo).auto_complete(auto_complete).load() {
+        Ok(_) => failures.push(format!("{}: loaded, expected failure", case.display())),
+        Err(e) => {
+            let msg = e.to_string();
+            if !patterns.iter().any(|p| p.is_match(&msg)) {
+                failures.push(format!("{}:\n    got      {msg}\n    expected {:?}", case.display(), patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>()));
+            }
+        }
+    }
+}
+
+#[test]
+fn noautofill_platform() {
+    let mut failures = Vec::new();
+    let cases = case_dirs("noautofill_platform");
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(case.join("config.pbtxt")).unwrap();
+        let mut config: String = text.lines().filter(|l| !l.trim_start().starts_with("platform")).map(|l| format!("{l}\n")).collect();
+        config.push_str("platform: \"onnxruntime_onnx\"\n");
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join(&name);
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.pbtxt"), config).unwrap();
+        if matches!(name.as_str(), "invalid_cpu" | "invalid_gpu" | "negative_gpu") {
+            std::fs::create_dir_all(model.join("1")).unwrap();
+        }
+        // Triton runs each case with --strict-model-config=true and with
+        // --disable-auto-complete-config: both mean auto-complete off.
+        assert_fails(case, tmp.path(), false, &mut failures);
+    }
+    println!("noautofill_platform: {} of {} cases pass", cases.len() - failures.len(), cases.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn autofill_noplatform() {
+    let mut failures = Vec::new();
+    let mut n = 0;
+    let mut unsupported = 0;
+    for backend in ["common", "custom", "ensemble", "onnx"] {
+        for case in case_dirs(&format!("autofill_noplatform/{backend}")) {
+            n += 1;
+            let tmp = tempfile::tempdir().unwrap();
+            if case.ends_with("ensemble/invalid_decoupled_branching") {
+                // Needs Triton's decoupled `repeat` test backend, which this crate does not
+                // have: the load fails, but on the missing backend (listed in the README).
+                let tmp = tempfile::tempdir().unwrap();
+                let repo = autofill_repo(&case, tmp.path(), true);
+                let err = Repository::load(&repo).unwrap_err().to_string();
+                assert!(err.contains("unable to find backend library for backend 'repeat'"), "{err}");
+                unsupported += 1;
+                continue;
+            }
+            let no_version = case.ends_with("common/no_version");
+            let repo = autofill_repo(&case, tmp.path(), !no_version);
+            assert_fails(&case, &repo, true, &mut failures);
+        }
+    }
+    println!("autofill_noplatform: {} of {n} cases pass, {unsupported} unsupported", n - failures.len() - unsupported);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Triton's expected configs come from a GPU machine; on a CPU-only engine a default group is
+/// KIND_CPU with count 2 for onnxruntime (1 otherwise) and no gpus (INDEX.md).
+fn cpu_substitution(mut expected: ModelConfig) -> ModelConfig {
+    let count = if expected.backend == "onnxruntime" { 2 } else { 1 };
+    for g in &mut expected.instance_group {
+        if g.kind() == Kind::Gpu {
+            g.set_kind(Kind::Cpu);
+            g.gpus.clear();
+            g.count = count;
+        }
+    }
+    expected
+}
+
+#[test]
+fn autofill_noplatform_success() {
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for backend in ["custom", "ensemble", "onnx"] {
+        for case in case_dirs(&format!("autofill_noplatform_success/{backend}")) {
+            n += 1;
+            let name = case.file_name().unwrap().to_string_lossy().to_string();
+            let tmp = tempfile::tempdir().unwrap();
+            let repo = autofill_repo(&case, tmp.path(), true);
+            if name == "cpu_instance" {
+                // Triton's CI copies `onnx_zero_1_float16` here; we generate it.
+                std::fs::copy(fixtures().join("generated/onnx_zero_1_float16.onnx"), repo.join(&name).join("1/model.onnx")).unwrap();
+            }
+            let expected_dir = if case.join("expected").exists() { case.clone() } else { case.join(&name) };
+            let loaded = match Repository::load(&repo) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{}: failed to load: {e}", case.display()));
+                    continue;
+                }
+            };
+            let got = loaded.model(&name).unwrap().config().clone();
+            let matched = expected_files(&expected_dir).iter().any(|p| {
+                let expected = ModelConfig::from_pbtxt_file(p).unwrap();
+                cpu_substitution(expected) == got
+            });
+            if !matched {
+                failures.push(format!("{}: completed config differs from every expected file; got:\n{}", case.display(), got.to_pbtxt()));
+            }
+        }
+    }
+    println!("autofill_noplatform_success: {} of {n} cases pass", n - failures.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn special_cases() {
+    let mut failures = Vec::new();
+    let cases = case_dirs("special_cases");
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(case, &tmp.path().join(&name));
+        std::fs::create_dir_all(tmp.path().join(&name).join("1")).unwrap();
+        // invalid_platform runs with --disable-auto-complete-config, the others with defaults.
+        assert_fails(case, tmp.path(), name != "invalid_platform", &mut failures);
+    }
+    println!("special_cases: {} of {} cases pass", cases.len() - failures.len(), cases.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
