@@ -1,1 +1,137 @@
-fn main() {}
+//! What modelyard adds on top of the engine: the same tract plan called directly vs through
+//! `Model::infer` (input checks, plan-cache lookup, output naming), side by side in one run;
+//! plus config parsing and repository loading.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use modelyard::{config::ModelConfig, Repository, Tensor};
+use tract_onnx::prelude::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn direct_plan(model: &Path, shapes: &[&[usize]]) -> TypedRunnableModel<TypedModel> {
+    let mut m = tract_onnx::onnx().model_for_path(model).unwrap();
+    for (i, s) in shapes.iter().enumerate() {
+        m.set_input_fact(i, f32::fact(*s).into()).unwrap();
+    }
+    m.into_optimized().unwrap().into_runnable().unwrap()
+}
+
+/// modelyard vs tract on one model and input set.
+fn compare(
+    c: &mut Criterion,
+    group: &str,
+    repo: &Repository,
+    model: &str,
+    file: &Path,
+    inputs: Vec<(&str, tract_ndarray::ArrayD<f32>)>,
+) {
+    let shapes: Vec<&[usize]> = inputs.iter().map(|(_, a)| a.shape()).collect();
+    let plan = direct_plan(file, &shapes);
+    let handle = repo.model(model).unwrap();
+    let tensors: Vec<(String, Tensor)> = inputs
+        .iter()
+        .map(|(n, a)| (n.to_string(), Tensor::from(a.clone())))
+        .collect();
+    let values: TVec<TValue> = inputs
+        .iter()
+        .map(|(_, a)| a.clone().into_tensor().into_tvalue())
+        .collect();
+    let mut g = c.benchmark_group(group);
+    g.bench_function(BenchmarkId::new("tract_direct", model), |b| {
+        b.iter(|| plan.run(values.clone()).unwrap())
+    });
+    g.bench_function(BenchmarkId::new("modelyard_infer", model), |b| {
+        b.iter(|| handle.infer(tensors.clone()).unwrap())
+    });
+    g.finish();
+}
+
+fn infer_overhead(c: &mut Criterion) {
+    let tutorial = Repository::load(fixtures().join("tutorial_repository")).unwrap();
+    let crop = tract_ndarray::ArrayD::<f32>::from_shape_fn(vec![1, 1, 32, 100], |d| {
+        (d[3] as f32 / 50.0) - 1.0
+    });
+    compare(
+        c,
+        "infer_overhead",
+        &tutorial,
+        "text_recognition",
+        &fixtures().join("tutorial_repository/text_recognition/1/model.onnx"),
+        vec![("input.1", crop)],
+    );
+    let img = tract_ndarray::ArrayD::<f32>::from_shape_fn(vec![1, 480, 640, 3], |d| {
+        ((d[1] * 7 + d[2] * 3 + d[3]) % 255) as f32 - 120.0
+    });
+    compare(
+        c,
+        "infer_overhead",
+        &tutorial,
+        "text_detection",
+        &fixtures().join("tutorial_repository/text_detection/1/model.onnx"),
+        vec![("input_images:0", img)],
+    );
+
+    // A tiny model, where a fixed per-call cost would show most.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("add_sub");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let small = Repository::load(tmp.path()).unwrap();
+    let a = tract_ndarray::ArrayD::<f32>::ones(vec![1, 16]);
+    compare(
+        c,
+        "infer_overhead",
+        &small,
+        "add_sub",
+        &dir.join("1/model.onnx"),
+        vec![("INPUT0", a.clone()), ("INPUT1", a)],
+    );
+}
+
+fn config_parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("config_parse");
+    for (label, path) in [
+        (
+            "tutorial_part1_text_detection",
+            "tutorial-configs/Part_1-model_deployment/model_repository/text_detection/config.pbtxt",
+        ),
+        (
+            "tutorial_part5_ensemble",
+            "tutorial-configs/Part_5-Model_Ensembles/model_repository/ensemble_model/config.pbtxt",
+        ),
+        (
+            "tutorial_part4_ort_trt",
+            "tutorial-configs/Part_4-inference_acceleration/sample_configs/ORT_TRT_config.pbtxt",
+        ),
+    ] {
+        let text = std::fs::read_to_string(fixtures().join(path)).unwrap();
+        g.bench_function(label, |b| {
+            b.iter(|| ModelConfig::from_pbtxt(&text).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn repository_load(c: &mut Criterion) {
+    let mut g = c.benchmark_group("repository_load");
+    g.bench_function("tutorial_repository", |b| {
+        b.iter(|| Repository::load(fixtures().join("tutorial_repository")).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(30);
+    targets = infer_overhead, config_parse, repository_load
+}
+criterion_main!(benches);

@@ -64,9 +64,15 @@ pub(crate) fn data_type_of(dt: DatumType) -> Option<DataType> {
 impl<B: AsRef<[u8]>> FromIterator<B> for Tensor {
     /// A 1-D BYTES (TYPE_STRING) tensor from byte strings.
     fn from_iter<I: IntoIterator<Item = B>>(iter: I) -> Tensor {
-        let items: Vec<Blob> = iter.into_iter().map(|b| Blob::from_bytes(b.as_ref()).unwrap_or_default()).collect();
+        let items: Vec<Blob> = iter
+            .into_iter()
+            .map(|b| Blob::from_bytes(b.as_ref()).unwrap_or_default())
+            .collect();
         let n = items.len();
-        Tensor::from_tract(TractTensor::from(ArrayD::from_shape_vec(vec![n], items).unwrap_or_else(|_| ArrayD::from_elem(vec![0], Blob::default()))))
+        Tensor::from_tract(TractTensor::from(
+            ArrayD::from_shape_vec(vec![n], items)
+                .unwrap_or_else(|_| ArrayD::from_elem(vec![0], Blob::default())),
+        ))
     }
 }
 
@@ -80,7 +86,10 @@ impl Tensor {
     }
 
     /// A BYTES tensor of the given shape from byte strings (row-major).
-    pub fn from_bytes<B: AsRef<[u8]>>(shape: &[usize], items: impl IntoIterator<Item = B>) -> Result<Tensor> {
+    pub fn from_bytes<B: AsRef<[u8]>>(
+        shape: &[usize],
+        items: impl IntoIterator<Item = B>,
+    ) -> Result<Tensor> {
         let items: Vec<Blob> = items
             .into_iter()
             .map(|b| Blob::from_bytes(b.as_ref()).unwrap_or_default())
@@ -89,9 +98,7 @@ impl Tensor {
         ArrayD::from_shape_vec(shape.to_vec(), items)
             .map(|a| Tensor::from_tract(TractTensor::from(a)))
             .map_err(|_| {
-                Error::invalid_input(format!(
-                    "{n} byte strings do not fill shape {shape:?}"
-                ))
+                Error::invalid_input(format!("{n} byte strings do not fill shape {shape:?}"))
             })
     }
 
@@ -175,5 +182,152 @@ impl Tensor {
         t.set_shape(shape)
             .map_err(|e| Error::invalid_input(e.to_string()))?;
         Ok(Tensor::from_tract(t))
+    }
+}
+
+/// The tract datum type that holds a Triton data type (BYTES are held as blobs).
+fn datum_type_for(dt: DataType) -> Option<DatumType> {
+    Some(match dt {
+        DataType::TypeBool => DatumType::Bool,
+        DataType::TypeUint8 => DatumType::U8,
+        DataType::TypeUint16 => DatumType::U16,
+        DataType::TypeUint32 => DatumType::U32,
+        DataType::TypeUint64 => DatumType::U64,
+        DataType::TypeInt8 => DatumType::I8,
+        DataType::TypeInt16 => DatumType::I16,
+        DataType::TypeInt32 => DatumType::I32,
+        DataType::TypeInt64 => DatumType::I64,
+        DataType::TypeFp16 => DatumType::F16,
+        DataType::TypeFp32 => DatumType::F32,
+        DataType::TypeFp64 => DatumType::F64,
+        DataType::TypeString => DatumType::Blob,
+        DataType::TypeInvalid | DataType::TypeBf16 => return None,
+    })
+}
+
+fn unsupported(dt: DataType) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("tensors of {} are not supported", dt.as_str_name()),
+    )
+}
+
+fn element_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::ResourceExhausted,
+                format!("shape {shape:?} has too many elements"),
+            )
+        })
+}
+
+impl Tensor {
+    /// A tensor of `shape` filled with zeros (empty strings for TYPE_STRING).
+    pub fn zeros(dt: DataType, shape: &[usize]) -> Result<Tensor> {
+        let n = element_count(shape)?;
+        if dt == DataType::TypeString {
+            return Tensor::from_bytes(shape, std::iter::repeat_n(&[][..], n));
+        }
+        let datum = datum_type_for(dt).ok_or_else(|| unsupported(dt))?;
+        TractTensor::zero_dt(datum, shape)
+            .map(Tensor::from_tract)
+            .map_err(|e| Error::new(ErrorKind::Unsupported, e.to_string()))
+    }
+
+    /// A tensor of `shape` with deterministic pseudo-random values in [0, 1) converted to
+    /// `dt` (zeros for TYPE_STRING, as Triton's warmup does).
+    pub fn random(dt: DataType, shape: &[usize]) -> Result<Tensor> {
+        if dt == DataType::TypeString {
+            return Tensor::zeros(dt, shape);
+        }
+        let n = element_count(shape)?;
+        let mut state: u32 = 0x9e37_79b9;
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1u32 << 24) as f32
+            })
+            .collect();
+        let datum = datum_type_for(dt).ok_or_else(|| unsupported(dt))?;
+        let t = ArrayD::from_shape_vec(shape.to_vec(), values)
+            .map(TractTensor::from)
+            .map_err(|e| Error::invalid_input(e.to_string()))?;
+        t.cast_to_dt(datum)
+            .map(|c| Tensor::from_tract(c.into_owned()))
+            .map_err(|e| Error::new(ErrorKind::Unsupported, e.to_string()))
+    }
+
+    /// A tensor from raw little-endian row-major bytes, as Triton's binary tensor format and
+    /// warmup data files hold them (BOOL: one byte each; BYTES: each element prefixed by a
+    /// 4-byte little-endian length).
+    pub fn from_le_bytes(dt: DataType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
+        let n = element_count(shape)?;
+        let mismatch = |expected: usize| {
+            Error::invalid_input(format!(
+                "{} bytes do not hold {n} elements of {} (expected {expected})",
+                bytes.len(),
+                dt.as_str_name()
+            ))
+        };
+        if dt == DataType::TypeString {
+            let mut items = Vec::with_capacity(n.min(1 << 20));
+            let mut rest = bytes;
+            for _ in 0..n {
+                let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| mismatch(0))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if tail.len() < len {
+                    return Err(mismatch(0));
+                }
+                items.push(&tail[..len]);
+                rest = &tail[len..];
+            }
+            if !rest.is_empty() {
+                return Err(mismatch(bytes.len() - rest.len()));
+            }
+            return Tensor::from_bytes(shape, items);
+        }
+        let size = dt.byte_size();
+        if size == 0 {
+            return Err(unsupported(dt));
+        }
+        let expected = n.checked_mul(size).ok_or_else(|| mismatch(usize::MAX))?;
+        if bytes.len() != expected {
+            return Err(mismatch(expected));
+        }
+        macro_rules! build {
+            ($t:ty, $conv:expr) => {{
+                let v: Vec<$t> = bytes.chunks_exact(size).map($conv).collect();
+                ArrayD::from_shape_vec(shape.to_vec(), v)
+                    .map(Tensor::from)
+                    .map_err(|e| Error::invalid_input(e.to_string()))
+            }};
+        }
+        macro_rules! le {
+            ($t:ty) => {
+                build!($t, |c: &[u8]| <$t>::from_le_bytes(
+                    c.try_into().unwrap_or_default()
+                ))
+            };
+        }
+        match dt {
+            DataType::TypeBool => build!(bool, |c: &[u8]| c[0] != 0),
+            DataType::TypeUint8 => le!(u8),
+            DataType::TypeUint16 => le!(u16),
+            DataType::TypeUint32 => le!(u32),
+            DataType::TypeUint64 => le!(u64),
+            DataType::TypeInt8 => le!(i8),
+            DataType::TypeInt16 => le!(i16),
+            DataType::TypeInt32 => le!(i32),
+            DataType::TypeInt64 => le!(i64),
+            DataType::TypeFp16 => build!(f16, |c: &[u8]| f16::from_le_bytes([c[0], c[1]])),
+            DataType::TypeFp32 => le!(f32),
+            DataType::TypeFp64 => le!(f64),
+            _ => Err(unsupported(dt)),
+        }
     }
 }

@@ -20,7 +20,11 @@ fn add_model(repo: &Path, name: &str, config: &str, versions: &[&str]) -> PathBu
     std::fs::write(dir.join("config.pbtxt"), config).unwrap();
     for v in versions {
         std::fs::create_dir_all(dir.join(v)).unwrap();
-        std::fs::copy(fixtures().join("generated/add_sub_fp32_batch.onnx"), dir.join(v).join("model.onnx")).unwrap();
+        std::fs::copy(
+            fixtures().join("generated/add_sub_fp32_batch.onnx"),
+            dir.join(v).join("model.onnx"),
+        )
+        .unwrap();
     }
     dir
 }
@@ -29,28 +33,59 @@ fn add_model(repo: &Path, name: &str, config: &str, versions: &[&str]) -> PathBu
 fn version_folders_follow_triton_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = "version_policy: { all { } }";
-    add_model(tmp.path(), "m", &format!("{ADD_SUB_BATCH}{policy}"), &["1", "3", "0", "003", "abc", "-1", "1abc", " 2"]);
-    std::fs::write(tmp.path().join("README.txt"), "top-level files are not models").unwrap();
+    add_model(
+        tmp.path(),
+        "m",
+        &format!("{ADD_SUB_BATCH}{policy}"),
+        &["1", "3", "0", "003", "abc", "-1", "1abc", " 2"],
+    );
+    std::fs::write(
+        tmp.path().join("README.txt"),
+        "top-level files are not models",
+    )
+    .unwrap();
     let repo = Repository::load(tmp.path()).unwrap();
     let versions: Vec<Option<i64>> = repo.index().iter().map(|e| e.version).collect();
     assert_eq!(versions, [Some(0), Some(1), Some(3)]);
     assert_eq!(repo.model("m").unwrap().version(), 3);
     assert_eq!(repo.model_version("m", 1).unwrap().version(), 1);
     let e = repo.model_version("m", 2).unwrap_err();
-    assert_eq!(e.to_string(), "Request for unknown model: 'm' version 2 is not found");
+    assert_eq!(
+        e.to_string(),
+        "Request for unknown model: 'm' version 2 is not found"
+    );
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = repo.model("nope").unwrap_err();
-    assert_eq!(e.to_string(), "Request for unknown model: 'nope' is not found");
+    assert_eq!(
+        e.to_string(),
+        "Request for unknown model: 'nope' is not found"
+    );
 }
 
 #[test]
 fn version_policies_select_versions() {
     let tmp = tempfile::tempdir().unwrap();
     add_model(tmp.path(), "latest", ADD_SUB_BATCH, &["1", "2", "10"]);
-    add_model(tmp.path(), "latest2", &format!("{ADD_SUB_BATCH} version_policy {{ latest {{ num_versions: 2 }} }}"), &["1", "2", "10"]);
-    add_model(tmp.path(), "specific", &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 1, 7 ] }} }}"), &["1", "2"]);
+    add_model(
+        tmp.path(),
+        "latest2",
+        &format!("{ADD_SUB_BATCH} version_policy {{ latest {{ num_versions: 2 }} }}"),
+        &["1", "2", "10"],
+    );
+    add_model(
+        tmp.path(),
+        "specific",
+        &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 1, 7 ] }} }}"),
+        &["1", "2"],
+    );
     let repo = Repository::load(tmp.path()).unwrap();
-    let of = |name: &str| -> Vec<i64> { repo.index().iter().filter(|e| e.name == name).filter_map(|e| e.version).collect() };
+    let of = |name: &str| -> Vec<i64> {
+        repo.index()
+            .iter()
+            .filter(|e| e.name == name)
+            .filter_map(|e| e.version)
+            .collect()
+    };
     assert_eq!(of("latest"), [10], "numerically highest, not lexicographic");
     assert_eq!(of("latest2"), [2, 10]);
     assert_eq!(of("specific"), [1]);
@@ -60,9 +95,17 @@ fn version_policies_select_versions() {
 #[test]
 fn no_available_version_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    add_model(tmp.path(), "m", &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 4 ] }} }}"), &["1"]);
+    add_model(
+        tmp.path(),
+        "m",
+        &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 4 ] }} }}"),
+        &["1"],
+    );
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("at least one version must be available under the version policy of model 'm'"), "{e}");
+    assert!(
+        e.contains("at least one version must be available under the version policy of model 'm'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -79,18 +122,35 @@ fn exit_on_error_false_keeps_good_models_serving() {
     assert!(msg.starts_with("failed to load all models: "), "{msg}");
     assert!(msg.contains("'truncated' version 1: "), "{msg}");
     assert!(msg.contains("is not a valid ONNX model"), "{msg}");
-    assert!(msg.contains("'broken_config': failed to read text proto from "), "{msg}");
-    assert!(msg.contains("config.pbtxt:1:"), "parse errors carry line and column: {msg}");
+    assert!(
+        msg.contains("'broken_config': failed to read text proto from "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("config.pbtxt:1:"),
+        "parse errors carry line and column: {msg}"
+    );
 
-    let repo = Repository::builder(tmp.path()).exit_on_error(false).load().unwrap();
+    let repo = Repository::builder(tmp.path())
+        .exit_on_error(false)
+        .load()
+        .unwrap();
     assert!(repo.model("good").is_ok());
     assert_eq!(repo.ready_models(), ["good"]);
     let e = repo.model("truncated").unwrap_err();
-    assert_eq!(e.to_string(), "Request for unknown model: 'truncated' has no available versions");
+    assert_eq!(
+        e.to_string(),
+        "Request for unknown model: 'truncated' has no available versions"
+    );
     let index = repo.index();
     let t = index.iter().find(|e| e.name == "truncated").unwrap();
     assert_eq!((t.version, t.state), (Some(1), ModelState::Unavailable));
-    assert!(t.reason.starts_with("Unavailable: failed to load model 'truncated'"), "{}", t.reason);
+    assert!(
+        t.reason
+            .starts_with("Unavailable: failed to load model 'truncated'"),
+        "{}",
+        t.reason
+    );
     let b = index.iter().find(|e| e.name == "broken_config").unwrap();
     assert_eq!((b.version, b.state), (None, ModelState::Unavailable));
 }
@@ -117,7 +177,10 @@ fn unknown_onnx_operator_is_reported() {
     let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
     let mut bytes = std::fs::read(dir.join("1/model.onnx")).unwrap();
     // Rename the "Add" op type to "Qdd" (same length, so the protobuf stays valid).
-    let pos = bytes.windows(5).position(|w| w == b"\x22\x03Add").expect("op type in file");
+    let pos = bytes
+        .windows(5)
+        .position(|w| w == b"\x22\x03Add")
+        .expect("op type in file");
     bytes[pos + 2] = b'Q';
     std::fs::write(dir.join("1/model.onnx"), bytes).unwrap();
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
@@ -132,7 +195,11 @@ fn paths_may_not_escape_the_model_folder() {
     assert!(e.contains("default_model_filename '../../m/1/model.onnx' for model 'm' escapes the model directory"), "{e}");
 
     let tmp = tempfile::tempdir().unwrap();
-    let labelled = ADD_SUB_BATCH.replacen("name: \"OUTPUT0\"", "name: \"OUTPUT0\" label_filename: \"../secret.txt\"", 1);
+    let labelled = ADD_SUB_BATCH.replacen(
+        "name: \"OUTPUT0\"",
+        "name: \"OUTPUT0\" label_filename: \"../secret.txt\"",
+        1,
+    );
     add_model(tmp.path(), "m", &labelled, &["1"]);
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("label file path '../secret.txt' for output 'OUTPUT0' in model 'm' is outside model directory"), "{e}");
@@ -141,12 +208,20 @@ fn paths_may_not_escape_the_model_folder() {
 #[test]
 fn labels_are_read_from_the_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let labelled = ADD_SUB_BATCH.replacen("name: \"OUTPUT0\"", "name: \"OUTPUT0\" label_filename: \"labels.txt\"", 1);
+    let labelled = ADD_SUB_BATCH.replacen(
+        "name: \"OUTPUT0\"",
+        "name: \"OUTPUT0\" label_filename: \"labels.txt\"",
+        1,
+    );
     let dir = add_model(tmp.path(), "m", &labelled, &["1"]);
     std::fs::write(dir.join("labels.txt"), "zero\none\r\n\nthree").unwrap();
     let repo = Repository::load(tmp.path()).unwrap();
     let labels = repo.model("m").unwrap().labels("OUTPUT0").unwrap().to_vec();
-    assert_eq!(labels, ["zero", "one\r", "", "three"], "split on \\n only, as Triton");
+    assert_eq!(
+        labels,
+        ["zero", "one\r", "", "three"],
+        "split on \\n only, as Triton"
+    );
 }
 
 #[test]
@@ -154,22 +229,39 @@ fn strict_mode_needs_a_config_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
     std::fs::remove_file(dir.join("config.pbtxt")).unwrap();
-    let e = Repository::builder(tmp.path()).auto_complete(false).load().unwrap_err().to_string();
+    let e = Repository::builder(tmp.path())
+        .auto_complete(false)
+        .load()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("failed to open text file for read"), "{e}");
     // With auto-complete (the default) the config comes from the ONNX file.
     let repo = Repository::load(tmp.path()).unwrap();
     let cfg = repo.model("m").unwrap().config().clone();
     assert_eq!(cfg.max_batch_size, 4);
-    assert_eq!(cfg.dynamic_batching().unwrap().preferred_batch_size, vec![4]);
+    assert_eq!(
+        cfg.dynamic_batching().unwrap().preferred_batch_size,
+        vec![4]
+    );
     assert_eq!(cfg.input.len(), 2);
 }
 
 #[test]
 fn directory_and_repository_problems() {
     let tmp = tempfile::tempdir().unwrap();
-    add_model(tmp.path(), "m", &format!("name: \"other\" {ADD_SUB_BATCH}"), &["1"]);
+    add_model(
+        tmp.path(),
+        "m",
+        &format!("name: \"other\" {ADD_SUB_BATCH}"),
+        &["1"],
+    );
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("unexpected directory name 'm' for model 'other', directory name must equal model name"), "{e}");
+    assert!(
+        e.contains(
+            "unexpected directory name 'm' for model 'other', directory name must equal model name"
+        ),
+        "{e}"
+    );
 
     let file = tmp.path().join("a_file");
     std::fs::write(&file, "x").unwrap();
@@ -187,10 +279,17 @@ fn absurd_dims_are_rejected_at_load() {
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("the model expects 2 dimensions (shape [-1,16]) but the model configuration specifies 2 dimensions"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ADD_SUB_BATCH.replacen("dims: [ 16 ]", "dims: [ 4294967296, 4294967296, 4294967296 ]", 1);
+    let cfg = ADD_SUB_BATCH.replacen(
+        "dims: [ 16 ]",
+        "dims: [ 4294967296, 4294967296, 4294967296 ]",
+        1,
+    );
     add_model(tmp.path(), "m", &cfg, &["1"]);
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("element count for tensor 'INPUT0' exceeds maximum size of 9223372036854775807"), "{e}");
+    assert!(
+        e.contains("element count for tensor 'INPUT0' exceeds maximum size of 9223372036854775807"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -206,15 +305,23 @@ fn tutorial_part2_gpu_group_fails_clearly_on_a_cpu_build() {
 #[test]
 fn initializer_as_optional_input() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixtures().join("triton-qa/L0_initializer_as_input/models"), tmp.path());
+    copy_dir(
+        &fixtures().join("triton-qa/L0_initializer_as_input/models"),
+        tmp.path(),
+    );
     let repo = Repository::load(tmp.path()).unwrap();
     let model = repo.model("add_with_initializer").unwrap();
     let zeros = ndarray::ArrayD::<f32>::zeros(vec![5, 5]);
-    let out = model.infer([("INPUT", modelyard::Tensor::from(zeros.clone()))]).unwrap();
+    let out = model
+        .infer([("INPUT", modelyard::Tensor::from(zeros.clone()))])
+        .unwrap();
     let o = out.get("OUTPUT").unwrap().view::<f32>().unwrap();
     assert!(o.iter().all(|&v| v == 1.0), "INPUT + initializer of ones");
     let e = model
-        .infer([("INPUT", modelyard::Tensor::from(zeros.clone())), ("INITIALIZER", modelyard::Tensor::from(zeros))])
+        .infer([
+            ("INPUT", modelyard::Tensor::from(zeros.clone())),
+            ("INITIALIZER", modelyard::Tensor::from(zeros)),
+        ])
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
     assert_eq!(e.tensor(), Some("INITIALIZER"));
@@ -228,7 +335,12 @@ fn every_shipped_config_parses() {
             if p.is_dir() {
                 walk(&p, out);
             } else if p.extension().is_some_and(|x| x == "pbtxt")
-                || (p.file_name().unwrap().to_string_lossy().starts_with("expected") && p.to_string_lossy().contains("autofill_noplatform_success"))
+                || (p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("expected")
+                    && p.to_string_lossy().contains("autofill_noplatform_success"))
             {
                 out.push(p);
             }

@@ -50,7 +50,12 @@ fn expected_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("expected"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("expected")
+        })
         .collect();
     v.sort();
     v
@@ -117,12 +122,19 @@ fn assert_fails(case: &Path, repo: &Path, auto_complete: bool, failures: &mut Ve
     let name = case.file_name().unwrap().to_string_lossy().to_string();
     let patterns = expected_errors(case, &name);
     assert!(!patterns.is_empty(), "{name}: no expected file");
-    match Repository::builder(repo).auto_complete(auto_complete).load() {
+    match Repository::builder(repo)
+        .auto_complete(auto_complete)
+        .load()
+    {
         Ok(_) => failures.push(format!("{}: loaded, expected failure", case.display())),
         Err(e) => {
             let msg = e.to_string();
             if !patterns.iter().any(|p| p.is_match(&msg)) {
-                failures.push(format!("{}:\n    got      {msg}\n    expected {:?}", case.display(), patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>()));
+                failures.push(format!(
+                    "{}:\n    got      {msg}\n    expected {:?}",
+                    case.display(),
+                    patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>()
+                ));
             }
         }
     }
@@ -135,21 +147,37 @@ fn noautofill_platform() {
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(case.join("config.pbtxt")).unwrap();
-        let mut config: String = text.lines().filter(|l| !l.trim_start().starts_with("platform")).map(|l| format!("{l}\n")).collect();
+        let mut config: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("platform"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         config.push_str("platform: \"onnxruntime_onnx\"\n");
         let tmp = tempfile::tempdir().unwrap();
         let model = tmp.path().join(&name);
         std::fs::create_dir_all(&model).unwrap();
         std::fs::write(model.join("config.pbtxt"), config).unwrap();
-        if matches!(name.as_str(), "invalid_cpu" | "invalid_gpu" | "negative_gpu") {
+        if matches!(
+            name.as_str(),
+            "invalid_cpu" | "invalid_gpu" | "negative_gpu"
+        ) {
             std::fs::create_dir_all(model.join("1")).unwrap();
         }
         // Triton runs each case with --strict-model-config=true and with
         // --disable-auto-complete-config: both mean auto-complete off.
         assert_fails(case, tmp.path(), false, &mut failures);
     }
-    println!("noautofill_platform: {} of {} cases pass", cases.len() - failures.len(), cases.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "noautofill_platform: {} of {} cases pass",
+        cases.len() - failures.len(),
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -167,7 +195,10 @@ fn autofill_noplatform() {
                 let tmp = tempfile::tempdir().unwrap();
                 let repo = autofill_repo(&case, tmp.path(), true);
                 let err = Repository::load(&repo).unwrap_err().to_string();
-                assert!(err.contains("unable to find backend library for backend 'repeat'"), "{err}");
+                assert!(
+                    err.contains("unable to find backend library for backend 'repeat'"),
+                    "{err}"
+                );
                 unsupported += 1;
                 continue;
             }
@@ -176,14 +207,26 @@ fn autofill_noplatform() {
             assert_fails(&case, &repo, true, &mut failures);
         }
     }
-    println!("autofill_noplatform: {} of {n} cases pass, {unsupported} unsupported", n - failures.len() - unsupported);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "autofill_noplatform: {} of {n} cases pass, {unsupported} unsupported",
+        n - failures.len() - unsupported
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Triton's expected configs come from a GPU machine; on a CPU-only engine a default group is
 /// KIND_CPU with count 2 for onnxruntime (1 otherwise) and no gpus (INDEX.md).
 fn cpu_substitution(mut expected: ModelConfig) -> ModelConfig {
-    let count = if expected.backend == "onnxruntime" { 2 } else { 1 };
+    let count = if expected.backend == "onnxruntime" {
+        2
+    } else {
+        1
+    };
     for g in &mut expected.instance_group {
         if g.kind() == Kind::Gpu {
             g.set_kind(Kind::Cpu);
@@ -206,9 +249,17 @@ fn autofill_noplatform_success() {
             let repo = autofill_repo(&case, tmp.path(), true);
             if name == "cpu_instance" {
                 // Triton's CI copies `onnx_zero_1_float16` here; we generate it.
-                std::fs::copy(fixtures().join("generated/onnx_zero_1_float16.onnx"), repo.join(&name).join("1/model.onnx")).unwrap();
+                std::fs::copy(
+                    fixtures().join("generated/onnx_zero_1_float16.onnx"),
+                    repo.join(&name).join("1/model.onnx"),
+                )
+                .unwrap();
             }
-            let expected_dir = if case.join("expected").exists() { case.clone() } else { case.join(&name) };
+            let expected_dir = if case.join("expected").exists() {
+                case.clone()
+            } else {
+                case.join(&name)
+            };
             let loaded = match Repository::load(&repo) {
                 Ok(r) => r,
                 Err(e) => {
@@ -222,12 +273,24 @@ fn autofill_noplatform_success() {
                 cpu_substitution(expected) == got
             });
             if !matched {
-                failures.push(format!("{}: completed config differs from every expected file; got:\n{}", case.display(), got.to_pbtxt()));
+                failures.push(format!(
+                    "{}: completed config differs from every expected file; got:\n{}",
+                    case.display(),
+                    got.to_pbtxt()
+                ));
             }
         }
     }
-    println!("autofill_noplatform_success: {} of {n} cases pass", n - failures.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "autofill_noplatform_success: {} of {n} cases pass",
+        n - failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -242,6 +305,15 @@ fn special_cases() {
         // invalid_platform runs with --disable-auto-complete-config, the others with defaults.
         assert_fails(case, tmp.path(), name != "invalid_platform", &mut failures);
     }
-    println!("special_cases: {} of {} cases pass", cases.len() - failures.len(), cases.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    println!(
+        "special_cases: {} of {} cases pass",
+        cases.len() - failures.len(),
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -16,10 +16,15 @@ fn check(repo: &Repository, model: &str, key: &str, tol: f32) {
     let r = reference(key);
     let out = repo.model(model).unwrap().infer(r.input_tensors()).unwrap();
     for (name, expected) in &r.outputs {
-        let got = out.get(name).unwrap_or_else(|| panic!("output {name} missing"));
+        let got = out
+            .get(name)
+            .unwrap_or_else(|| panic!("output {name} missing"));
         let diff = max_abs_diff(&got.view::<f32>().unwrap(), expected);
         let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
-        assert!(diff <= tol * scale, "{model} {key} {name}: max abs diff {diff} (scale {scale})");
+        assert!(
+            diff <= tol * scale,
+            "{model} {key} {name}: max abs diff {diff} (scale {scale})"
+        );
     }
 }
 
@@ -46,8 +51,17 @@ fn completed_configs_keep_the_tutorial_io() {
     assert_eq!(cfg.input[0].name, "input_images:0");
     assert_eq!(cfg.input[0].data_type(), DataType::TypeFp32);
     let outs: Vec<&str> = cfg.output.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(outs, ["feature_fusion/Conv_7/Sigmoid:0", "feature_fusion/concat_3:0"]);
-    assert_eq!(cfg.instance_group[0].count, 2, "KIND_CPU onnxruntime default count is 2");
+    assert_eq!(
+        outs,
+        [
+            "feature_fusion/Conv_7/Sigmoid:0",
+            "feature_fusion/concat_3:0"
+        ]
+    );
+    assert_eq!(
+        cfg.instance_group[0].count, 2,
+        "KIND_CPU onnxruntime default count is 2"
+    );
     assert_eq!(det.version(), 1);
     let v1 = repo.model_version("text_detection", 1).unwrap();
     assert_eq!(v1.name(), "text_detection");
@@ -65,7 +79,10 @@ fn infer_from_many_threads_gives_the_same_answer() {
                 let model = repo.model("text_recognition").unwrap();
                 for _ in 0..3 {
                     let out = model.infer(r.input_tensors()).unwrap();
-                    let diff = max_abs_diff(&out.get("308").unwrap().view::<f32>().unwrap(), &r.outputs[0].1);
+                    let diff = max_abs_diff(
+                        &out.get("308").unwrap().view::<f32>().unwrap(),
+                        &r.outputs[0].1,
+                    );
                     assert!(diff < 1e-3, "diff {diff}");
                 }
             })
@@ -81,9 +98,19 @@ fn requested_output_subset() {
     let repo = repo();
     let r = reference("east_1x64x96");
     let model = repo.model("text_detection").unwrap();
-    let out = model.infer_outputs(r.input_tensors(), &["feature_fusion/concat_3:0"]).unwrap();
+    let out = model
+        .infer_outputs(r.input_tensors(), &["feature_fusion/concat_3:0"])
+        .unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!(out.get("feature_fusion/concat_3:0").unwrap().shape(), &[1, 16, 24, 5]);
-    let err = model.infer_outputs(r.input_tensors(), &["nope"]).unwrap_err();
-    assert_eq!(err.to_string(), "unexpected inference output 'nope' for model 'text_detection'");
+    assert_eq!(
+        out.get("feature_fusion/concat_3:0").unwrap().shape(),
+        &[1, 16, 24, 5]
+    );
+    let err = model
+        .infer_outputs(r.input_tensors(), &["nope"])
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unexpected inference output 'nope' for model 'text_detection'"
+    );
 }

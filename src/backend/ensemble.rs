@@ -73,7 +73,9 @@ struct TensorNode {
 impl TensorNode {
     fn full_dims(&self) -> Vec<i64> {
         if self.batching {
-            std::iter::once(-1).chain(self.dims.iter().copied()).collect()
+            std::iter::once(-1)
+                .chain(self.dims.iter().copied())
+                .collect()
         } else {
             self.dims.clone()
         }
@@ -118,12 +120,36 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
     let batching = config.max_batch_size > 0;
     let mut tensors: BTreeMap<String, TensorNode> = BTreeMap::new();
     for i in &config.input {
-        let dims = i.reshape.as_ref().map(|r| r.shape.clone()).unwrap_or_else(|| i.dims.clone());
-        tensors.insert(i.name.clone(), TensorNode { model: m.clone(), batching, data_type: i.data_type, dims });
+        let dims = i
+            .reshape
+            .as_ref()
+            .map(|r| r.shape.clone())
+            .unwrap_or_else(|| i.dims.clone());
+        tensors.insert(
+            i.name.clone(),
+            TensorNode {
+                model: m.clone(),
+                batching,
+                data_type: i.data_type,
+                dims,
+            },
+        );
     }
     for o in &config.output {
-        let dims = o.reshape.as_ref().map(|r| r.shape.clone()).unwrap_or_else(|| o.dims.clone());
-        tensors.insert(o.name.clone(), TensorNode { model: m.clone(), batching, data_type: o.data_type, dims });
+        let dims = o
+            .reshape
+            .as_ref()
+            .map(|r| r.shape.clone())
+            .unwrap_or_else(|| o.dims.clone());
+        tensors.insert(
+            o.name.clone(),
+            TensorNode {
+                model: m.clone(),
+                batching,
+                data_type: o.data_type,
+                dims,
+            },
+        );
     }
     let Some(e) = config.ensemble() else {
         return Ok(());
@@ -143,7 +169,12 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
                     "in ensemble {m}, ensemble tensor {tensor} is mapping to non-existing input {input} in model {s}"
                 )));
             };
-            let node = TensorNode { model: s.clone(), batching: step_batching, data_type: mi.data_type, dims: mi.dims.clone() };
+            let node = TensorNode {
+                model: s.clone(),
+                batching: step_batching,
+                data_type: mi.data_type,
+                dims: mi.dims.clone(),
+            };
             match tensors.get(tensor) {
                 Some(existing) => consistent(m, tensor, existing, &node)?,
                 None => {
@@ -165,7 +196,12 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
                     "in ensemble {m}, ensemble tensor {tensor} is mapped from non-existing output {output} in model {s}"
                 )));
             };
-            let node = TensorNode { model: s.clone(), batching: step_batching, data_type: mo.data_type, dims: mo.dims.clone() };
+            let node = TensorNode {
+                model: s.clone(),
+                batching: step_batching,
+                data_type: mo.data_type,
+                dims: mo.dims.clone(),
+            };
             match tensors.get(tensor) {
                 Some(existing) => consistent(m, tensor, existing, &node)?,
                 None => {
@@ -184,7 +220,9 @@ pub(crate) struct Ensemble {
 
 impl Ensemble {
     pub(crate) fn new(name: &str) -> Ensemble {
-        Ensemble { name: name.to_string() }
+        Ensemble {
+            name: name.to_string(),
+        }
     }
 }
 

@@ -40,7 +40,11 @@ impl Backend for IdentityBackend {
 }
 
 impl Executable for Identity {
-    fn execute(&self, inputs: Vec<(String, Tensor)>, outputs: &[String]) -> Result<Vec<(String, Tensor)>> {
+    fn execute(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: &[String],
+    ) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(outputs.len());
         for (input, output) in &self.pairs {
             if !outputs.contains(output) {

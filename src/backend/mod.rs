@@ -27,17 +27,31 @@ pub(crate) struct LoadOptions {
 pub(crate) trait Executable: Send + Sync {
     /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
     /// applied); `outputs` names the outputs wanted (non-empty).
-    fn execute(&self, inputs: Vec<(String, Tensor)>, outputs: &[String]) -> Result<Vec<(String, Tensor)>>;
+    fn execute(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: &[String],
+    ) -> Result<Vec<(String, Tensor)>>;
 }
 
 /// A backend: auto-complete plus load.
 pub(crate) trait Backend: Send + Sync {
     /// Completes `config` from the model file in `version_dir` (only called when auto-complete
     /// is enabled).
-    fn auto_complete(&self, config: &mut ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<()>;
+    fn auto_complete(
+        &self,
+        config: &mut ModelConfig,
+        version_dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<()>;
 
     /// Loads one version; checks the completed config against the model file.
-    fn load(&self, config: &ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn Executable>>;
+    fn load(
+        &self,
+        config: &ModelConfig,
+        version_dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Arc<dyn Executable>>;
 }
 
 /// The backend a config asks for, or Triton's "unable to find backend library" errors. A

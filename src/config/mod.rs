@@ -46,9 +46,8 @@ impl ModelConfig {
     /// Parses protobuf text format as Triton does (see the module docs of the reader for the
     /// accepted syntax). Errors carry `line:column`.
     pub fn from_pbtxt(text: &str) -> Result<ModelConfig> {
-        Self::parse_text(text).map_err(|e| {
-            Error::new(ErrorKind::Parse, format!("failed to read text proto: {e}"))
-        })
+        Self::parse_text(text)
+            .map_err(|e| Error::new(ErrorKind::Parse, format!("failed to read text proto: {e}")))
     }
 
     /// Reads and parses a `config.pbtxt`; errors name the file, line and column:
@@ -82,11 +81,13 @@ impl ModelConfig {
             message: "schema has no inference.ModelConfig".into(),
         })?;
         let dynamic = pbtxt::parse(text, &desc)?;
-        dynamic.transcode_to::<ModelConfig>().map_err(|e| ParseError {
-            line: 0,
-            column: 0,
-            message: format!("schema mismatch: {e}"),
-        })
+        dynamic
+            .transcode_to::<ModelConfig>()
+            .map_err(|e| ParseError {
+                line: 0,
+                column: 0,
+                message: format!("schema mismatch: {e}"),
+            })
     }
 
     /// Prints the configuration in protobuf text format (parseable by [`from_pbtxt`](Self::from_pbtxt)
@@ -130,7 +131,10 @@ impl DataType {
     pub fn byte_size(self) -> usize {
         match self {
             DataType::TypeBool | DataType::TypeUint8 | DataType::TypeInt8 => 1,
-            DataType::TypeUint16 | DataType::TypeInt16 | DataType::TypeFp16 | DataType::TypeBf16 => 2,
+            DataType::TypeUint16
+            | DataType::TypeInt16
+            | DataType::TypeFp16
+            | DataType::TypeBf16 => 2,
             DataType::TypeUint32 | DataType::TypeInt32 | DataType::TypeFp32 => 4,
             DataType::TypeUint64 | DataType::TypeInt64 | DataType::TypeFp64 => 8,
             DataType::TypeString | DataType::TypeInvalid => 0,

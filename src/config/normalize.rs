@@ -21,10 +21,10 @@ pub fn normalize(config: &mut ModelConfig) {
     }
     let mbs = config.max_batch_size;
     match &mut config.scheduling_choice {
-        Some(SchedulingChoice::DynamicBatching(db)) => {
-            if db.preferred_batch_size.is_empty() && mbs > 0 {
-                db.preferred_batch_size.push(mbs);
-            }
+        Some(SchedulingChoice::DynamicBatching(db))
+            if db.preferred_batch_size.is_empty() && mbs > 0 =>
+        {
+            db.preferred_batch_size.push(mbs);
         }
         Some(SchedulingChoice::SequenceBatching(sb)) => {
             if sb.max_sequence_idle_microseconds == 0 {
@@ -69,10 +69,7 @@ pub fn normalize_instance_groups(config: &mut ModelConfig, gpu_count: usize) {
             group.name = format!("{name}_{i}");
         }
         if group.kind() == Kind::Auto {
-            let missing_gpu = group
-                .gpus
-                .iter()
-                .any(|&g| g < 0 || g as usize >= gpu_count);
+            let missing_gpu = group.gpus.iter().any(|&g| g < 0 || g as usize >= gpu_count);
             group.set_kind(if gpu_count == 0 || missing_gpu {
                 Kind::Cpu
             } else {

@@ -132,7 +132,9 @@ impl<'a> Lexer<'a> {
                 self.bump();
             }
             Tok::Ident(String::from_utf8_lossy(&self.src[start..self.pos]).into_owned())
-        } else if b.is_ascii_digit() || (b == b'.' && self.src.get(self.pos + 1).is_some_and(u8::is_ascii_digit)) {
+        } else if b.is_ascii_digit()
+            || (b == b'.' && self.src.get(self.pos + 1).is_some_and(u8::is_ascii_digit))
+        {
             self.number()
         } else if b == b'"' || b == b'\'' {
             let mut bytes = self.string_literal()?;
@@ -167,8 +169,7 @@ impl<'a> Lexer<'a> {
     fn number(&mut self) -> Tok {
         let start = self.pos;
         let mut is_float = false;
-        if self.peek_byte() == Some(b'0')
-            && matches!(self.src.get(self.pos + 1), Some(b'x' | b'X'))
+        if self.peek_byte() == Some(b'0') && matches!(self.src.get(self.pos + 1), Some(b'x' | b'X'))
         {
             self.bump();
             self.bump();
@@ -288,7 +289,10 @@ impl<'a> Lexer<'a> {
         if self.try_consume(c)? {
             Ok(())
         } else {
-            self.err(format!("Expected \"{c}\", found \"{}\".", self.tok.describe()))
+            self.err(format!(
+                "Expected \"{c}\", found \"{}\".",
+                self.tok.describe()
+            ))
         }
     }
 }
@@ -376,10 +380,7 @@ fn parse_field(lx: &mut Lexer, msg: &mut DynamicMessage, depth: usize) -> Result
         }
         kind => {
             if !lx.is_punct(':') {
-                return lx.err(format!(
-                    "Expected \":\", found \"{}\".",
-                    lx.tok.describe()
-                ));
+                return lx.err(format!("Expected \":\", found \"{}\".", lx.tok.describe()));
             }
             lx.advance()?;
             if lx.is_punct('[') {
@@ -538,7 +539,9 @@ fn parse_scalar(lx: &mut Lexer, kind: &Kind, field: &FieldDescriptor) -> Result<
                 }
             };
             if negative {
-                return lx.err(format!("Invalid value for boolean field \"{name}\". Value: \"-\"."));
+                return lx.err(format!(
+                    "Invalid value for boolean field \"{name}\". Value: \"-\"."
+                ));
             }
             Value::Bool(b)
         }
@@ -565,7 +568,12 @@ fn parse_scalar(lx: &mut Lexer, kind: &Kind, field: &FieldDescriptor) -> Result<
                     }
                 }
             }
-            _ => return lx.err(format!("Expected integer or identifier, got: {}", tok.describe())),
+            _ => {
+                return lx.err(format!(
+                    "Expected integer or identifier, got: {}",
+                    tok.describe()
+                ))
+            }
         },
         Kind::Float | Kind::Double => {
             let v: f64 = match &tok {
@@ -597,17 +605,28 @@ fn parse_scalar(lx: &mut Lexer, kind: &Kind, field: &FieldDescriptor) -> Result<
             let Some(mag) = parse_int_text(s) else {
                 return lx.err(format!("Expected integer, got: {s}"));
             };
-            let out_of_range = || format!("Integer out of range ({}{s})", if negative { "-" } else { "" });
-            let signed: Option<i128> = i128::try_from(mag).ok().map(|m| if negative { -m } else { m });
+            let out_of_range = || {
+                format!(
+                    "Integer out of range ({}{s})",
+                    if negative { "-" } else { "" }
+                )
+            };
+            let signed: Option<i128> = i128::try_from(mag)
+                .ok()
+                .map(|m| if negative { -m } else { m });
             match kind {
-                Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => match signed.and_then(|v| i32::try_from(v).ok()) {
-                    Some(v) => Value::I32(v),
-                    None => return lx.err(out_of_range()),
-                },
-                Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => match signed.and_then(|v| i64::try_from(v).ok()) {
-                    Some(v) => Value::I64(v),
-                    None => return lx.err(out_of_range()),
-                },
+                Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                    match signed.and_then(|v| i32::try_from(v).ok()) {
+                        Some(v) => Value::I32(v),
+                        None => return lx.err(out_of_range()),
+                    }
+                }
+                Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                    match signed.and_then(|v| i64::try_from(v).ok()) {
+                        Some(v) => Value::I64(v),
+                        None => return lx.err(out_of_range()),
+                    }
+                }
                 Kind::Uint32 | Kind::Fixed32 => match (negative, u32::try_from(mag)) {
                     (false, Ok(v)) => Value::U32(v),
                     _ => return lx.err(out_of_range()),

@@ -42,8 +42,14 @@ fn triton_text_format_leniencies() {
         c.version_policy.unwrap().policy_choice,
         Some(model_version_policy::PolicyChoice::All(_))
     ));
-    assert_eq!(c.parameters["x"].string_value, "2", "a duplicate map key keeps the last value");
-    assert!(c.parameters.contains_key(""), "an empty map entry is the key \"\"");
+    assert_eq!(
+        c.parameters["x"].string_value, "2",
+        "a duplicate map key keeps the last value"
+    );
+    assert!(
+        c.parameters.contains_key(""),
+        "an empty map entry is the key \"\""
+    );
     assert!(c.instance_group[0].passive);
     assert!(c.response_cache.unwrap().enable);
 }
@@ -71,11 +77,17 @@ fn errors_carry_line_and_column() {
     let e = parse_err("name: \"m\"\n  bogus: 1\n");
     assert_eq!(e, "failed to read text proto: 2:3: Message type \"inference.ModelConfig\" has no field named \"bogus\".");
     let e = parse_err("input [ { name: \"a\" data_type: TYPE_FOO } ]");
-    assert!(e.contains("1:32: Unknown enumeration value of \"TYPE_FOO\" for field \"data_type\"."), "{e}");
+    assert!(
+        e.contains("1:32: Unknown enumeration value of \"TYPE_FOO\" for field \"data_type\"."),
+        "{e}"
+    );
     let e = parse_err("input { dims [16] }");
     assert!(e.contains("1:14: Expected \":\", found \"[\"."), "{e}");
     let e = parse_err("name: \"a\" name: \"b\"");
-    assert!(e.contains("Non-repeated field \"name\" is specified multiple times."), "{e}");
+    assert!(
+        e.contains("Non-repeated field \"name\" is specified multiple times."),
+        "{e}"
+    );
     let e = parse_err("dynamic_batching {} sequence_batching {}");
     assert!(
         e.contains("Field \"sequence_batching\" is specified along with field \"dynamic_batching\", another member of oneof \"scheduling_choice\"."),
@@ -102,7 +114,10 @@ fn hostile_input_is_an_error_not_a_crash() {
     assert!(parse_err("\u{0}\u{1}\u{2}").contains("Invalid character"));
     assert!(parse_err("name: \"a\" }").contains("Expected identifier"));
     let e = parse_err("input [ { dims: 99999999999999999999999999999 } ]");
-    assert!(e.contains("Expected integer") || e.contains("out of range"), "{e}");
+    assert!(
+        e.contains("Expected integer") || e.contains("out of range"),
+        "{e}"
+    );
     // An empty config is a valid (empty) config.
     assert_eq!(parse(""), ModelConfig::default());
 }
@@ -122,17 +137,23 @@ fn pbtxt_round_trip() {
     let c = parse(text);
     let printed = c.to_pbtxt();
     assert_eq!(parse(&printed), c, "printed:\n{printed}");
-    assert!(printed.contains("KIND_CPU"), "enums print by name:\n{printed}");
+    assert!(
+        printed.contains("KIND_CPU"),
+        "enums print by name:\n{printed}"
+    );
 }
 
 #[test]
 fn normalisation_fills_triton_defaults() {
-    let mut c = parse("name: \"m\" backend: \"onnxruntime\" max_batch_size: 8 dynamic_batching { }");
+    let mut c =
+        parse("name: \"m\" backend: \"onnxruntime\" max_batch_size: 8 dynamic_batching { }");
     normalize(&mut c);
     assert_eq!(c.dynamic_batching().unwrap().preferred_batch_size, vec![8]);
     assert!(matches!(
         c.version_policy.as_ref().unwrap().policy_choice,
-        Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest { num_versions: 1 }))
+        Some(model_version_policy::PolicyChoice::Latest(
+            model_version_policy::Latest { num_versions: 1 }
+        ))
     ));
     let opt = c.optimization.as_ref().unwrap();
     assert!(opt.input_pinned_memory.unwrap().enable && opt.output_pinned_memory.unwrap().enable);
@@ -158,5 +179,8 @@ fn reshape_segments_between_variable_dims() {
     validate_io_config(&ok).unwrap();
     let huge = parse("name: \"m\" backend: \"identity\" input [ { name: \"i\" data_type: TYPE_FP32 dims: [ 4294967296, 4294967296 ] reshape { shape: [ 1 ] } } ]");
     let e = validate_io_config(&huge).unwrap_err().to_string();
-    assert_eq!(e, "element count for tensor 'i' exceeds maximum size of 9223372036854775807");
+    assert_eq!(
+        e,
+        "element count for tensor 'i' exceeds maximum size of 9223372036854775807"
+    );
 }

@@ -5,8 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{
-    batch_input, model_config::SchedulingChoice, model_instance_group::Kind,
-    model_metrics::metric_control::MetricOptions, model_queue_policy::TimeoutAction,
+    batch_input,
+    model_config::SchedulingChoice,
+    model_instance_group::Kind,
+    model_metrics::metric_control::MetricOptions,
+    model_queue_policy::TimeoutAction,
     model_sequence_batching::{self, control},
     DataType, ModelConfig, ModelInput, ModelOutput, ModelTensorReshape, ENSEMBLE_PLATFORM,
 };
@@ -34,15 +37,20 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
         return err("model configuration must specify 'name'".into());
     }
     if config.backend.is_empty() && config.platform != ENSEMBLE_PLATFORM {
-        return err(format!("unexpected platform type '{}' for {m}", config.platform));
+        return err(format!(
+            "unexpected platform type '{}' for {m}",
+            config.platform
+        ));
     }
     if config.platform == ENSEMBLE_PLATFORM && !config.backend.is_empty() {
         return err(format!(
             "Ensemble model '{m}' must have platform type 'ensemble' and empty backend type"
         ));
     }
-    if matches!(config.backend.as_str(), "tensorflow" | "tensorrt" | "onnxruntime" | "pytorch")
-        && !config.platform.is_empty()
+    if matches!(
+        config.backend.as_str(),
+        "tensorflow" | "tensorrt" | "onnxruntime" | "pytorch"
+    ) && !config.platform.is_empty()
         && platform_backend(&config.platform) != Some(config.backend.as_str())
     {
         return err(format!(
@@ -51,7 +59,9 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
         ));
     }
     if config.max_batch_size < 0 {
-        return err(format!("'max_batch_size' must be non-negative value for {m}"));
+        return err(format!(
+            "'max_batch_size' must be non-negative value for {m}"
+        ));
     }
     if config.version_policy.is_none() {
         return err(format!("must specify 'version policy' for {m}"));
@@ -60,7 +70,9 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
         Some(SchedulingChoice::DynamicBatching(db)) => {
             for &size in &db.preferred_batch_size {
                 if size <= 0 {
-                    return err(format!("dynamic batching preferred size must be positive for {m}"));
+                    return err(format!(
+                        "dynamic batching preferred size must be positive for {m}"
+                    ));
                 }
                 if size > config.max_batch_size {
                     return err(format!(
@@ -124,12 +136,12 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
                         }
                     }
                 }
-                Some(model_sequence_batching::StrategyChoice::Direct(d)) => {
-                    if !(0.0..=1.0).contains(&d.minimum_slot_utilization) {
-                        return err(format!("sequence batching minimum slot utilization must be in range (0.0, 1.0] for {m}"));
-                    }
+                Some(model_sequence_batching::StrategyChoice::Direct(d))
+                    if !(0.0..=1.0).contains(&d.minimum_slot_utilization) =>
+                {
+                    return err(format!("sequence batching minimum slot utilization must be in range (0.0, 1.0] for {m}"));
                 }
-                None => {}
+                _ => {}
             }
         }
         _ => {}
@@ -174,7 +186,9 @@ fn validate_sequence_controls(sb: &super::ModelSequenceBatching, m: &str) -> Res
     let mut seen_kinds: BTreeSet<i32> = BTreeSet::new();
     for ci in &sb.control_input {
         if ci.name.is_empty() {
-            return err(format!("sequence batching control tensor must have a name for {m}"));
+            return err(format!(
+                "sequence batching control tensor must have a name for {m}"
+            ));
         }
         for c in &ci.control {
             let kind = c.kind();
@@ -201,7 +215,11 @@ fn validate_sequence_controls(sb: &super::ModelSequenceBatching, m: &str) -> Res
                 }
                 if !matches!(
                     c.data_type(),
-                    DataType::TypeUint64 | DataType::TypeInt64 | DataType::TypeUint32 | DataType::TypeInt32 | DataType::TypeString
+                    DataType::TypeUint64
+                        | DataType::TypeInt64
+                        | DataType::TypeUint32
+                        | DataType::TypeInt32
+                        | DataType::TypeString
                 ) {
                     return err(format!("unexpected data type for control CONTROL_SEQUENCE_CORRID for {m}. Allowed data types are TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32 and TYPE_STRING"));
                 }
@@ -245,13 +263,19 @@ fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
         ));
     }
     if !config.instance_group.is_empty() {
-        return err(format!("instance group should not be specified for ensemble '{m}'"));
+        return err(format!(
+            "instance group should not be specified for ensemble '{m}'"
+        ));
     }
     if config.optimization.is_some() {
-        return err(format!("optimization should not be specified for ensemble '{m}'"));
+        return err(format!(
+            "optimization should not be specified for ensemble '{m}'"
+        ));
     }
     if !config.model_warmup.is_empty() {
-        return err(format!("model_warmup can not be specified for ensemble '{m}'"));
+        return err(format!(
+            "model_warmup can not be specified for ensemble '{m}'"
+        ));
     }
     let steps = config.ensemble().map(|e| e.step.as_slice()).unwrap_or(&[]);
     if steps.is_empty() {
@@ -265,7 +289,9 @@ fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
             ("output_map", step.output_map.is_empty()),
         ] {
             if empty {
-                return err(format!("must specify '{field}' in step {i} of ensemble '{m}'"));
+                return err(format!(
+                    "must specify '{field}' in step {i} of ensemble '{m}'"
+                ));
             }
         }
         let mut outputs = Vec::new();
@@ -294,7 +320,10 @@ fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
     let mut queue = VecDeque::new();
     for input in &config.input {
         let Some(t) = tensors.get_mut(&input.name) else {
-            return err(format!("ensemble input '{}' for ensemble {m}' is not used", input.name));
+            return err(format!(
+                "ensemble input '{}' for ensemble {m}' is not used",
+                input.name
+            ));
         };
         t.ready = true;
         queue.push_back(input.name.clone());
@@ -302,12 +331,18 @@ fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
     let mut outputs = BTreeSet::new();
     for output in &config.output {
         if !tensors.contains_key(&output.name) {
-            return err(format!("ensemble output '{}' for ensemble {m}' is not used", output.name));
+            return err(format!(
+                "ensemble output '{}' for ensemble {m}' is not used",
+                output.name
+            ));
         }
         outputs.insert(output.name.clone());
     }
     while let Some(name) = queue.pop_front() {
-        let next = tensors.get(&name).map(|t| t.next.clone()).unwrap_or_default();
+        let next = tensors
+            .get(&name)
+            .map(|t| t.next.clone())
+            .unwrap_or_default();
         for n in next {
             let ready = match tensors.get(&n) {
                 Some(t) if !t.ready => t
@@ -337,7 +372,9 @@ fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
     }
     for (name, t) in &tensors {
         if !t.ready || (t.next.is_empty() && !outputs.contains(name)) {
-            return err(format!("ensemble tensor '{name}' is unused in ensemble '{m}'"));
+            return err(format!(
+                "ensemble tensor '{name}' is unused in ensemble '{m}'"
+            ));
         }
     }
     Ok(())
@@ -433,7 +470,9 @@ fn validate_io_shape(
             return overflow();
         };
         if dims_size != reshape_size && (reshape_size != 0 || dims_size != 1) {
-            return err(format!("{prefix}'{name}' has different size for dims and reshape for {m}"));
+            return err(format!(
+                "{prefix}'{name}' has different size for dims and reshape for {m}"
+            ));
         }
         if dims_size == -1 {
             let (a, b) = (segments(dims), segments(shape));
@@ -441,7 +480,9 @@ fn validate_io_shape(
                 return err(format!("{prefix}'{name}' has different number of variable-size dimensions for dims and reshape for {m}"));
             }
             if a != b {
-                return err(format!("{prefix}'{name}' has different size for dims and reshape for {m}"));
+                return err(format!(
+                    "{prefix}'{name}' has different size for dims and reshape for {m}"
+                ));
             }
         }
     }
@@ -450,28 +491,58 @@ fn validate_io_shape(
 
 fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
     let m = &config.name;
-    validate_io_shape(&io.name, io.data_type, &io.dims, io.reshape.as_ref(), config.max_batch_size, "model input ", m)?;
+    validate_io_shape(
+        &io.name,
+        io.data_type,
+        &io.dims,
+        io.reshape.as_ref(),
+        config.max_batch_size,
+        "model input ",
+        m,
+    )?;
     use super::model_input::Format;
     if matches!(io.format(), Format::Nhwc | Format::Nchw) && io.dims.len() != 3 {
         return err(format!("model input NHWC/NCHW require 3 dims for {m}"));
     }
     if io.is_shape_tensor && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!("shape tensors are only supported for TensorRT platform for {m}"));
+        return err(format!(
+            "shape tensors are only supported for TensorRT platform for {m}"
+        ));
     }
-    if io.is_non_linear_format_io && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!("Non-linear IO format is only supported for the TensorRT platform for {m}"));
+    if io.is_non_linear_format_io
+        && config.platform != "tensorrt_plan"
+        && config.backend != "tensorrt"
+    {
+        return err(format!(
+            "Non-linear IO format is only supported for the TensorRT platform for {m}"
+        ));
     }
     Ok(())
 }
 
 fn validate_output(io: &ModelOutput, config: &ModelConfig) -> Result<()> {
     let m = &config.name;
-    validate_io_shape(&io.name, io.data_type, &io.dims, io.reshape.as_ref(), config.max_batch_size, "model output ", m)?;
+    validate_io_shape(
+        &io.name,
+        io.data_type,
+        &io.dims,
+        io.reshape.as_ref(),
+        config.max_batch_size,
+        "model output ",
+        m,
+    )?;
     if io.is_shape_tensor && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!("shape tensors are only supported for TensorRT platform for {m}"));
+        return err(format!(
+            "shape tensors are only supported for TensorRT platform for {m}"
+        ));
     }
-    if io.is_non_linear_format_io && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!("Non-linear IO format is only supported for the TensorRT platform for {m}"));
+    if io.is_non_linear_format_io
+        && config.platform != "tensorrt_plan"
+        && config.backend != "tensorrt"
+    {
+        return err(format!(
+            "Non-linear IO format is only supported for the TensorRT platform for {m}"
+        ));
     }
     Ok(())
 }
@@ -497,7 +568,9 @@ pub fn validate_io_config(config: &ModelConfig) -> Result<()> {
             ));
         }
         if !matches!(bi.data_type(), DataType::TypeInt32 | DataType::TypeFp32) {
-            return err(format!("batch input data type must be TYPE_INT32 or TYPE_FP32 for {m}"));
+            return err(format!(
+                "batch input data type must be TYPE_INT32 or TYPE_FP32 for {m}"
+            ));
         }
         for s in &bi.source_input {
             if !inputs.contains(s.as_str()) {
@@ -524,7 +597,9 @@ pub fn validate_io_config(config: &ModelConfig) -> Result<()> {
                 return err(format!("unknown target output name '{t}' for {m}"));
             }
             if !targets.insert(t.as_str()) {
-                return err(format!("target output name '{t}' can only be specified once for {m}"));
+                return err(format!(
+                    "target output name '{t}' can only be specified once for {m}"
+                ));
             }
         }
     }
@@ -533,13 +608,19 @@ pub fn validate_io_config(config: &ModelConfig) -> Result<()> {
 
 /// `ValidateInstanceGroup` for a build without GPU execution (`gpu_support == false`) or with
 /// `gpu_count` usable GPUs.
-pub fn validate_instance_groups(config: &ModelConfig, gpu_support: bool, gpu_count: usize) -> Result<()> {
+pub fn validate_instance_groups(
+    config: &ModelConfig,
+    gpu_support: bool,
+    gpu_count: usize,
+) -> Result<()> {
     if config.is_ensemble() {
         return Ok(());
     }
     let m = &config.name;
     if config.instance_group.is_empty() {
-        return err(format!("must specify one or more 'instance group's for {m}"));
+        return err(format!(
+            "must specify one or more 'instance group's for {m}"
+        ));
     }
     for g in &config.instance_group {
         let name = &g.name;

@@ -11,18 +11,30 @@ fn quoted_list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 fn shape_i64(shape: &[usize]) -> Vec<i64> {
-    shape.iter().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect()
+    shape
+        .iter()
+        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
+        .collect()
 }
 
 /// Checks `inputs` against `config` and returns them in the shapes the backend expects.
-pub(crate) fn prepare(config: &ModelConfig, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn prepare(
+    config: &ModelConfig,
+    inputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>> {
     let m = config.name.as_str();
     for (i, (name, _)) in inputs.iter().enumerate() {
         if inputs[..i].iter().any(|(n, _)| n == name) {
-            return Err(Error::invalid_input(format!("input '{name}' already exists in request")).with_tensor(name.clone()));
+            return Err(
+                Error::invalid_input(format!("input '{name}' already exists in request"))
+                    .with_tensor(name.clone()),
+            );
         }
         if !config.input.iter().any(|c| &c.name == name) {
-            return Err(Error::invalid_input(format!("unexpected inference input '{name}' for model '{m}'")).with_tensor(name.clone()));
+            return Err(Error::invalid_input(format!(
+                "unexpected inference input '{name}' for model '{m}'"
+            ))
+            .with_tensor(name.clone()));
         }
     }
     let missing: Vec<&str> = config
@@ -36,7 +48,10 @@ pub(crate) fn prepare(config: &ModelConfig, inputs: Vec<(String, Tensor)>) -> Re
         let total = config.input.len();
         let got = quoted_list(inputs.iter().map(|(n, _)| n.as_str()));
         let head = if required == total {
-            format!("expected {total} inputs but got {} inputs for model '{m}'", inputs.len())
+            format!(
+                "expected {total} inputs but got {} inputs for model '{m}'",
+                inputs.len()
+            )
         } else {
             format!("expected number of inputs between {required} and {total} but got {} inputs for model '{m}'", inputs.len())
         };
@@ -63,13 +78,17 @@ pub(crate) fn prepare(config: &ModelConfig, inputs: Vec<(String, Tensor)>) -> Re
         let shape = shape_i64(tensor.shape());
         let body: &[i64] = if batching {
             let Some(&b) = shape.first() else {
-                return Err(tagged(Error::invalid_input(format!("input '{name}' has no shape but model requires batch dimension for '{m}'"))));
+                return Err(tagged(Error::invalid_input(format!(
+                    "input '{name}' has no shape but model requires batch dimension for '{m}'"
+                ))));
             };
             let b = usize::try_from(b).unwrap_or(usize::MAX);
             match batch {
                 None => batch = Some(b),
                 Some(prev) if prev != b => {
-                    return Err(tagged(Error::invalid_input(format!("input '{name}' batch size does not match other inputs for '{m}'"))));
+                    return Err(tagged(Error::invalid_input(format!(
+                        "input '{name}' batch size does not match other inputs for '{m}'"
+                    ))));
                 }
                 Some(_) => {}
             }
@@ -83,10 +102,13 @@ pub(crate) fn prepare(config: &ModelConfig, inputs: Vec<(String, Tensor)>) -> Re
         } else {
             &shape
         };
-        let fits = body.len() == cfg.dims.len() && body.iter().zip(&cfg.dims).all(|(&s, &d)| d == -1 || s == d);
+        let fits = body.len() == cfg.dims.len()
+            && body.iter().zip(&cfg.dims).all(|(&s, &d)| d == -1 || s == d);
         if !fits {
             let expected: Vec<i64> = if batching {
-                std::iter::once(-1).chain(cfg.dims.iter().copied()).collect()
+                std::iter::once(-1)
+                    .chain(cfg.dims.iter().copied())
+                    .collect()
             } else {
                 cfg.dims.clone()
             };
@@ -103,16 +125,26 @@ pub(crate) fn prepare(config: &ModelConfig, inputs: Vec<(String, Tensor)>) -> Re
         }
         let tensor = match &cfg.reshape {
             Some(r) => {
-                let mut variable = body.iter().zip(&cfg.dims).filter(|(_, &d)| d == -1).map(|(&s, _)| s);
+                let mut variable = body
+                    .iter()
+                    .zip(&cfg.dims)
+                    .filter(|(_, &d)| d == -1)
+                    .map(|(&s, _)| s);
                 let mut new_shape: Vec<usize> = Vec::with_capacity(r.shape.len() + 1);
                 if batching {
                     new_shape.push(tensor.shape()[0]);
                 }
                 for &d in &r.shape {
-                    let v = if d == -1 { variable.next().unwrap_or(1) } else { d };
+                    let v = if d == -1 {
+                        variable.next().unwrap_or(1)
+                    } else {
+                        d
+                    };
                     new_shape.push(usize::try_from(v).unwrap_or(0));
                 }
-                tensor.reshaped(&new_shape).map_err(|e| tagged(e.context(format!("input '{name}' for model '{m}': "))))?
+                tensor
+                    .reshaped(&new_shape)
+                    .map_err(|e| tagged(e.context(format!("input '{name}' for model '{m}': "))))?
             }
             None => tensor,
         };
@@ -136,7 +168,10 @@ pub(crate) fn check_outputs(config: &ModelConfig, outputs: &[String]) -> Result<
 }
 
 /// Gives outputs with a `reshape` the shape of their config `dims` (plus the batch dim).
-pub(crate) fn present_outputs(config: &ModelConfig, outputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn present_outputs(
+    config: &ModelConfig,
+    outputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>> {
     outputs
         .into_iter()
         .map(|(name, t)| {
@@ -154,13 +189,22 @@ pub(crate) fn present_outputs(config: &ModelConfig, outputs: Vec<(String, Tensor
                 shape.push(b);
                 per_item = per_item.checked_div(b).unwrap_or(0);
             }
-            let fixed: usize = cfg.dims.iter().filter(|&&d| d != -1).map(|&d| d as usize).product();
+            let fixed: usize = cfg
+                .dims
+                .iter()
+                .filter(|&&d| d != -1)
+                .map(|&d| d as usize)
+                .product();
             let vars = cfg.dims.iter().filter(|&&d| d == -1).count();
             if vars > 1 {
                 return Ok((name, t));
             }
             for &d in &cfg.dims {
-                shape.push(if d == -1 { per_item.checked_div(fixed).unwrap_or(0) } else { d as usize });
+                shape.push(if d == -1 {
+                    per_item.checked_div(fixed).unwrap_or(0)
+                } else {
+                    d as usize
+                });
             }
             let t = t.reshaped(&shape)?;
             Ok((name, t))

@@ -2,6 +2,7 @@
 //! checks, and the call into the backend.
 
 mod input;
+pub(crate) mod warmup;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -99,7 +100,12 @@ impl IntoIterator for Outputs {
 }
 
 impl Model {
-    pub(crate) fn new(config: ModelConfig, version: i64, exec: Arc<dyn Executable>, labels: BTreeMap<String, Vec<String>>) -> Model {
+    pub(crate) fn new(
+        config: ModelConfig,
+        version: i64,
+        exec: Arc<dyn Executable>,
+        labels: BTreeMap<String, Vec<String>>,
+    ) -> Model {
         Model {
             inner: Arc::new(ModelInner {
                 version,
@@ -136,8 +142,17 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let outputs: Vec<String> = self.inner.config.output.iter().map(|o| o.name.clone()).collect();
-        self.run(inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(), outputs)
+        let outputs: Vec<String> = self
+            .inner
+            .config
+            .output
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
+        self.run(
+            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            outputs,
+        )
     }
 
     /// Like [`infer`](Self::infer), returning only the outputs named in `outputs`.
@@ -147,15 +162,22 @@ impl Model {
         S: Into<String>,
     {
         let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
-        self.run(inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(), outputs)
+        self.run(
+            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
+            outputs,
+        )
     }
 
     fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
         let config = &self.inner.config;
-        let tag = |e: Error| e.with_model(config.name.clone()).with_version(self.inner.version);
+        let tag = |e: Error| {
+            e.with_model(config.name.clone())
+                .with_version(self.inner.version)
+        };
         input::check_outputs(config, &outputs).map_err(tag)?;
         let inputs = input::prepare(config, inputs).map_err(tag)?;
-        let span = tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
+        let span =
+            tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
         let _enter = span.enter();
         let produced = self.inner.exec.execute(inputs, &outputs).map_err(tag)?;
         let mut tensors = input::present_outputs(config, produced).map_err(tag)?;
@@ -164,7 +186,10 @@ impl Model {
         if tensors.len() != outputs.len() {
             return Err(tag(Error::new(
                 ErrorKind::Execution,
-                format!("model '{}' did not produce every requested output", config.name),
+                format!(
+                    "model '{}' did not produce every requested output",
+                    config.name
+                ),
             )));
         }
         Ok(Outputs { tensors })

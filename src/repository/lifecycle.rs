@@ -81,7 +81,11 @@ fn poll(name: &str, dir: &Path, auto_complete: bool) -> Result<ModelConfig> {
 /// The versions the policy selects among the version folders.
 fn select_versions(config: &ModelConfig, dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
     let available = scan::version_dirs(dir)?;
-    let selected: Vec<(i64, PathBuf)> = match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+    let selected: Vec<(i64, PathBuf)> = match config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
         Some(PolicyChoice::All(_)) => available,
         Some(PolicyChoice::Specific(s)) => {
             for v in &s.versions {
@@ -89,7 +93,10 @@ fn select_versions(config: &ModelConfig, dir: &Path) -> Result<Vec<(i64, PathBuf
                     tracing::warn!("version {v} is specified for model '{}', but the version directory is not present", config.name);
                 }
             }
-            available.into_iter().filter(|(v, _)| s.versions.contains(v)).collect()
+            available
+                .into_iter()
+                .filter(|(v, _)| s.versions.contains(v))
+                .collect()
         }
         Some(PolicyChoice::Latest(l)) => {
             let n = l.num_versions as usize;
@@ -124,17 +131,31 @@ fn read_labels(config: &ModelConfig, model_dir: &Path) -> Result<BTreeMap<String
             .with_tensor(output.name.clone()));
         }
         if labels.contains_key(&output.name) {
-            return Err(Error::invalid_config(format!("multiple label files for '{}'", output.name)));
+            return Err(Error::invalid_config(format!(
+                "multiple label files for '{}'",
+                output.name
+            )));
         }
-        let text = std::fs::read(&path).map_err(|e| Error::io(&path, "failed to read label file", e))?;
+        let text =
+            std::fs::read(&path).map_err(|e| Error::io(&path, "failed to read label file", e))?;
         let text = String::from_utf8_lossy(&text);
-        labels.insert(output.name.clone(), text.split('\n').map(str::to_string).collect());
+        labels.insert(
+            output.name.clone(),
+            text.split('\n').map(str::to_string).collect(),
+        );
     }
     Ok(labels)
 }
 
 /// Completes and loads one version of a non-ensemble model.
-fn load_version(polled: &ModelConfig, dir: &Path, version: i64, vdir: &Path, auto_complete: bool, opts: &LoadOptions) -> Result<Model> {
+fn load_version(
+    polled: &ModelConfig,
+    dir: &Path,
+    version: i64,
+    vdir: &Path,
+    auto_complete: bool,
+    opts: &LoadOptions,
+) -> Result<Model> {
     let mut config = polled.clone();
     let backend = backend::find(&config)?;
     config::normalize_instance_groups(&mut config, 0);
@@ -147,7 +168,9 @@ fn load_version(polled: &ModelConfig, dir: &Path, version: i64, vdir: &Path, aut
     config::validate_io_config(&config)?;
     let labels = read_labels(&config, dir)?;
     let exec = backend.load(&config, vdir, opts)?;
-    Ok(Model::new(config, version, exec, labels))
+    let model = Model::new(config, version, exec, labels);
+    crate::model::warmup::run(&model, dir)?;
+    Ok(model)
 }
 
 fn version_failed(name: &str, v: i64, e: &Error) -> VersionEntry {
@@ -161,7 +184,11 @@ fn version_failed(name: &str, v: i64, e: &Error) -> VersionEntry {
 }
 
 /// Loads every model of the repository at `root`.
-pub(crate) fn load_all(root: &Path, auto_complete: bool, opts: &LoadOptions) -> Result<BTreeMap<String, ModelEntry>> {
+pub(crate) fn load_all(
+    root: &Path,
+    auto_complete: bool,
+    opts: &LoadOptions,
+) -> Result<BTreeMap<String, ModelEntry>> {
     let mut models = BTreeMap::new();
     for (name, dir) in scan::model_dirs(root)? {
         let entry = match poll(&name, &dir, auto_complete) {
@@ -186,7 +213,13 @@ pub(crate) fn load_all(root: &Path, auto_complete: bool, opts: &LoadOptions) -> 
     Ok(models)
 }
 
-fn load_model(name: &str, config: ModelConfig, dir: &Path, auto_complete: bool, opts: &LoadOptions) -> ModelEntry {
+fn load_model(
+    name: &str,
+    config: ModelConfig,
+    dir: &Path,
+    auto_complete: bool,
+    opts: &LoadOptions,
+) -> ModelEntry {
     let span = tracing::info_span!("load_model", model = name);
     let _enter = span.enter();
     let versions = match select_versions(&config, dir) {
@@ -217,7 +250,11 @@ fn load_model(name: &str, config: ModelConfig, dir: &Path, auto_complete: bool, 
     }
     // As in Triton, a load in which any version fails is rolled back as a whole.
     if any_failed {
-        let first = loaded.values().find(|v| v.model.is_none()).map(|v| v.reason.clone()).unwrap_or_default();
+        let first = loaded
+            .values()
+            .find(|v| v.model.is_none())
+            .map(|v| v.reason.clone())
+            .unwrap_or_default();
         for ve in loaded.values_mut() {
             if ve.model.take().is_some() {
                 ve.state = ModelState::Unavailable;
@@ -258,7 +295,12 @@ fn deps_of(config: &ModelConfig) -> Vec<String> {
     deps
 }
 
-fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut BTreeSet<String>, stack: &mut Vec<String>) {
+fn resolve_one(
+    name: &str,
+    models: &mut BTreeMap<String, ModelEntry>,
+    done: &mut BTreeSet<String>,
+    stack: &mut Vec<String>,
+) {
     if done.contains(name) {
         return;
     }
@@ -267,7 +309,11 @@ fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut
     };
     stack.push(name.to_string());
     let deps = deps_of(&config);
-    let missing: Vec<&str> = deps.iter().filter(|d| !models.contains_key(d.as_str())).map(String::as_str).collect();
+    let missing: Vec<&str> = deps
+        .iter()
+        .filter(|d| !models.contains_key(d.as_str()))
+        .map(String::as_str)
+        .collect();
     let result = if !missing.is_empty() {
         Err(Error::invalid_config(format!(
             "ensemble {name} contains models that are not available or ambiguous: {}",
@@ -278,7 +324,9 @@ fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut
         for d in &deps {
             if let Some(pos) = stack.iter().position(|s| s == d) {
                 let start = &stack[pos];
-                cycle = Some(format!("circular dependency between ensembles: {start} -> ... -> {name} -> {start}"));
+                cycle = Some(format!(
+                    "circular dependency between ensembles: {start} -> ... -> {name} -> {start}"
+                ));
                 break;
             }
             if models.get(d).is_some_and(|e| e.polled.is_some()) {
@@ -287,7 +335,9 @@ fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut
         }
         match cycle {
             Some(msg) => Err(Error::invalid_config(msg)),
-            None => ensemble::check_dependencies(&config, &|dep, version| composing_config(models, dep, version)),
+            None => ensemble::check_dependencies(&config, &|dep, version| {
+                composing_config(models, dep, version)
+            }),
         }
     };
     stack.pop();
@@ -304,7 +354,11 @@ fn resolve_one(name: &str, models: &mut BTreeMap<String, ModelEntry>, done: &mut
 
 /// The completed config of version `version` (-1: latest ready) of a composing model, or why
 /// it cannot be used.
-fn composing_config(models: &BTreeMap<String, ModelEntry>, dep: &str, version: i64) -> std::result::Result<ModelConfig, ensemble::DepError> {
+fn composing_config(
+    models: &BTreeMap<String, ModelEntry>,
+    dep: &str,
+    version: i64,
+) -> std::result::Result<ModelConfig, ensemble::DepError> {
     let Some(entry) = models.get(dep) else {
         return Err(ensemble::DepError::Missing);
     };
@@ -321,34 +375,69 @@ fn composing_config(models: &BTreeMap<String, ModelEntry>, dep: &str, version: i
     }
     let ready = |v: &VersionEntry| v.model.as_ref().map(|m| m.config().clone());
     if version == -1 {
-        entry.versions.values().rev().find_map(ready).ok_or_else(|| {
-            ensemble::DepError::NotLoaded(entry.versions.values().find(|v| v.model.is_none()).map(|v| v.reason.clone()))
-        })
+        entry
+            .versions
+            .values()
+            .rev()
+            .find_map(ready)
+            .ok_or_else(|| {
+                ensemble::DepError::NotLoaded(
+                    entry
+                        .versions
+                        .values()
+                        .find(|v| v.model.is_none())
+                        .map(|v| v.reason.clone()),
+                )
+            })
     } else {
         if entry.versions.values().all(|v| v.model.is_none()) {
-            return Err(ensemble::DepError::NotLoaded(entry.versions.values().next().map(|v| v.reason.clone())));
+            return Err(ensemble::DepError::NotLoaded(
+                entry.versions.values().next().map(|v| v.reason.clone()),
+            ));
         }
-        entry.versions.get(&version).and_then(ready).ok_or(ensemble::DepError::VersionMissing(version))
+        entry
+            .versions
+            .get(&version)
+            .and_then(ready)
+            .ok_or(ensemble::DepError::VersionMissing(version))
     }
 }
 
-fn load_ensemble(name: &str, mut config: ModelConfig, dir: &Path, models: &BTreeMap<String, ModelEntry>) -> ModelEntry {
+fn load_ensemble(
+    name: &str,
+    mut config: ModelConfig,
+    dir: &Path,
+    models: &BTreeMap<String, ModelEntry>,
+) -> ModelEntry {
     let steps: Vec<(String, i64)> = config
         .ensemble()
-        .map(|e| e.step.iter().map(|s| (s.model_name.clone(), s.model_version)).collect())
+        .map(|e| {
+            e.step
+                .iter()
+                .map(|s| (s.model_name.clone(), s.model_version))
+                .collect()
+        })
         .unwrap_or_default();
     let mut step_configs = Vec::new();
     for (dep, v) in &steps {
         match composing_config(models, dep, *v) {
             Ok(c) => step_configs.push(c),
-            Err(_) => return ModelEntry::failed(format!("ensemble '{name}' depends on '{dep}' which has no loaded version.")),
+            Err(_) => {
+                return ModelEntry::failed(format!(
+                    "ensemble '{name}' depends on '{dep}' which has no loaded version."
+                ))
+            }
         }
     }
     if let Err(e) = ensemble::validate_tensors(&config, &step_configs) {
         tracing::error!("failed to load '{name}': {e}");
         return ModelEntry::failed(e.to_string());
     }
-    let decoupled = step_configs.iter().any(|c| c.model_transaction_policy.as_ref().is_some_and(|p| p.decoupled));
+    let decoupled = step_configs.iter().any(|c| {
+        c.model_transaction_policy
+            .as_ref()
+            .is_some_and(|p| p.decoupled)
+    });
     config.model_transaction_policy = Some(ModelTransactionPolicy { decoupled });
     let versions = match select_versions(&config, dir) {
         Ok(v) => v,

@@ -14,8 +14,6 @@ use crate::backend::LoadOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Model, ModelState};
 
-
-
 /// One row of the repository index (Triton's `POST v2/repository/index`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -112,7 +110,10 @@ impl std::fmt::Debug for Repository {
 }
 
 fn unknown(msg: String) -> Error {
-    Error::new(ErrorKind::NotFound, format!("Request for unknown model: {msg}"))
+    Error::new(
+        ErrorKind::NotFound,
+        format!("Request for unknown model: {msg}"),
+    )
 }
 
 impl Repository {
@@ -150,8 +151,11 @@ impl Repository {
             .rev()
             .find_map(|v| v.model.clone())
             .ok_or_else(|| {
-                Error::new(ErrorKind::Unavailable, format!("Request for unknown model: '{name}' has no available versions"))
-                    .with_model(name)
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("Request for unknown model: '{name}' has no available versions"),
+                )
+                .with_model(name)
             })
     }
 

@@ -9,15 +9,20 @@ use crate::error::{Error, Result};
 /// Model folders of a repository, sorted by name. Files at the top level are ignored; hidden
 /// folders are models too, as in Triton.
 pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let meta = std::fs::metadata(root).map_err(|e| Error::io(root, "failed to open model repository", e))?;
+    let meta = std::fs::metadata(root)
+        .map_err(|e| Error::io(root, "failed to open model repository", e))?;
     if !meta.is_dir() {
         return Err(Error::new(
             crate::ErrorKind::Io,
-            format!("model repository path '{}' is not a directory", root.display()),
+            format!(
+                "model repository path '{}' is not a directory",
+                root.display()
+            ),
         ));
     }
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(root).map_err(|e| Error::io(root, "failed to read model repository", e))?;
+    let entries = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, "failed to read model repository", e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {
@@ -25,7 +30,9 @@ pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         }
         match entry.file_name().into_string() {
             Ok(name) => out.push((name, path)),
-            Err(name) => tracing::warn!("ignoring model directory {name:?}: its name is not valid UTF-8"),
+            Err(name) => {
+                tracing::warn!("ignoring model directory {name:?}: its name is not valid UTF-8")
+            }
         }
     }
     out.sort();
@@ -36,7 +43,8 @@ pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// are skipped with a warning (`warmup`, `initial_state` and `configs` silently).
 pub(crate) fn version_dirs(model_dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, "failed to read model directory", e))?;
+    let entries = std::fs::read_dir(model_dir)
+        .map_err(|e| Error::io(model_dir, "failed to read model directory", e))?;
     for entry in entries.flatten() {
         let path = entry.path();
         if !path.is_dir() {
@@ -51,12 +59,16 @@ pub(crate) fn version_dirs(model_dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
             continue;
         }
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
-            tracing::warn!("ignore version directory '{name}' which fails to convert to integral number");
+            tracing::warn!(
+                "ignore version directory '{name}' which fails to convert to integral number"
+            );
             continue;
         }
         match name.parse::<i64>() {
             Ok(v) => out.push((v, path)),
-            Err(_) => tracing::warn!("ignore version directory '{name}' which fails to convert to integral number"),
+            Err(_) => tracing::warn!(
+                "ignore version directory '{name}' which fails to convert to integral number"
+            ),
         }
     }
     out.sort();
@@ -66,12 +78,37 @@ pub(crate) fn version_dirs(model_dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
 /// Backends Triton recognises from the platform or the model file name, in Triton's order:
 /// (backend, platforms, file name, platform to fill in).
 const KNOWN: &[(&str, &[&str], &str, Option<&str>)] = &[
-    ("tensorflow", &["tensorflow_savedmodel"], "model.savedmodel", Some("tensorflow_savedmodel")),
-    ("tensorflow", &["tensorflow_graphdef"], "model.graphdef", Some("tensorflow_graphdef")),
-    ("tensorrt", &["tensorrt_plan"], "model.plan", Some("tensorrt_plan")),
-    ("onnxruntime", &["onnxruntime_onnx"], "model.onnx", Some("onnxruntime_onnx")),
+    (
+        "tensorflow",
+        &["tensorflow_savedmodel"],
+        "model.savedmodel",
+        Some("tensorflow_savedmodel"),
+    ),
+    (
+        "tensorflow",
+        &["tensorflow_graphdef"],
+        "model.graphdef",
+        Some("tensorflow_graphdef"),
+    ),
+    (
+        "tensorrt",
+        &["tensorrt_plan"],
+        "model.plan",
+        Some("tensorrt_plan"),
+    ),
+    (
+        "onnxruntime",
+        &["onnxruntime_onnx"],
+        "model.onnx",
+        Some("onnxruntime_onnx"),
+    ),
     ("openvino", &[], "model.xml", None),
-    ("pytorch", &["pytorch_libtorch", "libtorch"], "model.pt", Some("pytorch_libtorch")),
+    (
+        "pytorch",
+        &["pytorch_libtorch", "libtorch"],
+        "model.pt",
+        Some("pytorch_libtorch"),
+    ),
     ("pytorch", &["torch_aoti"], "model.pt2", Some("torch_aoti")),
     ("python", &[], "model.py", None),
 ];
@@ -79,7 +116,11 @@ const KNOWN: &[(&str, &[&str], &str, Option<&str>)] = &[
 /// Triton's `AutoCompleteBackendFields` (runs even with auto-complete disabled): the name from
 /// the folder, then backend, platform and default file name from what the first sub-folder of
 /// the model holds.
-pub(crate) fn autofill_backend_fields(config: &mut ModelConfig, dir_name: &str, model_dir: &Path) -> Result<()> {
+pub(crate) fn autofill_backend_fields(
+    config: &mut ModelConfig,
+    dir_name: &str,
+    model_dir: &Path,
+) -> Result<()> {
     if config.name.is_empty() {
         config.name = dir_name.to_string();
     }
@@ -87,24 +128,30 @@ pub(crate) fn autofill_backend_fields(config: &mut ModelConfig, dir_name: &str, 
         return Ok(());
     }
     // Triton sniffs the lexicographically first sub-folder, whatever its name.
-    let first_sub = std::fs::read_dir(model_dir)
-        .ok()
-        .and_then(|rd| {
-            let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-            dirs.sort();
-            dirs.into_iter().next()
-        });
+    let first_sub = std::fs::read_dir(model_dir).ok().and_then(|rd| {
+        let mut dirs: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs.into_iter().next()
+    });
     let has_file = |file: &str| first_sub.as_ref().is_some_and(|d| d.join(file).exists());
     for &(backend, platforms, file, default_platform) in KNOWN {
         if config.backend.is_empty()
             && (platforms.contains(&config.platform.as_str())
                 || config.default_model_filename == file
-                || (config.platform.is_empty() && config.default_model_filename.is_empty() && has_file(file)))
+                || (config.platform.is_empty()
+                    && config.default_model_filename.is_empty()
+                    && has_file(file)))
         {
             config.backend = backend.to_string();
         }
         if config.backend == backend
-            && (config.platform.is_empty() || platforms.is_empty() || platforms.contains(&config.platform.as_str()))
+            && (config.platform.is_empty()
+                || platforms.is_empty()
+                || platforms.contains(&config.platform.as_str()))
         {
             if config.platform.is_empty() {
                 if let Some(p) = default_platform {
@@ -116,7 +163,10 @@ pub(crate) fn autofill_backend_fields(config: &mut ModelConfig, dir_name: &str, 
             }
         }
     }
-    if config.backend.is_empty() && config.platform.is_empty() && config.default_model_filename.is_empty() {
+    if config.backend.is_empty()
+        && config.platform.is_empty()
+        && config.default_model_filename.is_empty()
+    {
         match config.name.split_once('.') {
             Some((_, backend)) if !backend.is_empty() => {
                 config.backend = backend.to_string();

@@ -18,7 +18,10 @@ pub struct Reference {
 
 fn read_f32(file: &str, shape: &[usize]) -> ArrayD<f32> {
     let bytes = std::fs::read(fixtures().join("reference").join(file)).unwrap();
-    let data: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     ArrayD::from_shape_vec(shape.to_vec(), data).unwrap()
 }
 
@@ -32,24 +35,38 @@ pub fn reference(key: &str) -> Reference {
             .unwrap()
             .iter()
             .map(|(name, v)| {
-                let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                let shape: Vec<usize> = v["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
                 (name.clone(), read_f32(v["file"].as_str().unwrap(), &shape))
             })
             .collect()
     };
-    Reference { inputs: load("inputs"), outputs: load("outputs") }
+    Reference {
+        inputs: load("inputs"),
+        outputs: load("outputs"),
+    }
 }
 
 impl Reference {
     pub fn input_tensors(&self) -> Vec<(String, Tensor)> {
-        self.inputs.iter().map(|(n, a)| (n.clone(), Tensor::from(a.clone()))).collect()
+        self.inputs
+            .iter()
+            .map(|(n, a)| (n.clone(), Tensor::from(a.clone())))
+            .collect()
     }
 }
 
 /// Largest absolute difference, asserting equal shapes.
 pub fn max_abs_diff(a: &ndarray::ArrayViewD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Copies a folder tree.

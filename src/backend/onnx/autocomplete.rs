@@ -16,7 +16,11 @@ fn batchable(t: &OnnxTensor) -> bool {
 
 /// Completes `config` from the graph I/O; a config that lists both inputs and outputs is left
 /// unchanged, as in Triton.
-pub(crate) fn auto_complete(config: &mut ModelConfig, io: &OnnxIo, default_max_batch_size: i32) -> Result<()> {
+pub(crate) fn auto_complete(
+    config: &mut ModelConfig,
+    io: &OnnxIo,
+    default_max_batch_size: i32,
+) -> Result<()> {
     let m = config.name.clone();
     let has_inputs = !config.input.is_empty() || !config.batch_input.is_empty();
     if has_inputs && !config.output.is_empty() {
@@ -31,7 +35,9 @@ pub(crate) fn auto_complete(config: &mut ModelConfig, io: &OnnxIo, default_max_b
             tracing::warn!("autofilled max_batch_size to {n} for model '{m}' since batching is supporrted but no max_batch_size is specified in model configuration. Must specify max_batch_size to utilize autofill with a larger max batch size");
         }
         if config.max_batch_size > 1 && config.scheduling_choice.is_none() {
-            config.scheduling_choice = Some(SchedulingChoice::DynamicBatching(ModelDynamicBatching::default()));
+            config.scheduling_choice = Some(SchedulingChoice::DynamicBatching(
+                ModelDynamicBatching::default(),
+            ));
         }
     } else if config.max_batch_size != 0 {
         return Err(Error::invalid_config(format!(

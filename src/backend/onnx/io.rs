@@ -29,7 +29,10 @@ pub(crate) struct OnnxIo {
 
 /// The model file of a version: `<version>/<default_model_filename or model.onnx>`, or
 /// `<that>/model.onnx` when it is a folder. The file name may not leave the version folder.
-pub(crate) fn model_path(config: &crate::config::ModelConfig, version_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn model_path(
+    config: &crate::config::ModelConfig,
+    version_dir: &Path,
+) -> Result<PathBuf> {
     let file = if config.default_model_filename.is_empty() {
         "model.onnx"
     } else {
@@ -106,7 +109,8 @@ fn map_type(t: i32) -> Option<DataType> {
 }
 
 fn tensor_of(v: &pb::ValueInfoProto) -> Result<OnnxTensor> {
-    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
         return Err(Error::new(
             ErrorKind::Unsupported,
             format!(
@@ -118,7 +122,10 @@ fn tensor_of(v: &pb::ValueInfoProto) -> Result<OnnxTensor> {
     let data_type = map_type(t.elem_type).ok_or_else(|| {
         Error::new(
             ErrorKind::Unsupported,
-            format!("unsupported ONNX element type {} for I/O '{}'", t.elem_type, v.name),
+            format!(
+                "unsupported ONNX element type {} for I/O '{}'",
+                t.elem_type, v.name
+            ),
         )
     })?;
     let dims = t.shape.as_ref().map(|s| {

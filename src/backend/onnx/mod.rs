@@ -17,10 +17,23 @@ use io::OnnxIo;
 pub(crate) struct OnnxBackend;
 
 impl Backend for OnnxBackend {
-    fn auto_complete(&self, config: &mut ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<()> {
+    fn auto_complete(
+        &self,
+        config: &mut ModelConfig,
+        version_dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<()> {
         let has_inputs = !config.input.is_empty() || !config.batch_input.is_empty();
         if has_inputs && !config.output.is_empty() {
-            return autocomplete::auto_complete(config, &OnnxIo { inputs: vec![], overridable: vec![], outputs: vec![] }, opts.default_max_batch_size);
+            return autocomplete::auto_complete(
+                config,
+                &OnnxIo {
+                    inputs: vec![],
+                    overridable: vec![],
+                    outputs: vec![],
+                },
+                opts.default_max_batch_size,
+            );
         }
         let path = io::model_path(config, version_dir)?;
         let proto = io::read_proto(&path, &config.name)?;
@@ -28,7 +41,12 @@ impl Backend for OnnxBackend {
         autocomplete::auto_complete(config, &io, opts.default_max_batch_size)
     }
 
-    fn load(&self, config: &ModelConfig, version_dir: &Path, opts: &LoadOptions) -> Result<Arc<dyn Executable>> {
+    fn load(
+        &self,
+        config: &ModelConfig,
+        version_dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Arc<dyn Executable>> {
         let path = io::model_path(config, version_dir)?;
         let proto = io::read_proto(&path, &config.name)?;
         let io = OnnxIo::from_proto(&proto)?;
@@ -44,12 +62,25 @@ fn unable(m: &str, what: String) -> Error {
     Error::invalid_config(format!("unable to load model '{m}', {what}"))
 }
 
-fn check_data_type(m: &str, kind: &str, name: &str, config_dt: i32, model_dt: DataType) -> Result<()> {
+fn check_data_type(
+    m: &str,
+    kind: &str,
+    name: &str,
+    config_dt: i32,
+    model_dt: DataType,
+) -> Result<()> {
     let Ok(dt) = DataType::try_from(config_dt) else {
-        return Err(Error::invalid_config(format!("unsupported datatype {config_dt} for {kind} '{name}' for model '{m}'")).with_tensor(name));
+        return Err(Error::invalid_config(format!(
+            "unsupported datatype {config_dt} for {kind} '{name}' for model '{m}'"
+        ))
+        .with_tensor(name));
     };
     if matches!(dt, DataType::TypeInvalid) {
-        return Err(Error::invalid_config(format!("unsupported datatype {} for {kind} '{name}' for model '{m}'", dt.as_str_name())).with_tensor(name));
+        return Err(Error::invalid_config(format!(
+            "unsupported datatype {} for {kind} '{name}' for model '{m}'",
+            dt.as_str_name()
+        ))
+        .with_tensor(name));
     }
     if dt != model_dt {
         return Err(unable(
@@ -67,7 +98,14 @@ fn check_data_type(m: &str, kind: &str, name: &str, config_dt: i32, model_dt: Da
 
 /// Triton's `CompareDimsSupported`: config dims (or reshape) against the model's dims.
 /// Inputs accept a fixed config dim where the model has -1; outputs must match exactly.
-fn compare_dims(m: &str, name: &str, model: &Option<Vec<i64>>, dims: &[i64], max_batch_size: i32, exact: bool) -> Result<()> {
+fn compare_dims(
+    m: &str,
+    name: &str,
+    model: &Option<Vec<i64>>,
+    dims: &[i64],
+    max_batch_size: i32,
+    exact: bool,
+) -> Result<()> {
     let Some(model) = model else {
         return Ok(());
     };
@@ -108,20 +146,48 @@ fn validate_inputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
     let optional = config.input.iter().filter(|i| i.optional).count();
     let expected = config.input.len() - optional + config.batch_input.len();
     if expected != io.inputs.len() {
-        return Err(unable(m, format!("configuration expects {expected} inputs, model provides {}", io.inputs.len())));
+        return Err(unable(
+            m,
+            format!(
+                "configuration expects {expected} inputs, model provides {}",
+                io.inputs.len()
+            ),
+        ));
     }
-    let allowed: BTreeSet<&str> = io.inputs.iter().chain(&io.overridable).map(|t| t.name.as_str()).collect();
+    let allowed: BTreeSet<&str> = io
+        .inputs
+        .iter()
+        .chain(&io.overridable)
+        .map(|t| t.name.as_str())
+        .collect();
     for input in &config.input {
         let n = &input.name;
-        let Some(t) = io.inputs.iter().chain(&io.overridable).find(|t| &t.name == n) else {
+        let Some(t) = io
+            .inputs
+            .iter()
+            .chain(&io.overridable)
+            .find(|t| &t.name == n)
+        else {
             let list: Vec<&str> = allowed.iter().copied().collect();
-            return Err(Error::invalid_config(format!("unexpected inference input '{n}', allowed inputs are: {}", list.join(", "))).with_tensor(n));
+            return Err(Error::invalid_config(format!(
+                "unexpected inference input '{n}', allowed inputs are: {}",
+                list.join(", ")
+            ))
+            .with_tensor(n));
         };
         if input.optional && config.max_batch_size != 0 {
-            return Err(unable(m, format!("optional input '{n}' is not supported for models that support batching")).with_tensor(n));
+            return Err(unable(
+                m,
+                format!("optional input '{n}' is not supported for models that support batching"),
+            )
+            .with_tensor(n));
         }
         check_data_type(m, "input", n, input.data_type, t.data_type)?;
-        let dims = input.reshape.as_ref().map(|r| r.shape.as_slice()).unwrap_or(&input.dims);
+        let dims = input
+            .reshape
+            .as_ref()
+            .map(|r| r.shape.as_slice())
+            .unwrap_or(&input.dims);
         compare_dims(m, n, &t.dims, dims, config.max_batch_size, false)?;
     }
     Ok(())
@@ -134,10 +200,18 @@ fn validate_outputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
         let Some(t) = io.outputs.iter().find(|t| &t.name == n) else {
             let mut list: Vec<&str> = io.outputs.iter().map(|t| t.name.as_str()).collect();
             list.sort_unstable();
-            return Err(Error::invalid_config(format!("unexpected inference output '{n}', allowed outputs are: {}", list.join(", "))).with_tensor(n));
+            return Err(Error::invalid_config(format!(
+                "unexpected inference output '{n}', allowed outputs are: {}",
+                list.join(", ")
+            ))
+            .with_tensor(n));
         };
         check_data_type(m, "output", n, output.data_type, t.data_type)?;
-        let dims = output.reshape.as_ref().map(|r| r.shape.as_slice()).unwrap_or(&output.dims);
+        let dims = output
+            .reshape
+            .as_ref()
+            .map(|r| r.shape.as_slice())
+            .unwrap_or(&output.dims);
         compare_dims(m, n, &t.dims, dims, config.max_batch_size, true)?;
     }
     let _ = ErrorKind::Unsupported;

@@ -7,11 +7,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_hir::infer::Factoid;
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
-use tract_onnx::prelude::*;
 use tract_onnx::prelude::tract_data::prelude::Blob;
+use tract_onnx::prelude::*;
 
 use super::super::{Executable, LoadOptions};
 use crate::config::ModelConfig;
@@ -46,54 +46,104 @@ fn tract_err(kind: ErrorKind, what: String, e: impl std::fmt::Display) -> Error 
 fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(tract_err(ErrorKind::Execution, what.to_string(), format!("{e:#}"))),
-        Err(_) => Err(Error::new(ErrorKind::Execution, format!("{what}: the engine panicked"))),
+        Ok(Err(e)) => Err(tract_err(
+            ErrorKind::Execution,
+            what.to_string(),
+            format!("{e:#}"),
+        )),
+        Err(_) => Err(Error::new(
+            ErrorKind::Execution,
+            format!("{what}: the engine panicked"),
+        )),
     }
 }
 
 impl Plans {
-    pub(crate) fn new(config: &ModelConfig, proto: &pb::ModelProto, dir: Option<&str>, opts: &LoadOptions) -> Result<Plans> {
+    pub(crate) fn new(
+        config: &ModelConfig,
+        proto: &pb::ModelProto,
+        dir: Option<&str>,
+        opts: &LoadOptions,
+    ) -> Result<Plans> {
         let m = &config.name;
-        let parsed = guarded(&format!("failed to load model '{m}'"), || tract_onnx::onnx().parse(proto, dir))?;
+        let parsed = guarded(&format!("failed to load model '{m}'"), || {
+            tract_onnx::onnx().parse(proto, dir)
+        })?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(Error::new(
                 ErrorKind::ModelFile,
-                format!("failed to load model '{m}': unresolved graph inputs {:?}", parsed.unresolved_inputs),
+                format!(
+                    "failed to load model '{m}': unresolved graph inputs {:?}",
+                    parsed.unresolved_inputs
+                ),
             ));
         }
         let model = parsed.model;
         // Operators tract does not know are parsed as placeholders: reject them now.
-        if let Some(node) = model.nodes().iter().find(|n| n.op_is::<tract_onnx::tract_core::ops::unimpl::UnimplementedOp>()) {
+        if let Some(node) = model
+            .nodes()
+            .iter()
+            .find(|n| n.op_is::<tract_onnx::tract_core::ops::unimpl::UnimplementedOp>())
+        {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                format!("failed to load model '{m}': unsupported ONNX operator in node '{}': {:?}", node.name, node.op),
+                format!(
+                    "failed to load model '{m}': unsupported ONNX operator in node '{}': {:?}",
+                    node.name, node.op
+                ),
             ));
         }
         // Check the whole graph once with its declared (possibly symbolic) shapes. Some graphs
         // (shapes computed from `Shape`) only type with concrete input shapes: those are
         // checked when the first plan is built.
         if let Err(e) = guarded("", || model.clone().into_typed().map(|_| ())) {
-            tracing::debug!("model '{m}' does not type with symbolic shapes; plans are checked per shape ({})", e.message());
+            tracing::debug!(
+                "model '{m}' does not type with symbolic shapes; plans are checked per shape ({})",
+                e.message()
+            );
         }
         let graph = proto.graph.as_ref();
         let inits: std::collections::HashSet<&str> = graph
             .map(|g| g.initializer.iter().map(|i| i.name.as_str()).collect())
             .unwrap_or_default();
         let inputs: Vec<String> = graph
-            .map(|g| g.input.iter().filter(|i| !inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect())
+            .map(|g| {
+                g.input
+                    .iter()
+                    .filter(|i| !inits.contains(i.name.as_str()))
+                    .map(|i| i.name.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         let overridable: Vec<String> = graph
-            .map(|g| g.input.iter().filter(|i| inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect())
+            .map(|g| {
+                g.input
+                    .iter()
+                    .filter(|i| inits.contains(i.name.as_str()))
+                    .map(|i| i.name.clone())
+                    .collect()
+            })
             .unwrap_or_default();
-        let outputs: Vec<String> = graph.map(|g| g.output.iter().map(|o| o.name.clone()).collect()).unwrap_or_default();
+        let outputs: Vec<String> = graph
+            .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
+            .unwrap_or_default();
         if inputs.len() != model.input_outlets().map(|o| o.len()).unwrap_or(0)
             || outputs.len() != model.output_outlets().map(|o| o.len()).unwrap_or(0)
         {
-            return Err(Error::new(ErrorKind::ModelFile, format!("failed to load model '{m}': graph inputs/outputs could not be mapped")));
+            return Err(Error::new(
+                ErrorKind::ModelFile,
+                format!("failed to load model '{m}': graph inputs/outputs could not be mapped"),
+            ));
         }
         let mut input_types = Vec::with_capacity(inputs.len());
         for i in 0..inputs.len() {
-            let fact = model.input_fact(i).map_err(|e| tract_err(ErrorKind::ModelFile, format!("failed to load model '{m}'"), e))?;
+            let fact = model.input_fact(i).map_err(|e| {
+                tract_err(
+                    ErrorKind::ModelFile,
+                    format!("failed to load model '{m}'"),
+                    e,
+                )
+            })?;
             input_types.push(fact.datum_type.concretize().unwrap_or(DatumType::F32));
         }
         let threads = config
@@ -101,7 +151,8 @@ impl Plans {
             .get("intra_op_thread_count")
             .and_then(|p| p.string_value.parse::<usize>().ok())
             .unwrap_or(1);
-        let executor = (threads > 1).then(|| Executor::multithread_with_name(threads, &format!("modelyard-{m}")));
+        let executor = (threads > 1)
+            .then(|| Executor::multithread_with_name(threads, &format!("modelyard-{m}")));
         Ok(Plans {
             model_name: m.clone(),
             model,
@@ -110,7 +161,10 @@ impl Plans {
             outputs,
             overridable,
             capacity: opts.plan_cache_capacity.max(1),
-            cache: Mutex::new(Lru { tick: 0, entries: HashMap::new() }),
+            cache: Mutex::new(Lru {
+                tick: 0,
+                entries: HashMap::new(),
+            }),
             executor,
         })
     }
@@ -127,19 +181,30 @@ impl Plans {
         }
         let span = tracing::debug_span!("compile", model = %self.model_name, shapes = ?shapes);
         let _enter = span.enter();
-        let plan = guarded(&format!("failed to compile model '{}' for input shapes {shapes:?}", self.model_name), || {
-            let mut m = self.model.clone();
-            for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
-                m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
-            }
-            m.into_optimized()?.into_runnable()
-        })?;
+        let plan = guarded(
+            &format!(
+                "failed to compile model '{}' for input shapes {shapes:?}",
+                self.model_name
+            ),
+            || {
+                let mut m = self.model.clone();
+                for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
+                    m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
+                }
+                m.into_optimized()?.into_runnable()
+            },
+        )?;
         let plan = Arc::new(plan);
         let mut cache = self.cache.lock();
         cache.tick += 1;
         let tick = cache.tick;
         if cache.entries.len() >= self.capacity {
-            if let Some(oldest) = cache.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone())
+            {
                 cache.entries.remove(&oldest);
             }
         }
@@ -147,30 +212,43 @@ impl Plans {
         Ok(plan)
     }
 
-    /// Number of compiled plans currently cached.
+    /// The input shapes of the cached plans.
     #[cfg(test)]
-    pub(crate) fn cached_plans(&self) -> usize {
-        self.cache.lock().entries.len()
+    fn cached_shapes(&self) -> Vec<Vec<TVec<usize>>> {
+        let mut v: Vec<_> = self.cache.lock().entries.keys().cloned().collect();
+        v.sort();
+        v
     }
 }
 
 fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {
     let inner = t.as_tract();
     if dt == DatumType::String && inner.datum_type() == DatumType::Blob {
-        let blobs = inner.as_slice::<Blob>().map_err(|e| Error::invalid_input(e.to_string()))?;
+        let blobs = inner
+            .as_slice::<Blob>()
+            .map_err(|e| Error::invalid_input(e.to_string()))?;
         let strings = blobs
             .iter()
             .map(|b| String::from_utf8(b.as_bytes().to_vec()))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| Error::invalid_input("BYTES input is not valid UTF-8, which ONNX string tensors require"))?;
-        let arr = tract_ndarray::ArrayD::from_shape_vec(inner.shape(), strings).map_err(|e| Error::invalid_input(e.to_string()))?;
+            .map_err(|_| {
+                Error::invalid_input(
+                    "BYTES input is not valid UTF-8, which ONNX string tensors require",
+                )
+            })?;
+        let arr = tract_ndarray::ArrayD::from_shape_vec(inner.shape(), strings)
+            .map_err(|e| Error::invalid_input(e.to_string()))?;
         return Ok(TValue::Const(Arc::new(Tensor::from(arr))));
     }
     Ok(TValue::Const(inner.clone()))
 }
 
 impl Executable for Plans {
-    fn execute(&self, inputs: Vec<(String, MyTensor)>, outputs: &[String]) -> Result<Vec<(String, MyTensor)>> {
+    fn execute(
+        &self,
+        inputs: Vec<(String, MyTensor)>,
+        outputs: &[String],
+    ) -> Result<Vec<(String, MyTensor)>> {
         if let Some((name, _)) = inputs.iter().find(|(n, _)| self.overridable.contains(n)) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -181,7 +259,11 @@ impl Executable for Plans {
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for name in &self.inputs {
             let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
-                return Err(Error::invalid_input(format!("missing input '{name}' for model '{}'", self.model_name)).with_tensor(name.clone()));
+                return Err(Error::invalid_input(format!(
+                    "missing input '{name}' for model '{}'",
+                    self.model_name
+                ))
+                .with_tensor(name.clone()));
             };
             ordered.push(t);
         }
@@ -194,7 +276,9 @@ impl Executable for Plans {
             .collect::<Result<TVec<_>>>()?;
         let what = format!("failed to run model '{}'", self.model_name);
         let result = match &self.executor {
-            Some(ex) => guarded(&what, || multithread_tract_scope(ex.clone(), || plan.run(values))),
+            Some(ex) => guarded(&what, || {
+                multithread_tract_scope(ex.clone(), || plan.run(values))
+            }),
             None => guarded(&what, || plan.run(values)),
         }?;
         let mut out = Vec::with_capacity(outputs.len());
@@ -204,5 +288,43 @@ impl Executable for Plans {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_recently_used_plan_is_evicted() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/generated/add_sub_fp32_batch.onnx");
+        let proto = super::super::io::read_proto(&path, "m").unwrap();
+        let config = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
+        let opts = LoadOptions {
+            plan_cache_capacity: 2,
+            default_max_batch_size: 4,
+        };
+        let plans = Plans::new(&config, &proto, None, &opts).unwrap();
+        let run = |rows: usize| {
+            let t = MyTensor::from(tract_ndarray::Array2::<f32>::ones((rows, 16)));
+            let out = plans
+                .execute(
+                    vec![("INPUT0".into(), t.clone()), ("INPUT1".into(), t)],
+                    &["OUTPUT0".into()],
+                )
+                .unwrap();
+            assert_eq!(out[0].1.shape(), &[rows, 16]);
+        };
+        let key = |rows: usize| vec![tvec![rows, 16], tvec![rows, 16]];
+        run(1);
+        run(2);
+        assert_eq!(plans.cached_shapes(), [key(1), key(2)]);
+        run(1); // 1 is now more recent than 2
+        run(3);
+        assert_eq!(plans.cached_shapes(), [key(1), key(3)]);
     }
 }

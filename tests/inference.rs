@@ -1,0 +1,364 @@
+//! Request checks before execution (Triton's messages) and real results on small models.
+
+mod common;
+
+use std::path::Path;
+
+use common::fixtures;
+use half::f16;
+use modelyard::{config::DataType, ErrorKind, Repository, Tensor};
+use ndarray::{Array, Array2, ArrayD, IxDyn};
+
+const ADD_SUB: &str = r#"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+"#;
+
+/// Identity with reshape: the request gives [4,4] (plus batch), the model sees [16].
+const RESHAPED: &str = r#"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4, 4 ] reshape { shape: [ 16 ] } }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 2, 8 ] reshape { shape: [ 16 ] } }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+"#;
+
+fn repo_with(models: &[(&str, &str, &str)]) -> (tempfile::TempDir, Repository) {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, config, onnx) in models {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::write(dir.join("config.pbtxt"), config).unwrap();
+        std::fs::copy(
+            fixtures().join("generated").join(onnx),
+            dir.join("1/model.onnx"),
+        )
+        .unwrap();
+    }
+    let repo = Repository::load(tmp.path()).unwrap();
+    (tmp, repo)
+}
+
+fn add_sub() -> (tempfile::TempDir, Repository) {
+    repo_with(&[
+        ("add_sub", ADD_SUB, "add_sub_fp32_batch.onnx"),
+        ("reshaped", RESHAPED, "add_sub_fp32_batch.onnx"),
+    ])
+}
+
+fn batch(rows: usize, offset: f32) -> Tensor {
+    Tensor::from(Array2::from_shape_fn((rows, 16), |(r, c)| {
+        offset + (r * 16 + c) as f32
+    }))
+}
+
+#[test]
+fn add_sub_computes_sum_and_difference() {
+    let (_t, repo) = add_sub();
+    let model = repo.model("add_sub").unwrap();
+    for rows in [1, 3, 8] {
+        let a = batch(rows, 0.5);
+        let b = batch(rows, -2.0);
+        let out = model
+            .infer([("INPUT0", a.clone()), ("INPUT1", b.clone())])
+            .unwrap();
+        let (a, b) = (a.view::<f32>().unwrap(), b.view::<f32>().unwrap());
+        let sum = out
+            .get("OUTPUT0")
+            .unwrap()
+            .view::<f32>()
+            .unwrap()
+            .to_owned();
+        let diff = out
+            .get("OUTPUT1")
+            .unwrap()
+            .view::<f32>()
+            .unwrap()
+            .to_owned();
+        assert_eq!(sum, &a + &b);
+        assert_eq!(diff, &a - &b);
+    }
+}
+
+fn err(repo: &Repository, model: &str, inputs: Vec<(&str, Tensor)>) -> modelyard::Error {
+    repo.model(model).unwrap().infer(inputs).unwrap_err()
+}
+
+#[test]
+fn request_errors_use_tritons_words() {
+    let (_t, repo) = add_sub();
+    let e = err(&repo, "add_sub", vec![("INPUT0", batch(1, 0.0))]);
+    assert_eq!(e.to_string(), "expected 2 inputs but got 1 inputs for model 'add_sub'. Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1']. Please provide all required input(s).");
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!((e.model(), e.version()), (Some("add_sub"), Some(1)));
+
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![
+            ("INPUT0", batch(1, 0.0)),
+            ("INPUT1", batch(1, 0.0)),
+            ("EXTRA", batch(1, 0.0)),
+        ],
+    );
+    assert_eq!(
+        e.to_string(),
+        "unexpected inference input 'EXTRA' for model 'add_sub'"
+    );
+    assert_eq!(e.tensor(), Some("EXTRA"));
+
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", batch(1, 0.0)), ("INPUT0", batch(1, 0.0))],
+    );
+    assert_eq!(e.to_string(), "input 'INPUT0' already exists in request");
+
+    let f64s = Tensor::from(Array2::<f64>::zeros((1, 16)));
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", f64s), ("INPUT1", batch(1, 0.0))],
+    );
+    assert_eq!(
+        e.to_string(),
+        "inference input 'INPUT0' data-type is 'FP64', but model 'add_sub' expects 'FP32'"
+    );
+
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", batch(9, 0.0)), ("INPUT1", batch(9, 0.0))],
+    );
+    assert_eq!(
+        e.to_string(),
+        "inference request batch-size must be <= 8 for 'add_sub'"
+    );
+
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", batch(2, 0.0)), ("INPUT1", batch(3, 0.0))],
+    );
+    assert_eq!(
+        e.to_string(),
+        "input 'INPUT1' batch size does not match other inputs for 'add_sub'"
+    );
+
+    let scalar = Tensor::from(ArrayD::<f32>::zeros(IxDyn(&[])));
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", scalar), ("INPUT1", batch(1, 0.0))],
+    );
+    assert_eq!(
+        e.to_string(),
+        "input 'INPUT0' has no shape but model requires batch dimension for 'add_sub'"
+    );
+
+    let wrong = Tensor::from(Array2::<f32>::zeros((2, 8)));
+    let e = err(
+        &repo,
+        "add_sub",
+        vec![("INPUT0", wrong), ("INPUT1", batch(2, 0.0))],
+    );
+    assert!(e.to_string().starts_with("unexpected shape for input 'INPUT0' for model 'add_sub'. Expected [-1,16], got [2,8]. NOTE: Setting a non-zero max_batch_size"), "{e}");
+
+    let empty = Tensor::from(Array::<f32, _>::zeros((0, 16)));
+    let out = repo
+        .model("add_sub")
+        .unwrap()
+        .infer([("INPUT0", empty.clone()), ("INPUT1", empty)]);
+    assert!(
+        out.map(|o| o.get("OUTPUT0").unwrap().shape().to_vec() == [0, 16])
+            .unwrap_or(true),
+        "a zero-size batch is an error or an empty result, never a crash"
+    );
+}
+
+#[test]
+fn reshape_is_applied_both_ways() {
+    let (_t, repo) = add_sub();
+    let model = repo.model("reshaped").unwrap();
+    let a = Tensor::from(Array::from_shape_fn((2, 4, 4), |(b, i, j)| {
+        (b * 16 + i * 4 + j) as f32
+    }));
+    let out = model
+        .infer([("INPUT0", a), ("INPUT1", batch(2, 0.0))])
+        .unwrap();
+    let sum = out.get("OUTPUT0").unwrap();
+    assert_eq!(
+        sum.shape(),
+        &[2, 2, 8],
+        "output presented with its config dims"
+    );
+    let v = sum.view::<f32>().unwrap();
+    assert_eq!(v[[1, 1, 7]], 2.0 * 31.0);
+    assert_eq!(out.get("OUTPUT1").unwrap().shape(), &[2, 16]);
+    let e = model
+        .infer([("INPUT0", batch(2, 0.0)), ("INPUT1", batch(2, 0.0))])
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("Expected [-1,4,4], got [2,16]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tensors_convert_and_view_with_typed_errors() {
+    let t = Tensor::from(Array2::<f16>::from_elem((2, 3), f16::from_f32(1.5)));
+    assert_eq!(t.data_type(), DataType::TypeFp16);
+    assert_eq!(t.shape(), &[2, 3]);
+    assert_eq!(t.byte_size(), 12);
+    assert_eq!(t.view::<f16>().unwrap()[[1, 2]], f16::from_f32(1.5));
+    let e = t.view::<f32>().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DataType);
+    assert_eq!(
+        e.to_string(),
+        "tensor holds TYPE_FP16 elements, not TYPE_FP32"
+    );
+    for (t, dt) in [
+        (
+            Tensor::from(Array2::<bool>::default((1, 1))),
+            DataType::TypeBool,
+        ),
+        (
+            Tensor::from(Array2::<u8>::zeros((1, 1))),
+            DataType::TypeUint8,
+        ),
+        (
+            Tensor::from(Array2::<u16>::zeros((1, 1))),
+            DataType::TypeUint16,
+        ),
+        (
+            Tensor::from(Array2::<u32>::zeros((1, 1))),
+            DataType::TypeUint32,
+        ),
+        (
+            Tensor::from(Array2::<u64>::zeros((1, 1))),
+            DataType::TypeUint64,
+        ),
+        (
+            Tensor::from(Array2::<i8>::zeros((1, 1))),
+            DataType::TypeInt8,
+        ),
+        (
+            Tensor::from(Array2::<i16>::zeros((1, 1))),
+            DataType::TypeInt16,
+        ),
+        (
+            Tensor::from(Array2::<i32>::zeros((1, 1))),
+            DataType::TypeInt32,
+        ),
+        (
+            Tensor::from(Array2::<i64>::zeros((1, 1))),
+            DataType::TypeInt64,
+        ),
+        (
+            Tensor::from(Array2::<f64>::zeros((1, 1))),
+            DataType::TypeFp64,
+        ),
+    ] {
+        assert_eq!(t.data_type(), dt);
+    }
+    let s: Tensor = ["hello", "wörld"].iter().collect();
+    assert_eq!(s.data_type(), DataType::TypeString);
+    assert_eq!(s.shape(), &[2]);
+    assert_eq!(
+        s.bytes().unwrap(),
+        [b"hello".as_slice(), "wörld".as_bytes()]
+    );
+    assert_eq!(s.byte_size(), 4 + 5 + 4 + 6);
+    let raw = Tensor::from_bytes(&[1, 2], [vec![0xffu8, 0xfe], vec![]]).unwrap();
+    assert_eq!(
+        raw.bytes().unwrap()[0],
+        &[0xff, 0xfe],
+        "non-UTF-8 bytes are kept as they are"
+    );
+    assert!(Tensor::from_bytes(&[3], ["a"]).is_err());
+}
+
+#[test]
+fn identity_backend_passes_tensors_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("id");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(
+        dir.join("config.pbtxt"),
+        r#"backend: "identity" max_batch_size: 0 input [ { name: "IN" data_type: TYPE_STRING dims: [ -1 ] } ] output [ { name: "OUT" data_type: TYPE_STRING dims: [ -1 ] } ]"#,
+    )
+    .unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let t: Tensor = ["a", "bc"].iter().collect();
+    let out = repo.model("id").unwrap().infer([("IN", t)]).unwrap();
+    assert_eq!(
+        out.get("OUT").unwrap().bytes().unwrap(),
+        [b"a".as_slice(), b"bc"]
+    );
+    assert_eq!(
+        repo.model("id").unwrap().config().instance_group[0].count,
+        1
+    );
+    let _ = Path::new("");
+}
+
+#[test]
+fn plans_are_cached_per_shape_and_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), ADD_SUB).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let repo = Repository::builder(tmp.path())
+        .plan_cache_capacity(2)
+        .load()
+        .unwrap();
+    let model = repo.model("m").unwrap();
+    // More distinct shapes than the cache holds: every call still answers correctly.
+    for rows in [1, 2, 3, 1, 2, 3, 8] {
+        let out = model
+            .infer([("INPUT0", batch(rows, 1.0)), ("INPUT1", batch(rows, 1.0))])
+            .unwrap();
+        assert_eq!(
+            out.get("OUTPUT1").unwrap().view::<f32>().unwrap().sum(),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn warmup_samples_run_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::create_dir_all(dir.join("warmup")).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    std::fs::write(dir.join("warmup/in0.bin"), data).unwrap();
+    let warm = r#"model_warmup [ { name: "w" batch_size: 2 count: 3 inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 16 ] input_data_file: "in0.bin" } }
+        inputs { key: "INPUT1" value: { data_type: TYPE_FP32 dims: [ 16 ] random_data: true } } } ]"#;
+    std::fs::write(dir.join("config.pbtxt"), format!("{ADD_SUB}{warm}")).unwrap();
+    assert!(Repository::load(tmp.path()).is_ok());
+
+    // A sample that cannot run keeps the model from loading, with Triton's prefix.
+    let bad = warm.replace("batch_size: 2", "batch_size: 3");
+    std::fs::write(dir.join("config.pbtxt"), format!("{ADD_SUB}{bad}")).unwrap();
+    let e = Repository::load(tmp.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("failed to run warmup sample 'w': ")
+            && e.contains("bytes do not hold 48 elements"),
+        "{e}"
+    );
+    let escape = warm.replace("in0.bin", "../config.pbtxt");
+    std::fs::write(dir.join("config.pbtxt"), format!("{ADD_SUB}{escape}")).unwrap();
+    let e = Repository::load(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("outside the model's warmup directory"), "{e}");
+}
