@@ -353,3 +353,33 @@ fn every_shipped_config_parses() {
         modelyard::config::ModelConfig::from_pbtxt_file(f).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn symlinks_may_not_lead_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        outside.path().join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(outside.path().join("labels.txt"), "secret").unwrap();
+    let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &[]);
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("model.onnx"), dir.join("1/model.onnx"))
+        .unwrap();
+    let e = Repository::load(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("resolves outside the version directory"), "{e}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let labelled = ADD_SUB_BATCH.replacen(
+        "name: \"OUTPUT0\"",
+        "name: \"OUTPUT0\" label_filename: \"labels.txt\"",
+        1,
+    );
+    let dir = add_model(tmp.path(), "m", &labelled, &["1"]);
+    std::os::unix::fs::symlink(outside.path().join("labels.txt"), dir.join("labels.txt")).unwrap();
+    let e = Repository::load(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("label file path 'labels.txt' for output 'OUTPUT0' in model 'm' is outside model directory"), "{e}");
+}

@@ -114,3 +114,37 @@ fn requested_output_subset() {
         "unexpected inference output 'nope' for model 'text_detection'"
     );
 }
+
+#[test]
+fn part2_batched_recogniser() {
+    // As shipped, Part 2 asks for two GPU instances: on a CPU-only build that is Triton's error.
+    let e = Repository::load(fixtures().join("tutorial_repository_part2"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has kind KIND_GPU but server does not support GPUs"),
+        "{e}"
+    );
+
+    // The same repository with the group on the CPU serves batches up to 8.
+    let tmp = tempfile::tempdir().unwrap();
+    common::copy_dir(&fixtures().join("tutorial_repository_part2"), tmp.path());
+    let cfg_path = tmp.path().join("text_recognition/config.pbtxt");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("KIND_GPU", "KIND_CPU");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let model = repo.model("text_recognition").unwrap();
+    assert_eq!(model.config().max_batch_size, 8);
+    assert_eq!(
+        model
+            .config()
+            .dynamic_batching()
+            .unwrap()
+            .preferred_batch_size,
+        vec![8]
+    );
+    assert_eq!(model.config().instance_group[0].count, 2);
+    check(&repo, "text_recognition", "str_3x1x32x100", 1e-4);
+}

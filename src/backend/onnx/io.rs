@@ -45,6 +45,12 @@ pub(crate) fn model_path(
         ))
     })?;
     let path = version_dir.join(file);
+    if !crate::repository::resolves_inside(version_dir, &path) {
+        return Err(Error::invalid_config(format!(
+            "default_model_filename '{file}' for model '{}' resolves outside the version directory",
+            config.name
+        )));
+    }
     if path.is_dir() {
         return Ok(path.join("model.onnx"));
     }
