@@ -140,6 +140,18 @@ fn assert_fails(case: &Path, repo: &Path, auto_complete: bool, failures: &mut Ve
     }
 }
 
+/// Prints the pass count of a group and fails with every failure listed.
+fn report(group: &str, cases: usize, unsupported: usize, failures: &[String]) {
+    let pass = cases - failures.len() - unsupported;
+    println!("{group}: {pass} of {cases} cases pass, {unsupported} unsupported");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn noautofill_platform() {
     let mut failures = Vec::new();
@@ -167,17 +179,7 @@ fn noautofill_platform() {
         // --disable-auto-complete-config: both mean auto-complete off.
         assert_fails(case, tmp.path(), false, &mut failures);
     }
-    println!(
-        "noautofill_platform: {} of {} cases pass",
-        cases.len() - failures.len(),
-        cases.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report("noautofill_platform", cases.len(), 0, &failures);
 }
 
 #[test]
@@ -207,16 +209,7 @@ fn autofill_noplatform() {
             assert_fails(&case, &repo, true, &mut failures);
         }
     }
-    println!(
-        "autofill_noplatform: {} of {n} cases pass, {unsupported} unsupported",
-        n - failures.len() - unsupported
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report("autofill_noplatform", n, unsupported, &failures);
 }
 
 /// Triton's expected configs come from a GPU machine; on a CPU-only engine a default group is
@@ -281,16 +274,7 @@ fn autofill_noplatform_success() {
             }
         }
     }
-    println!(
-        "autofill_noplatform_success: {} of {n} cases pass",
-        n - failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report("autofill_noplatform_success", n, 0, &failures);
 }
 
 #[test]
@@ -305,15 +289,5 @@ fn special_cases() {
         // invalid_platform runs with --disable-auto-complete-config, the others with defaults.
         assert_fails(case, tmp.path(), name != "invalid_platform", &mut failures);
     }
-    println!(
-        "special_cases: {} of {} cases pass",
-        cases.len() - failures.len(),
-        cases.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report("special_cases", cases.len(), 0, &failures);
 }

@@ -113,6 +113,22 @@ fn consistent(m: &str, name: &str, a: &TensorNode, b: &TensorNode) -> Result<()>
     Ok(())
 }
 
+/// Records what `node` says of ensemble tensor `name`, or checks it against what is known.
+fn merge(
+    tensors: &mut BTreeMap<String, TensorNode>,
+    m: &str,
+    name: &str,
+    node: TensorNode,
+) -> Result<()> {
+    match tensors.get(name) {
+        Some(existing) => consistent(m, name, existing, &node),
+        None => {
+            tensors.insert(name.to_string(), node);
+            Ok(())
+        }
+    }
+}
+
 /// `ValidateEnsembleConfig`: batch sizes, input/output maps and tensor consistency, with the
 /// completed configs of the step models (`steps[i]` is the config of step i).
 pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> Result<()> {
@@ -175,12 +191,7 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
                 data_type: mi.data_type,
                 dims: mi.dims.clone(),
             };
-            match tensors.get(tensor) {
-                Some(existing) => consistent(m, tensor, existing, &node)?,
-                None => {
-                    tensors.insert(tensor.clone(), node);
-                }
-            }
+            merge(&mut tensors, m, tensor, node)?;
         }
         for mi in &sc.input {
             if !mi.optional && !step.input_map.contains_key(&mi.name) {
@@ -202,12 +213,7 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
                 data_type: mo.data_type,
                 dims: mo.dims.clone(),
             };
-            match tensors.get(tensor) {
-                Some(existing) => consistent(m, tensor, existing, &node)?,
-                None => {
-                    tensors.insert(tensor.clone(), node);
-                }
-            }
+            merge(&mut tensors, m, tensor, node)?;
         }
     }
     Ok(())

@@ -489,6 +489,23 @@ fn validate_io_shape(
     Ok(())
 }
 
+/// Shape tensors and non-linear I/O formats exist only for TensorRT.
+fn tensorrt_only_flags(shape_tensor: bool, non_linear: bool, config: &ModelConfig) -> Result<()> {
+    let m = &config.name;
+    let tensorrt = config.platform == "tensorrt_plan" || config.backend == "tensorrt";
+    if shape_tensor && !tensorrt {
+        return err(format!(
+            "shape tensors are only supported for TensorRT platform for {m}"
+        ));
+    }
+    if non_linear && !tensorrt {
+        return err(format!(
+            "Non-linear IO format is only supported for the TensorRT platform for {m}"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
     let m = &config.name;
     validate_io_shape(
@@ -504,20 +521,7 @@ fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
     if matches!(io.format(), Format::Nhwc | Format::Nchw) && io.dims.len() != 3 {
         return err(format!("model input NHWC/NCHW require 3 dims for {m}"));
     }
-    if io.is_shape_tensor && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!(
-            "shape tensors are only supported for TensorRT platform for {m}"
-        ));
-    }
-    if io.is_non_linear_format_io
-        && config.platform != "tensorrt_plan"
-        && config.backend != "tensorrt"
-    {
-        return err(format!(
-            "Non-linear IO format is only supported for the TensorRT platform for {m}"
-        ));
-    }
-    Ok(())
+    tensorrt_only_flags(io.is_shape_tensor, io.is_non_linear_format_io, config)
 }
 
 fn validate_output(io: &ModelOutput, config: &ModelConfig) -> Result<()> {
@@ -531,20 +535,7 @@ fn validate_output(io: &ModelOutput, config: &ModelConfig) -> Result<()> {
         "model output ",
         m,
     )?;
-    if io.is_shape_tensor && config.platform != "tensorrt_plan" && config.backend != "tensorrt" {
-        return err(format!(
-            "shape tensors are only supported for TensorRT platform for {m}"
-        ));
-    }
-    if io.is_non_linear_format_io
-        && config.platform != "tensorrt_plan"
-        && config.backend != "tensorrt"
-    {
-        return err(format!(
-            "Non-linear IO format is only supported for the TensorRT platform for {m}"
-        ));
-    }
-    Ok(())
+    tensorrt_only_flags(io.is_shape_tensor, io.is_non_linear_format_io, config)
 }
 
 /// `ValidateModelIOConfig`: every input and output shape, then batch inputs/outputs.
