@@ -362,3 +362,30 @@ fn warmup_samples_run_at_load() {
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("outside the model's warmup directory"), "{e}");
 }
+
+#[test]
+fn symbolic_dims_with_non_identifier_names_load() {
+    // paddle2onnx (PaddleOCR's models) names dims "p2o.DynamicDimension.0" and "?".
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("odd");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/odd_dim_names.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let model = repo.model("odd").unwrap();
+    assert_eq!(
+        model.config().max_batch_size,
+        4,
+        "auto-complete sees a variable first dim"
+    );
+    assert_eq!(model.config().input[0].dims, vec![-1, 4]);
+    let x = Array::from_shape_fn((2, 3, 4), |(a, b, c)| (a * 100 + b * 10 + c) as f32);
+    let out = model.infer([("INPUT0", Tensor::from(x.clone()))]).unwrap();
+    assert_eq!(
+        out.get("OUTPUT0").unwrap().view::<f32>().unwrap(),
+        x.into_dyn().view()
+    );
+}

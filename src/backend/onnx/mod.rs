@@ -53,7 +53,7 @@ impl Backend for OnnxBackend {
         validate_inputs(config, &io)?;
         validate_outputs(config, &io)?;
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_string);
-        let plans = plan::Plans::new(config, &proto, dir.as_deref(), opts)?;
+        let plans = plan::Plans::new(config, proto, dir.as_deref(), opts)?;
         Ok(Arc::new(plans))
     }
 }
