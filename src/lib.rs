@@ -21,6 +21,8 @@ mod backend;
 pub mod config;
 mod error;
 pub mod model;
+#[cfg(feature = "ocr")]
+pub mod ocr;
 pub mod repository;
 pub mod tensor;
 

@@ -25,6 +25,11 @@ pub(crate) struct LoadOptions {
 
 /// One loaded model version, ready to execute.
 pub(crate) trait Executable: Send + Sync {
+    /// Key/value metadata stored in the model file (ONNX `metadata_props`).
+    fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        None
+    }
+
     /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
     /// applied); `outputs` names the outputs wanted (non-empty).
     fn execute(

@@ -131,6 +131,16 @@ impl Model {
         &self.inner.config
     }
 
+    /// A metadata value stored in the model file (ONNX `metadata_props`), e.g. PaddleOCR's
+    /// recogniser dictionary under `character`.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.inner
+            .exec
+            .metadata()
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
+    }
+
     /// The labels of an output that has a `label_filename` (line i = label of index i).
     pub fn labels(&self, output: &str) -> Option<&[String]> {
         self.inner.labels.get(output).map(Vec::as_slice)

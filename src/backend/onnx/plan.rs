@@ -36,6 +36,7 @@ pub(crate) struct Plans {
     capacity: usize,
     cache: Mutex<Lru>,
     executor: Option<Executor>,
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 fn tract_err(kind: ErrorKind, what: String, e: impl std::fmt::Display) -> Error {
@@ -163,6 +164,11 @@ impl Plans {
             outputs,
             overridable,
             capacity: opts.plan_cache_capacity.max(1),
+            metadata: proto
+                .metadata_props
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
             cache: Mutex::new(Lru {
                 tick: 0,
                 entries: HashMap::new(),
@@ -298,6 +304,10 @@ fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {
 }
 
 impl Executable for Plans {
+    fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        Some(&self.metadata)
+    }
+
     fn execute(
         &self,
         inputs: Vec<(String, MyTensor)>,

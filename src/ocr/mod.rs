@@ -1,0 +1,13 @@
+//! OCR around a model repository: the pre- and post-processing that turn a photo into text
+//! with a text detector and a text recogniser served by modelyard. Two detector families:
+//! EAST (the Triton tutorial's detector, with its client's processing) and DB (PaddleOCR's,
+//! with rapidocr's processing). Enabled by the default feature `ocr`.
+
+pub mod ctc;
+pub mod db;
+pub mod east;
+pub mod geometry;
+pub mod image_ops;
+mod pipeline;
+
+pub use pipeline::{Detector, OcrOptions, OcrPipeline, TextLine, Timings};

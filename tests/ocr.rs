@@ -1,0 +1,154 @@
+//! Golden end-to-end OCR tests: real photos through the embedded PaddleOCR repository, and the
+//! tutorial-shaped EAST repository through the tutorial's processing.
+#![cfg(feature = "ocr")]
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::fixtures;
+use modelyard::ocr::{geometry::quad_iou, Detector, OcrOptions, OcrPipeline, TextLine};
+use modelyard::{ErrorKind, Repository};
+
+fn ocr() -> &'static OcrPipeline {
+    static P: OnceLock<OcrPipeline> = OnceLock::new();
+    P.get_or_init(|| {
+        let repo = Repository::load(fixtures().join("ocr_repository")).unwrap();
+        OcrPipeline::from_repository(&repo, OcrOptions::default()).unwrap()
+    })
+}
+
+fn read(name: &str) -> Vec<TextLine> {
+    let img = image::open(fixtures().join("images").join(name))
+        .unwrap()
+        .to_rgb8();
+    let (lines, _) = ocr().run(&img).unwrap();
+    lines
+}
+
+#[test]
+fn tutorial_photo_reads_stop() {
+    assert_eq!(ocr().detector(), Detector::Db);
+    let lines = read("img1.jpg");
+    let stop = lines
+        .iter()
+        .find(|l| l.text == "STOP")
+        .unwrap_or_else(|| panic!("no STOP in {lines:?}"));
+    assert!(stop.confidence > 0.9, "{stop:?}");
+    // The sign is in the middle of the 3000x4000 photo.
+    let cx = stop.quad.iter().map(|p| p.0).sum::<f32>() / 4.0;
+    assert!((1000.0..2000.0).contains(&cx), "{stop:?}");
+}
+
+/// Every word of every line of `truth.json` is read, and the boxes of the detections that
+/// carry the line's words together cover the line's polygon with IoU >= 0.5.
+#[test]
+fn every_truth_word_is_found_where_it_is() {
+    let truth: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("images/truth.json")).unwrap(),
+    )
+    .unwrap();
+    for image in ["word_640x480.png", "sign_1280x720.png"] {
+        let lines = read(image);
+        for line in truth[image]["lines"].as_array().unwrap() {
+            let words: Vec<&str> = line["words"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w.as_str().unwrap())
+                .collect();
+            let hits: Vec<&TextLine> = lines
+                .iter()
+                .filter(|l| l.text.split_whitespace().any(|w| words.contains(&w)))
+                .collect();
+            for w in &words {
+                assert!(
+                    hits.iter()
+                        .any(|l| l.text.split_whitespace().any(|x| x == *w)),
+                    "{image}: '{w}' not found in {lines:?}"
+                );
+            }
+            let pts: Vec<(f32, f32)> = hits.iter().flat_map(|l| l.quad).collect();
+            let (x0, x1) = (
+                pts.iter().map(|p| p.0).fold(f32::MAX, f32::min),
+                pts.iter().map(|p| p.0).fold(f32::MIN, f32::max),
+            );
+            let (y0, y1) = (
+                pts.iter().map(|p| p.1).fold(f32::MAX, f32::min),
+                pts.iter().map(|p| p.1).fold(f32::MIN, f32::max),
+            );
+            let found = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)];
+            let poly: Vec<(f32, f32)> = line["polygon"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32))
+                .collect();
+            let iou = quad_iou(&found, &[poly[0], poly[1], poly[2], poly[3]]);
+            assert!(
+                iou >= 0.5,
+                "{image} '{}': IoU {iou} of {found:?} vs {poly:?}",
+                line["text"]
+            );
+        }
+    }
+}
+
+#[test]
+fn image_without_text_gives_no_lines() {
+    let blank = image::RgbImage::from_pixel(320, 240, image::Rgb([200, 200, 200]));
+    let (lines, _) = ocr().run(&blank).unwrap();
+    assert!(lines.is_empty(), "{lines:?}");
+    let tiny = image::RgbImage::from_pixel(1, 1, image::Rgb([0, 0, 0]));
+    assert!(ocr().run(&tiny).unwrap().0.is_empty());
+    let empty = image::RgbImage::new(0, 0);
+    assert_eq!(
+        ocr().run(&empty).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[test]
+fn east_pipeline_runs_on_the_tutorial_repository() {
+    let repo = Repository::load(fixtures().join("tutorial_repository")).unwrap();
+    let east = OcrPipeline::from_repository(&repo, OcrOptions::default()).unwrap();
+    assert_eq!(east.detector(), Detector::East);
+    let img = image::open(fixtures().join("images/word_640x480.png"))
+        .unwrap()
+        .to_rgb8();
+    // The tutorial-shaped fixtures have random weights: the text is noise, but every stage
+    // runs, and every kept box is recognised (not only the first).
+    let (lines, _) = east.run(&img).unwrap();
+    for l in &lines {
+        assert!(
+            l.text
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()),
+            "{l:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_detector_outputs_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let det = tmp.path().join("text_detection");
+    let rec = tmp.path().join("text_recognition");
+    for (dir, onnx) in [
+        (&det, "generated/add_sub_fp32_batch.onnx"),
+        (&rec, "tutorial_repository/text_recognition/1/model.onnx"),
+    ] {
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::copy(fixtures().join(onnx), dir.join("1/model.onnx")).unwrap();
+    }
+    let repo = Repository::load(tmp.path()).unwrap();
+    let e = OcrPipeline::from_repository(&repo, OcrOptions::default())
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(
+        e.to_string()
+            .contains("detection model 'text_detection' has outputs [OUTPUT0 [16], OUTPUT1 [16]]"),
+        "{e}"
+    );
+}
