@@ -186,15 +186,81 @@ pub fn convex_intersection(subject: &[Pt], clip: &[Pt]) -> Vec<Pt> {
     out
 }
 
-/// Intersection over union of two rotated rectangles (as `cv2.dnn.NMSBoxesRotated` computes it).
+/// The overlap `cv2.dnn.NMSBoxesRotated` uses, reproduced with its quirks (OpenCV's
+/// `rotatedRectangleIntersection` + `rotatedRectIOU`): 1 when one rectangle lies inside the
+/// other (no edges cross) or both are the same, 0 when they do not meet or either is empty,
+/// otherwise the area of the intersection over the union of the nominal areas.
 pub fn rotated_iou(a: &RotatedRect, b: &RotatedRect) -> f32 {
-    let inter = polygon_area(&convex_intersection(&a.points(), &b.points()));
-    let union = a.area() + b.area() - inter;
-    if union <= 0.0 {
-        0.0
-    } else {
-        inter / union
+    // An empty rectangle meets nothing (OpenCV 4.6+).
+    if a.size.0 <= 0.0 || a.size.1 <= 0.0 || b.size.0 <= 0.0 || b.size.1 <= 0.0 {
+        return 0.0;
     }
+    // OpenCV moves the pair's mean centre to the origin first, for precision.
+    let mid = (
+        (a.center.0 + b.center.0) / 2.0,
+        (a.center.1 + b.center.1) / 2.0,
+    );
+    let shift = |r: &RotatedRect| RotatedRect {
+        center: (r.center.0 - mid.0, r.center.1 - mid.1),
+        ..*r
+    };
+    let (p1, p2) = (shift(a).points(), shift(b).points());
+    let same_eps = 1e-6 * a.area().max(b.area());
+    if p1
+        .iter()
+        .zip(&p2)
+        .all(|(u, v)| (u.0 - v.0).abs() <= same_eps && (u.1 - v.1).abs() <= same_eps)
+    {
+        return 1.0;
+    }
+    let vec = |p: &[Pt; 4], i: usize| (p[(i + 1) % 4].0 - p[i].0, p[(i + 1) % 4].1 - p[i].1);
+    let mut points: Vec<Pt> = Vec::with_capacity(24);
+    for i in 0..4 {
+        for j in 0..4 {
+            let (x21, y21) = (p2[j].0 - p1[i].0, p2[j].1 - p1[i].1);
+            let ((vx1, vy1), (vx2, vy2)) = (vec(&p1, i), vec(&p2, j));
+            let det = vx2 * vy1 - vx1 * vy2;
+            if det.abs() < 1e-12 {
+                continue;
+            }
+            let t1 = (vx2 * y21 - vy2 * x21) / det;
+            let t2 = (vx1 * y21 - vy1 * x21) / det;
+            if !t1.is_finite() || !t2.is_finite() {
+                continue;
+            }
+            if (0.0..=1.0).contains(&t1) && (0.0..=1.0).contains(&t2) {
+                points.push((p1[i].0 + vx1 * t1, p1[i].1 + vy1 * t1));
+            }
+        }
+    }
+    let partial = !points.is_empty();
+    for (inner, outer) in [(&p1, &p2), (&p2, &p1)] {
+        for &(x, y) in inner.iter() {
+            let (mut pos, mut neg) = (0, 0);
+            for j in 0..4 {
+                // OpenCV evaluates the line equation in double precision.
+                let (vx, vy) = vec(outer, j);
+                let (ca, cb) = (-f64::from(vy), f64::from(vx));
+                let c = -(ca * f64::from(outer[j].0) + cb * f64::from(outer[j].1));
+                if ca * f64::from(x) + cb * f64::from(y) + c >= 0.0 {
+                    pos += 1;
+                } else {
+                    neg += 1;
+                }
+            }
+            if pos == 4 || neg == 4 {
+                points.push((x, y));
+            }
+        }
+    }
+    if points.is_empty() {
+        return 0.0;
+    }
+    if !partial {
+        return 1.0;
+    }
+    let inter = polygon_area(&convex_hull(&points));
+    inter / (a.area() + b.area() - inter)
 }
 
 /// Euclidean distance.

@@ -54,6 +54,15 @@ where
         &[<P as Pixel>::Subpixel::DEFAULT_MIN_VALUE; 4][..usize::from(P::CHANNEL_COUNT)],
     );
     let mut out = ImageBuffer::from_pixel(w, h, zero);
+    if interpolation == Interpolation::Bilinear && border == Border::Zero {
+        // OpenCV blends in-range neighbours with the zero border; imageproc's sampler gives
+        // the default pixel as soon as one neighbour is outside.
+        for (x, y, px) in out.enumerate_pixels_mut() {
+            let (sx, sy) = back * (x as f32, y as f32);
+            *px = bilinear_zero(img, sx, sy);
+        }
+        return Some(out);
+    }
     warp_into_with(
         img,
         |x, y| {
@@ -68,6 +77,39 @@ where
         &mut out,
     );
     Some(out)
+}
+
+/// Bilinear sample at (x, y), neighbours outside the image counting as zero.
+fn bilinear_zero<P>(img: &Image<P>, x: f32, y: f32) -> P
+where
+    P: Pixel,
+    <P as Pixel>::Subpixel: Into<f32> + Clamp<f32>,
+{
+    let (x0, y0) = (x.floor(), y.floor());
+    let (fx, fy) = (x - x0, y - y0);
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let n = usize::from(P::CHANNEL_COUNT);
+    let mut acc = [0f32; 4];
+    for (dx, dy, wt) in [
+        (0, 0, (1.0 - fx) * (1.0 - fy)),
+        (1, 0, fx * (1.0 - fy)),
+        (0, 1, (1.0 - fx) * fy),
+        (1, 1, fx * fy),
+    ] {
+        let (xi, yi) = (x0 as i64 + dx, y0 as i64 + dy);
+        if xi < 0 || yi < 0 || xi >= w || yi >= h || wt == 0.0 {
+            continue;
+        }
+        let p = img.get_pixel(xi as u32, yi as u32);
+        for (a, c) in acc.iter_mut().zip(p.channels()) {
+            *a += wt * (*c).into();
+        }
+    }
+    let mut channels = [<P as Pixel>::Subpixel::DEFAULT_MIN_VALUE; 4];
+    for (c, a) in channels.iter_mut().zip(acc).take(n) {
+        *c = <P as Pixel>::Subpixel::clamp(a);
+    }
+    *P::from_slice(&channels[..n])
 }
 
 /// Crops the quadrilateral `quad` (TL, TR, BR, BL) into a `w`×`h` image as PaddleOCR does:
