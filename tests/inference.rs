@@ -389,3 +389,39 @@ fn symbolic_dims_with_non_identifier_names_load() {
         x.into_dyn().view()
     );
 }
+
+#[test]
+fn nearest_resize_rewrite_matches_onnx_runtime() {
+    // Replicating nearest Resize nodes are rewritten to Expand for speed; the one that is not
+    // a pure replication (asymmetric + round_prefer_floor) is left to tract. All three must
+    // equal ONNX Runtime's outputs exactly.
+    for opset in [12, 13] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("resize");
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        std::fs::copy(
+            fixtures().join(format!("generated/resize_nearest_opset{opset}.onnx")),
+            dir.join("1/model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config.pbtxt"),
+            r#"backend: "onnxruntime" input [ { name: "X" data_type: TYPE_FP32 dims: [ 1, 2, 5, 7 ] } ]
+               output [ { name: "Y_floor" data_type: TYPE_FP32 dims: [ 1, 2, 10, 14 ] },
+                        { name: "Y_half_pixel" data_type: TYPE_FP32 dims: [ 1, 2, 15, 14 ] },
+                        { name: "Y_round" data_type: TYPE_FP32 dims: [ 1, 2, 10, 14 ] } ]"#,
+        )
+        .unwrap();
+        let repo = Repository::load(tmp.path()).unwrap();
+        let r = common::reference(&format!("resize_nearest_opset{opset}"));
+        let out = repo
+            .model("resize")
+            .unwrap()
+            .infer(r.input_tensors())
+            .unwrap();
+        for (name, want) in &r.outputs {
+            let got = out.get(name).unwrap().view::<f32>().unwrap();
+            assert_eq!(got, want.view(), "opset {opset} {name}");
+        }
+    }
+}

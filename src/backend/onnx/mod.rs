@@ -4,6 +4,7 @@
 mod autocomplete;
 pub(crate) mod io;
 mod plan;
+mod rewrite;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -68,6 +68,10 @@ impl Plans {
     ) -> Result<Plans> {
         let m = &config.name;
         sanitize_dim_params(&mut proto);
+        let resized = super::rewrite::nearest_resize(&mut proto);
+        if resized > 0 {
+            tracing::debug!("model '{m}': {resized} nearest Resize nodes rewritten as Expand");
+        }
         let proto = &proto;
         let parsed = guarded(&format!("failed to load model '{m}'"), || {
             tract_onnx::onnx().parse(proto, dir)
