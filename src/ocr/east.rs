@@ -101,18 +101,20 @@ fn crop_targets() -> [Pt; 4] {
     [(0.0, h), (0.0, 0.0), (w, 0.0), (w, h)]
 }
 
-/// The recogniser input `[1, 32, 100]` for one box, `((gray / 255) - 0.5) * 2`. `vertices`
-/// are `cv2.boxPoints` corners in blob pixels; the crop is taken from the original image
-/// (vertices scaled to it) with bilinear interpolation. None when degenerate.
-pub fn crop(img: &RgbImage, vertices: &[Pt; 4]) -> Option<ndarray::Array3<f32>> {
-    let (sx, sy) = (
-        img.width() as f32 / BLOB_W as f32,
-        img.height() as f32 / BLOB_H as f32,
-    );
-    let from = vertices.map(|(x, y)| (x * sx, y * sy));
+/// Warps `from` (in `img` pixels) onto the 100×32 crop and maps each pixel through `gray` to
+/// the recogniser's `((gray / 255) - 0.5) * 2`, as `[1, 32, 100]`.
+fn warp_to_crop<P>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+    from: &[Pt; 4],
+    gray: impl Fn(&P) -> f32,
+) -> Option<ndarray::Array3<f32>>
+where
+    P: image::Pixel + Send + Sync,
+    P::Subpixel: Into<f32> + imageproc::definitions::Clamp<f32> + Send + Sync,
+{
     let warped = perspective_warp(
         img,
-        &from,
+        from,
         &crop_targets(),
         CROP_W,
         CROP_H,
@@ -121,15 +123,23 @@ pub fn crop(img: &RgbImage, vertices: &[Pt; 4]) -> Option<ndarray::Array3<f32>> 
     )?;
     Some(ndarray::Array3::from_shape_fn(
         (1, CROP_H as usize, CROP_W as usize),
-        |(_, y, x)| {
-            let p = warped.get_pixel(x as u32, y as u32);
-            // cv2.cvtColor(RGB2GRAY) weights, rounded to 8 bits as OpenCV does for u8 images.
-            let gray =
-                (0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]))
-                    .round();
-            ((gray / 255.0) - 0.5) * 2.0
-        },
+        |(_, y, x)| ((gray(warped.get_pixel(x as u32, y as u32)) / 255.0) - 0.5) * 2.0,
     ))
+}
+
+/// The recogniser input `[1, 32, 100]` for one box. `vertices` are `cv2.boxPoints` corners in
+/// blob pixels; the crop is taken from the original image (vertices scaled to it) with
+/// bilinear interpolation. None when degenerate.
+pub fn crop(img: &RgbImage, vertices: &[Pt; 4]) -> Option<ndarray::Array3<f32>> {
+    let (sx, sy) = (
+        img.width() as f32 / BLOB_W as f32,
+        img.height() as f32 / BLOB_H as f32,
+    );
+    let from = vertices.map(|(x, y)| (x * sx, y * sy));
+    // cv2.cvtColor(RGB2GRAY) weights, rounded to 8 bits as OpenCV does for u8 images.
+    warp_to_crop(img, &from, |p: &Rgb<u8>| {
+        (0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])).round()
+    })
 }
 
 /// The tutorial client's crop, quirk included: it warps the mean-subtracted blob itself (RGB
@@ -139,23 +149,9 @@ pub fn crop_tutorial_exact(blob: &Array4<f32>, vertices: &[Pt; 4]) -> Option<nda
     let frame = Rgb32FImage::from_fn(BLOB_W, BLOB_H, |x, y| {
         Rgb([0, 1, 2].map(|c| blob[[0, y as usize, x as usize, c]]))
     });
-    let warped = perspective_warp(
-        &frame,
-        vertices,
-        &crop_targets(),
-        CROP_W,
-        CROP_H,
-        Interpolation::Bilinear,
-        Border::Zero,
-    )?;
-    Some(ndarray::Array3::from_shape_fn(
-        (1, CROP_H as usize, CROP_W as usize),
-        |(_, y, x)| {
-            let p = warped.get_pixel(x as u32, y as u32);
-            let gray = 0.114 * p[0] + 0.587 * p[1] + 0.299 * p[2];
-            ((gray / 255.0) - 0.5) * 2.0
-        },
-    ))
+    warp_to_crop(&frame, vertices, |p: &Rgb<f32>| {
+        0.114 * p[0] + 0.587 * p[1] + 0.299 * p[2]
+    })
 }
 
 #[cfg(test)]
