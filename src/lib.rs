@@ -26,6 +26,7 @@ pub mod ocr;
 pub mod repository;
 pub mod tensor;
 
+pub use backend::native::{NativeFactory, NativeModel};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Model, ModelState, Outputs};
 pub use repository::{IndexEntry, Repository, RepositoryBuilder};

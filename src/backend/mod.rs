@@ -5,6 +5,7 @@
 
 pub(crate) mod ensemble;
 mod identity;
+pub(crate) mod native;
 pub(crate) mod onnx;
 
 use std::path::Path;
@@ -15,12 +16,24 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Settings a backend needs at load.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct LoadOptions {
     /// Plans kept per model version (one per distinct set of input shapes).
     pub plan_cache_capacity: usize,
     /// `default-max-batch-size` of the ONNX auto-complete (Triton's default: 4).
     pub default_max_batch_size: i32,
+    /// Native backends registered on the repository builder, by name.
+    pub natives: std::collections::BTreeMap<String, Arc<native::NativeFactory>>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("plan_cache_capacity", &self.plan_cache_capacity)
+            .field("default_max_batch_size", &self.default_max_batch_size)
+            .field("natives", &self.natives.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// One loaded model version, ready to execute.
@@ -59,13 +72,15 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<Arc<dyn Executable>>;
 }
 
-/// The backend a config asks for, or Triton's "unable to find backend library" errors. A
-/// `runtime` must name the backend's own library (`libtriton_<backend>.so`).
-pub(crate) fn find(config: &ModelConfig) -> Result<&'static dyn Backend> {
+/// The backend a config asks for (a registered native backend first), or Triton's "unable to
+/// find backend library" errors. A `runtime` must name the backend's own library
+/// (`libtriton_<backend>.so`).
+pub(crate) fn find(config: &ModelConfig, opts: &LoadOptions) -> Result<Box<dyn Backend>> {
     let name = config.backend.as_str();
-    let backend: &'static dyn Backend = match name {
-        "onnxruntime" => &onnx::OnnxBackend,
-        "identity" => &identity::IdentityBackend,
+    let backend: Box<dyn Backend> = match (opts.natives.get(name), name) {
+        (Some(factory), _) => Box::new(native::NativeBackend { factory: factory.clone() }),
+        (None, "onnxruntime") => Box::new(onnx::OnnxBackend),
+        (None, "identity") => Box::new(identity::IdentityBackend),
         _ => {
             return Err(Error::invalid_config(format!(
                 "unable to find backend library for backend '{name}', try specifying runtime on the model configuration."

@@ -157,7 +157,7 @@ fn load_version(
     opts: &LoadOptions,
 ) -> Result<Model> {
     let mut config = polled.clone();
-    let backend = backend::find(&config)?;
+    let backend = backend::find(&config, opts)?;
     config::normalize_instance_groups(&mut config, 0);
     config::validate_instance_groups(&config, false, 0)?;
     if auto_complete {
@@ -336,7 +336,7 @@ fn resolve_one(
         match cycle {
             Some(msg) => Err(Error::invalid_config(msg)),
             None => ensemble::check_dependencies(&config, &|dep, version| {
-                composing_config(models, dep, version)
+                composing_model(models, dep, version).map(|m| m.config().clone())
             }),
         }
     };
@@ -352,13 +352,12 @@ fn resolve_one(
     models.insert(name.to_string(), entry);
 }
 
-/// The completed config of version `version` (-1: latest ready) of a composing model, or why
-/// it cannot be used.
-fn composing_config(
+/// Version `version` (-1: latest ready) of a composing model, or why it cannot be used.
+fn composing_model(
     models: &BTreeMap<String, ModelEntry>,
     dep: &str,
     version: i64,
-) -> std::result::Result<ModelConfig, ensemble::DepError> {
+) -> std::result::Result<Model, ensemble::DepError> {
     let Some(entry) = models.get(dep) else {
         return Err(ensemble::DepError::Missing);
     };
@@ -373,7 +372,7 @@ fn composing_config(
         // An ensemble that is not resolved yet is part of a cycle.
         return Err(ensemble::DepError::NotLoaded(None));
     }
-    let ready = |v: &VersionEntry| v.model.as_ref().map(|m| m.config().clone());
+    let ready = |v: &VersionEntry| v.model.clone();
     if version == -1 {
         entry
             .versions
@@ -418,10 +417,10 @@ fn load_ensemble(
                 .collect()
         })
         .unwrap_or_default();
-    let mut step_configs = Vec::new();
+    let mut step_models = Vec::new();
     for (dep, v) in &steps {
-        match composing_config(models, dep, *v) {
-            Ok(c) => step_configs.push(c),
+        match composing_model(models, dep, *v) {
+            Ok(m) => step_models.push(m),
             Err(_) => {
                 return ModelEntry::failed(format!(
                     "ensemble '{name}' depends on '{dep}' which has no loaded version."
@@ -429,6 +428,7 @@ fn load_ensemble(
             }
         }
     }
+    let step_configs: Vec<ModelConfig> = step_models.iter().map(|m| m.config().clone()).collect();
     if let Err(e) = ensemble::validate_tensors(&config, &step_configs) {
         tracing::error!("failed to load '{name}': {e}");
         return ModelEntry::failed(e.to_string());
@@ -443,7 +443,8 @@ fn load_ensemble(
         Ok(v) => v,
         Err(e) => return ModelEntry::failed(e.to_string()),
     };
-    let exec: Arc<dyn backend::Executable> = Arc::new(ensemble::Ensemble::new(name));
+    let exec: Arc<dyn backend::Executable> =
+        Arc::new(ensemble::Ensemble::new(&config, step_models));
     let versions = versions
         .into_iter()
         .map(|(v, _)| {

@@ -65,6 +65,19 @@ impl RepositoryBuilder {
         self
     }
 
+    /// Registers a native backend: a `config.pbtxt` with `backend: "<name>"` is served by the
+    /// model `factory` builds from its completed config (once per loaded version).
+    pub fn native_backend<F>(mut self, name: impl Into<String>, factory: F) -> Self
+    where
+        F: Fn(&crate::config::ModelConfig) -> Result<Box<dyn crate::backend::native::NativeModel>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.opts.natives.insert(name.into(), Arc::new(factory));
+        self
+    }
+
     /// Loads the repository.
     pub fn load(self) -> Result<Repository> {
         let span = tracing::info_span!("load_repository", root = %self.root.display());
@@ -131,6 +144,7 @@ impl Repository {
             opts: LoadOptions {
                 plan_cache_capacity: 16,
                 default_max_batch_size: 4,
+                natives: Default::default(),
             },
         }
     }
