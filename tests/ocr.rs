@@ -152,3 +152,50 @@ fn unknown_detector_outputs_are_refused() {
         "{e}"
     );
 }
+
+/// Triton's classification extension on PaddleOCR's angle classifier, whose output has the
+/// label file `0` / `180`.
+#[test]
+fn angle_classifier_top_class_with_labels() {
+    use modelyard::ocr::image_ops::{batch_bgr_normalized, resize};
+    let repo = Repository::load(fixtures().join("ocr_repository")).unwrap();
+    let cls = repo.model("text_classification").unwrap();
+    let img = image::open(fixtures().join("images/word_640x480.png"))
+        .unwrap()
+        .to_rgb8();
+    let word = image::imageops::crop_imm(&img, 110, 185, 420, 110).to_image();
+    let upright = resize(&word, 184, 48);
+    let flipped = image::imageops::rotate180(&upright);
+    let x = batch_bgr_normalized(&[upright, flipped], 48, 192);
+    let out = cls
+        .infer_classes(
+            [("x", modelyard::Tensor::from(x))],
+            &[("save_infer_model/scale_0.tmp_1", 1)],
+        )
+        .unwrap();
+    let classes = out.get("save_infer_model/scale_0.tmp_1").unwrap();
+    assert_eq!(classes.data_type(), modelyard::config::DataType::TypeString);
+    assert_eq!(classes.shape(), &[2, 1]);
+    let texts: Vec<String> = classes
+        .bytes()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+    assert!(texts[0].ends_with(":0:0"), "{texts:?}");
+    assert!(texts[1].ends_with(":1:180"), "{texts:?}");
+    let score: f32 = texts[1].split(':').next().unwrap().parse().unwrap();
+    assert!(score > 0.9, "{texts:?}");
+    assert_eq!(
+        texts[1]
+            .split(':')
+            .next()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .len(),
+        6,
+        "six decimals, as std::to_string"
+    );
+}

@@ -1,6 +1,7 @@
 //! `model/`: the handle an application holds ([`Model`]): its completed config, the input
 //! checks, and the call into the backend.
 
+mod classification;
 mod input;
 pub(crate) mod warmup;
 
@@ -176,6 +177,43 @@ impl Model {
             inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
             outputs,
         )
+    }
+
+    /// Runs the model on `inputs` and returns the outputs `classifications` names, each
+    /// replaced by its top `k` classes per batch item, as Triton's classification extension
+    /// formats them: BYTES `"<value>:<index>"` or `"<value>:<index>:<label>"` (labels from the
+    /// output's `label_filename`), shape `[batch, k]` (or `[k]` without batching).
+    pub fn infer_classes<I, S>(
+        &self,
+        inputs: I,
+        classifications: &[(&str, usize)],
+    ) -> Result<Outputs>
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        let names: Vec<&str> = classifications.iter().map(|(n, _)| *n).collect();
+        let out = self.infer_outputs(inputs, &names)?;
+        let batching = self.inner.config.max_batch_size > 0;
+        let tensors = out
+            .tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let k = classifications
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, k)| *k)
+                    .unwrap_or(0);
+                let classes = classification::classify(&t, k, batching, self.labels(&name))
+                    .map_err(|e| {
+                        e.with_model(self.name().to_string())
+                            .with_version(self.version())
+                            .with_tensor(name.clone())
+                    })?;
+                Ok((name, classes))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Outputs { tensors })
     }
 
     fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
