@@ -44,6 +44,11 @@ struct Args {
     /// DB: skip the 0/180° classifier.
     #[arg(long)]
     no_classifier: bool,
+    /// Send the image file's bytes through the repository's `ensemble_model` (the tutorial's
+    /// Part 5 ensemble, steps as native models; default repository
+    /// fixtures/ensemble_repository) and print the texts it returns.
+    #[arg(long)]
+    ensemble: bool,
     /// Images to read.
     #[arg(default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images/img1.jpg"))]
     images: Vec<PathBuf>,
@@ -115,7 +120,55 @@ fn annotate(img: &RgbImage, lines: &[TextLine], out: &PathBuf) -> Result<(), Str
         .map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
+/// The Part 5 way: image bytes in, texts out, all inside one ensemble.
+fn run_ensemble(args: &Args) -> Result<(), String> {
+    let root = if args.repository.ends_with("ocr_repository") {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/ensemble_repository"
+        ))
+    } else {
+        args.repository.clone()
+    };
+    let repo = modelyard::ocr::steps::tutorial_steps(Repository::builder(&root))
+        .load()
+        .map_err(|e| e.to_string())?;
+    let ensemble = repo.model("ensemble_model").map_err(|e| e.to_string())?;
+    for path in &args.images {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let n = bytes.len();
+        let input = modelyard::Tensor::from(
+            ndarray::Array2::from_shape_vec((1, n), bytes).map_err(|e| e.to_string())?,
+        );
+        let out = ensemble
+            .infer([("input_image", input)])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let texts = out
+            .get("recognized_text")
+            .ok_or("the ensemble returned no recognized_text")?
+            .bytes()
+            .map_err(|e| e.to_string())?;
+        println!("{}:", path.display());
+        let texts: Vec<String> = texts
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if texts.is_empty() {
+            println!("  no text found");
+        }
+        for t in texts {
+            println!("  {t}");
+        }
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> Result<(), String> {
+    if args.ensemble {
+        return run_ensemble(args);
+    }
     let clock = Instant::now();
     let repo = Repository::load(&args.repository).map_err(|e| e.to_string())?;
     let options = OcrOptions {

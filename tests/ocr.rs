@@ -199,3 +199,64 @@ fn angle_classifier_top_class_with_labels() {
         "six decimals, as std::to_string"
     );
 }
+
+/// The tutorial's Part 5 repository (image bytes in, text out) with the pre/post-processing
+/// steps as native models reads what the plain EAST pipeline reads.
+#[test]
+fn part5_ensemble_reads_like_the_plain_pipeline() {
+    let repo = modelyard::ocr::steps::tutorial_steps(Repository::builder(
+        fixtures().join("ensemble_repository"),
+    ))
+    .load()
+    .unwrap();
+    let path = fixtures().join("images/word_640x480.png");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    let input = modelyard::Tensor::from(ndarray::Array2::from_shape_vec((1, n), bytes).unwrap());
+    let out = repo
+        .model("ensemble_model")
+        .unwrap()
+        .infer([("input_image", input)])
+        .unwrap();
+    let texts: Vec<String> = out
+        .get("recognized_text")
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+
+    let plain_repo = Repository::load(fixtures().join("tutorial_repository")).unwrap();
+    let plain = OcrPipeline::from_repository(
+        &plain_repo,
+        OcrOptions {
+            tutorial_exact: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (lines, _) = plain.run(&image::open(&path).unwrap().to_rgb8()).unwrap();
+    let from_ensemble: Vec<&str> = texts
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let from_pipeline: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(!from_pipeline.is_empty());
+    assert_eq!(from_ensemble, from_pipeline);
+
+    let e = repo
+        .model("ensemble_model")
+        .unwrap()
+        .infer([(
+            "input_image",
+            modelyard::Tensor::from(ndarray::Array2::<u8>::zeros((1, 10))),
+        )])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("input_image is not a readable image"),
+        "{e}"
+    );
+}

@@ -9,5 +9,6 @@ pub mod east;
 pub mod geometry;
 pub mod image_ops;
 mod pipeline;
+pub mod steps;
 
 pub use pipeline::{Detector, OcrOptions, OcrPipeline, TextLine, Timings};
