@@ -20,8 +20,7 @@ fn int_batch(rows: usize, offset: i32) -> Tensor {
 
 /// Triton's `L0_simple_ensemble`: six steps over two versions of `simple` (add/sub) that
 /// rebuild INPUT0 + INPUT1 and INPUT0 - INPUT1.
-#[test]
-fn simple_ensemble_adds_and_subtracts() {
+fn simple_ensemble_repo() -> (tempfile::TempDir, Repository) {
     let tmp = tempfile::tempdir().unwrap();
     let qa = fixtures().join("triton-qa/L0_simple_ensemble/models");
     for m in ["simple", "ensemble_add_sub_int32_int32_int32"] {
@@ -38,6 +37,12 @@ fn simple_ensemble_adds_and_subtracts() {
     }
     std::fs::create_dir_all(tmp.path().join("ensemble_add_sub_int32_int32_int32/1")).unwrap();
     let repo = Repository::load(tmp.path()).unwrap();
+    (tmp, repo)
+}
+
+#[test]
+fn simple_ensemble_adds_and_subtracts() {
+    let (_t, repo) = simple_ensemble_repo();
     let ens = repo.model("ensemble_add_sub_int32_int32_int32").unwrap();
     for rows in [1, 8] {
         let (a, b) = (int_batch(rows, 3), int_batch(rows, -100));
@@ -66,6 +71,35 @@ fn simple_ensemble_adds_and_subtracts() {
         e.to_string(),
         "inference request batch-size must be <= 8 for 'ensemble_add_sub_int32_int32_int32'"
     );
+}
+
+/// Triton's check: asking only for OUTPUT0 runs only the steps on `simple` version 2 (the
+/// latest, `-1`); version 1, used only by the OUTPUT1 branch, records no execution.
+#[test]
+fn pruned_steps_leave_no_statistics() {
+    let (_t, repo) = simple_ensemble_repo();
+    let ens = repo.model("ensemble_add_sub_int32_int32_int32").unwrap();
+    ens.infer_outputs(
+        [("INPUT0", int_batch(2, 1)), ("INPUT1", int_batch(2, 5))],
+        &["OUTPUT0"],
+    )
+    .unwrap();
+    let (v1, v2) = (
+        repo.model_version("simple", 1).unwrap().statistics(),
+        repo.model_version("simple", 2).unwrap().statistics(),
+    );
+    assert_eq!(v1.execution_count, 0);
+    assert_eq!(v2.execution_count, 3);
+    assert_eq!(v2.inference_count, 6);
+    ens.infer([("INPUT0", int_batch(1, 1)), ("INPUT1", int_batch(1, 5))])
+        .unwrap();
+    let (v1, v2) = (
+        repo.model_version("simple", 1).unwrap().statistics(),
+        repo.model_version("simple", 2).unwrap().statistics(),
+    );
+    assert_eq!(v1.success.count, 3);
+    assert_eq!(v2.success.count, 6);
+    assert_eq!(ens.statistics().success.count, 2);
 }
 
 /// A native model that scales its input and counts its executions.

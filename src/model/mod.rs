@@ -3,10 +3,12 @@
 
 mod classification;
 mod input;
+mod stats;
 pub(crate) mod warmup;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::Executable;
 use crate::config::ModelConfig;
@@ -53,7 +55,11 @@ struct ModelInner {
     config: ModelConfig,
     exec: Arc<dyn Executable>,
     labels: BTreeMap<String, Vec<String>>,
+    stats: stats::Recorder,
+    instances: stats::Instances,
 }
+
+pub use stats::{BatchStats, DurationStat, ModelStatistics};
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,8 +113,18 @@ impl Model {
         exec: Arc<dyn Executable>,
         labels: BTreeMap<String, Vec<String>>,
     ) -> Model {
+        // Instances: the sum of the instance groups' counts (an ensemble has none and runs
+        // each request at once; its steps queue on their own models).
+        let count: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
+        let instances = stats::Instances::new(if config.is_ensemble() {
+            usize::MAX
+        } else {
+            count.max(1) as usize
+        });
         Model {
             inner: Arc::new(ModelInner {
+                stats: stats::Recorder::new(&config.name, version),
+                instances,
                 version,
                 config,
                 exec,
@@ -216,31 +232,80 @@ impl Model {
         Ok(Outputs { tensors })
     }
 
+    /// Statistics of this version (Triton's statistics extension).
+    pub fn statistics(&self) -> ModelStatistics {
+        self.inner.stats.snapshot()
+    }
+
     fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
+        let start = std::time::Instant::now();
         let config = &self.inner.config;
         let tag = |e: Error| {
             e.with_model(config.name.clone())
                 .with_version(self.inner.version)
         };
-        input::check_outputs(config, &outputs).map_err(tag)?;
-        let inputs = input::prepare(config, inputs).map_err(tag)?;
-        let span =
-            tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
-        let _enter = span.enter();
-        let produced = self.inner.exec.execute(inputs, &outputs).map_err(tag)?;
-        let mut tensors = input::present_outputs(config, produced).map_err(tag)?;
-        // Config order, as Triton returns them.
-        tensors.sort_by_key(|(n, _)| config.output.iter().position(|o| &o.name == n));
-        if tensors.len() != outputs.len() {
-            return Err(tag(Error::new(
-                ErrorKind::Execution,
-                format!(
-                    "model '{}' did not produce every requested output",
-                    config.name
-                ),
-            )));
+        let mut executed = false;
+        let result = (|| {
+            input::check_outputs(config, &outputs).map_err(tag)?;
+            let input_start = std::time::Instant::now();
+            let inputs = input::prepare(config, inputs).map_err(tag)?;
+            let batch = if config.max_batch_size > 0 {
+                inputs
+                    .first()
+                    .and_then(|(_, t)| t.shape().first())
+                    .copied()
+                    .unwrap_or(1) as u64
+            } else {
+                1
+            };
+            let prepared = input_start.elapsed();
+            let wait = std::time::Instant::now();
+            let _instance = self.inner.instances.acquire();
+            let queue = wait.elapsed();
+            let span =
+                tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
+            let _enter = span.enter();
+            let infer_start = std::time::Instant::now();
+            executed = true;
+            let produced = self.inner.exec.execute(inputs, &outputs).map_err(tag)?;
+            let infer = infer_start.elapsed();
+            let output_start = std::time::Instant::now();
+            let mut tensors = input::present_outputs(config, produced).map_err(tag)?;
+            // Config order, as Triton returns them.
+            tensors.sort_by_key(|(n, _)| config.output.iter().position(|o| &o.name == n));
+            if tensors.len() != outputs.len() {
+                return Err(tag(Error::new(
+                    ErrorKind::Execution,
+                    format!(
+                        "model '{}' did not produce every requested output",
+                        config.name
+                    ),
+                )));
+            }
+            let output = output_start.elapsed();
+            Ok((
+                Outputs { tensors },
+                stats::Timing {
+                    total: Duration::ZERO,
+                    queue,
+                    input: prepared,
+                    infer,
+                    output,
+                    batch,
+                },
+            ))
+        })();
+        match result {
+            Ok((out, mut timing)) => {
+                timing.total = start.elapsed();
+                self.inner.stats.success(timing);
+                Ok(out)
+            }
+            Err(e) => {
+                self.inner.stats.failure(start.elapsed(), executed);
+                Err(e)
+            }
         }
-        Ok(Outputs { tensors })
     }
 }
 

@@ -215,6 +215,19 @@ impl Repository {
         out
     }
 
+    /// Statistics of every READY version, sorted by name then version.
+    pub fn statistics(&self) -> Vec<crate::model::ModelStatistics> {
+        self.inner
+            .models
+            .values()
+            .flat_map(|e| {
+                e.versions
+                    .values()
+                    .filter_map(|v| v.model.as_ref().map(Model::statistics))
+            })
+            .collect()
+    }
+
     /// Names of the models with at least one READY version.
     pub fn ready_models(&self) -> Vec<String> {
         self.inner
