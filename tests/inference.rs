@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::fixtures;
 use half::f16;
 use modelyard::{config::DataType, ErrorKind, Repository, Tensor};
@@ -299,7 +297,6 @@ fn identity_backend_passes_tensors_through() {
         repo.model("id").unwrap().config().instance_group[0].count,
         1
     );
-    let _ = Path::new("");
 }
 
 #[test]

@@ -142,10 +142,7 @@ impl<'a> Lexer<'a> {
             loop {
                 self.skip_space();
                 match self.peek_byte() {
-                    Some(q @ (b'"' | b'\'')) => {
-                        let _ = q;
-                        bytes.extend(self.string_literal()?);
-                    }
+                    Some(b'"' | b'\'') => bytes.extend(self.string_literal()?),
                     _ => break,
                 }
             }

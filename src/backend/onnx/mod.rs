@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::{Backend, Executable, LoadOptions};
 use crate::config::{dims_to_string, DataType, ModelConfig};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use io::OnnxIo;
 
 pub(crate) struct OnnxBackend;
@@ -215,6 +215,5 @@ fn validate_outputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
             .unwrap_or(&output.dims);
         compare_dims(m, n, &t.dims, dims, config.max_batch_size, true)?;
     }
-    let _ = ErrorKind::Unsupported;
     Ok(())
 }
