@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Execution,
     /// A limit (size, memory) was exceeded.
     ResourceExhausted,
+    /// The caller cancelled the request (dropped its future) before it ran.
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Unavailable | ErrorKind::ModelFile | ErrorKind::Io => "Unavailable",
             ErrorKind::Unsupported => "Unsupported",
             ErrorKind::ResourceExhausted => "Unavailable",
+            ErrorKind::Cancelled => "Cancelled",
         }
     }
 }

@@ -28,6 +28,6 @@ pub mod tensor;
 
 pub use backend::native::{NativeFactory, NativeModel};
 pub use error::{Error, ErrorKind, Result};
-pub use model::{Model, ModelState, ModelStatistics, Outputs};
+pub use model::{InferFuture, Model, ModelState, ModelStatistics, Outputs};
 pub use repository::{IndexEntry, Repository, RepositoryBuilder};
 pub use tensor::{Element, Tensor};

@@ -83,7 +83,7 @@ impl NativeModel for Slow {
     }
 }
 
-fn peak_with(count: i32, callers: usize) -> (usize, modelyard::ModelStatistics) {
+fn slow_model(count: i32, peak: &Arc<AtomicUsize>) -> (tempfile::TempDir, modelyard::Model) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("slow");
     std::fs::create_dir_all(dir.join("1")).unwrap();
@@ -92,7 +92,6 @@ fn peak_with(count: i32, callers: usize) -> (usize, modelyard::ModelStatistics) 
         format!(r#"backend: "slow" input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 1 ] }} ] output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 1 ] }} ] instance_group [ {{ count: {count} kind: KIND_CPU }} ]"#),
     )
     .unwrap();
-    let peak = Arc::new(AtomicUsize::new(0));
     let (p, running) = (peak.clone(), Arc::new(AtomicUsize::new(0)));
     let repo = Repository::builder(tmp.path())
         .native_backend("slow", move |_: &ModelConfig| {
@@ -103,7 +102,12 @@ fn peak_with(count: i32, callers: usize) -> (usize, modelyard::ModelStatistics) 
         })
         .load()
         .unwrap();
-    let model = repo.model("slow").unwrap();
+    (tmp, repo.model("slow").unwrap())
+}
+
+fn peak_with(count: i32, callers: usize) -> (usize, modelyard::ModelStatistics) {
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (_tmp, model) = slow_model(count, &peak);
     let barrier = Arc::new(Barrier::new(callers));
     let handles: Vec<_> = (0..callers)
         .map(|i| {
@@ -139,4 +143,61 @@ fn instances_bound_parallel_executions_and_callers_wait() {
     );
     let (peak, _) = peak_with(1, 3);
     assert_eq!(peak, 1);
+}
+
+/// A minimal executor: polls on this thread, parks until woken.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn async_calls_complete_and_dropped_ones_are_cancelled() {
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (_tmp, model) = slow_model(1, &peak);
+    let futures: Vec<_> = (0..3)
+        .map(|i| model.infer_async([("IN", Tensor::from(ndarray::arr1(&[i as f32])))]))
+        .collect();
+    for (i, f) in futures.into_iter().enumerate() {
+        let out = block_on(f).unwrap();
+        assert_eq!(
+            out.get("OUT").unwrap().view::<f32>().unwrap()[[0]],
+            i as f32
+        );
+    }
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        1,
+        "one instance: async calls queue too"
+    );
+
+    // Occupy the only instance, then drop a queued request: it never runs.
+    let busy = model.infer_async([("IN", Tensor::from(ndarray::arr1(&[9.0f32])))]);
+    std::thread::sleep(Duration::from_millis(20));
+    drop(model.infer_async([("IN", Tensor::from(ndarray::arr1(&[10.0f32])))]));
+    block_on(busy).unwrap();
+    // The cancelled request gives up as soon as it gets the instance.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while model.statistics().fail.count == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = model.statistics();
+    assert_eq!(
+        (s.success.count, s.execution_count, s.fail.count),
+        (4, 4, 1),
+        "{s}"
+    );
 }

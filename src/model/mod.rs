@@ -2,6 +2,7 @@
 //! checks, and the call into the backend.
 
 mod classification;
+mod future;
 mod input;
 mod stats;
 pub(crate) mod warmup;
@@ -59,6 +60,7 @@ struct ModelInner {
     instances: stats::Instances,
 }
 
+pub use future::InferFuture;
 pub use stats::{BatchStats, DurationStat, ModelStatistics};
 
 impl std::fmt::Debug for Model {
@@ -232,12 +234,56 @@ impl Model {
         Ok(Outputs { tensors })
     }
 
+    /// Like [`infer`](Self::infer), without blocking the caller: the request runs on its own
+    /// thread and the returned future completes with its result. It needs no particular async
+    /// runtime. Dropping the future before the request reaches an instance cancels it (the
+    /// model does not run; it counts as a failed request).
+    pub fn infer_async<I, S>(&self, inputs: I) -> InferFuture
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        let inputs: Vec<(String, Tensor)> =
+            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect();
+        let outputs: Vec<String> = self
+            .inner
+            .config
+            .output
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
+        let completion = Arc::new(future::Completion::default());
+        let (model, done) = (self.clone(), completion.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("modelyard-{}", self.name()))
+            .spawn(move || {
+                let result = model.run_with_cancel(inputs, outputs, Some(&done));
+                done.complete(result);
+            });
+        if let Err(e) = spawned {
+            completion.complete(Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!("cannot start a request thread: {e}"),
+            )));
+        }
+        InferFuture { completion }
+    }
+
     /// Statistics of this version (Triton's statistics extension).
     pub fn statistics(&self) -> ModelStatistics {
         self.inner.stats.snapshot()
     }
 
     fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
+        self.run_with_cancel(inputs, outputs, None)
+    }
+
+    fn run_with_cancel(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        outputs: Vec<String>,
+        cancel: Option<&future::Completion>,
+    ) -> Result<Outputs> {
         let start = std::time::Instant::now();
         let config = &self.inner.config;
         let tag = |e: Error| {
@@ -262,6 +308,12 @@ impl Model {
             let wait = std::time::Instant::now();
             let _instance = self.inner.instances.acquire();
             let queue = wait.elapsed();
+            if cancel.is_some_and(|c| c.is_cancelled()) {
+                return Err(tag(Error::new(
+                    ErrorKind::Cancelled,
+                    "the request was cancelled before it ran",
+                )));
+            }
             let span =
                 tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
             let _enter = span.enter();
