@@ -422,3 +422,33 @@ fn nearest_resize_rewrite_matches_onnx_runtime() {
         }
     }
 }
+
+#[test]
+fn request_size_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), ADD_SUB).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let repo = Repository::builder(tmp.path())
+        .max_request_bytes(200)
+        .load()
+        .unwrap();
+    let model = repo.model("m").unwrap();
+    // One row: 2 x 16 x 4 = 128 bytes; two rows: 256.
+    model
+        .infer([("INPUT0", batch(1, 0.0)), ("INPUT1", batch(1, 0.0))])
+        .unwrap();
+    let e = model
+        .infer([("INPUT0", batch(2, 0.0)), ("INPUT1", batch(2, 0.0))])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+    assert_eq!(
+        e.to_string(),
+        "request for model 'm' carries 256 bytes of inputs, more than the limit of 200 bytes"
+    );
+}

@@ -22,6 +22,8 @@ pub(crate) struct LoadOptions {
     pub plan_cache_capacity: usize,
     /// `default-max-batch-size` of the ONNX auto-complete (Triton's default: 4).
     pub default_max_batch_size: i32,
+    /// Largest total input size of one request, in bytes.
+    pub max_request_bytes: usize,
     /// Native backends registered on the repository builder, by name.
     pub natives: std::collections::BTreeMap<String, Arc<native::NativeFactory>>,
 }
@@ -31,6 +33,7 @@ impl std::fmt::Debug for LoadOptions {
         f.debug_struct("LoadOptions")
             .field("plan_cache_capacity", &self.plan_cache_capacity)
             .field("default_max_batch_size", &self.default_max_batch_size)
+            .field("max_request_bytes", &self.max_request_bytes)
             .field("natives", &self.natives.keys().collect::<Vec<_>>())
             .finish()
     }

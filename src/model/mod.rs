@@ -58,6 +58,7 @@ struct ModelInner {
     labels: BTreeMap<String, Vec<String>>,
     stats: stats::Recorder,
     instances: stats::Instances,
+    max_request_bytes: usize,
 }
 
 pub use future::InferFuture;
@@ -114,6 +115,7 @@ impl Model {
         version: i64,
         exec: Arc<dyn Executable>,
         labels: BTreeMap<String, Vec<String>>,
+        max_request_bytes: usize,
     ) -> Model {
         // Instances: the sum of the instance groups' counts (an ensemble has none and runs
         // each request at once; its steps queue on their own models).
@@ -126,6 +128,7 @@ impl Model {
         Model {
             inner: Arc::new(ModelInner {
                 stats: stats::Recorder::new(&config.name, version),
+                max_request_bytes,
                 instances,
                 version,
                 config,
@@ -293,6 +296,16 @@ impl Model {
         let mut executed = false;
         let result = (|| {
             input::check_outputs(config, &outputs).map_err(tag)?;
+            let bytes: usize = inputs
+                .iter()
+                .map(|(_, t)| t.byte_size())
+                .fold(0, usize::saturating_add);
+            if bytes > self.inner.max_request_bytes {
+                return Err(tag(Error::new(
+                    ErrorKind::ResourceExhausted,
+                    format!("request for model '{}' carries {bytes} bytes of inputs, more than the limit of {} bytes", config.name, self.inner.max_request_bytes),
+                )));
+            }
             let input_start = std::time::Instant::now();
             let inputs = input::prepare(config, inputs).map_err(tag)?;
             let batch = if config.max_batch_size > 0 {

@@ -168,7 +168,7 @@ fn load_version(
     config::validate_io_config(&config)?;
     let labels = read_labels(&config, dir)?;
     let exec = backend.load(&config, vdir, opts)?;
-    let model = Model::new(config, version, exec, labels);
+    let model = Model::new(config, version, exec, labels, opts.max_request_bytes);
     crate::model::warmup::run(&model, dir)?;
     Ok(model)
 }
@@ -209,7 +209,7 @@ pub(crate) fn load_all(
         };
         models.insert(name, entry);
     }
-    resolve_ensembles(&mut models);
+    resolve_ensembles(&mut models, opts.max_request_bytes);
     Ok(models)
 }
 
@@ -272,7 +272,7 @@ fn load_model(
 
 /// Resolves ensembles in dependency order: missing or failed composing models, cycles, then
 /// the tensor checks against the completed composing configs.
-fn resolve_ensembles(models: &mut BTreeMap<String, ModelEntry>) {
+fn resolve_ensembles(models: &mut BTreeMap<String, ModelEntry>, max_request_bytes: usize) {
     let ensembles: Vec<String> = models
         .iter()
         .filter(|(_, e)| e.polled.is_some())
@@ -281,7 +281,7 @@ fn resolve_ensembles(models: &mut BTreeMap<String, ModelEntry>) {
     let mut done = BTreeSet::new();
     for name in &ensembles {
         let mut stack = Vec::new();
-        resolve_one(name, models, &mut done, &mut stack);
+        resolve_one(name, models, &mut done, &mut stack, max_request_bytes);
     }
 }
 
@@ -300,6 +300,7 @@ fn resolve_one(
     models: &mut BTreeMap<String, ModelEntry>,
     done: &mut BTreeSet<String>,
     stack: &mut Vec<String>,
+    max_request_bytes: usize,
 ) {
     if done.contains(name) {
         return;
@@ -330,7 +331,7 @@ fn resolve_one(
                 break;
             }
             if models.get(d).is_some_and(|e| e.polled.is_some()) {
-                resolve_one(d, models, done, stack);
+                resolve_one(d, models, done, stack, max_request_bytes);
             }
         }
         match cycle {
@@ -347,7 +348,7 @@ fn resolve_one(
             tracing::error!("failed to load '{name}': {e}");
             ModelEntry::failed(e.to_string())
         }
-        Ok(()) => load_ensemble(name, config, &dir, models),
+        Ok(()) => load_ensemble(name, config, &dir, models, max_request_bytes),
     };
     models.insert(name.to_string(), entry);
 }
@@ -407,6 +408,7 @@ fn load_ensemble(
     mut config: ModelConfig,
     dir: &Path,
     models: &BTreeMap<String, ModelEntry>,
+    max_request_bytes: usize,
 ) -> ModelEntry {
     let steps: Vec<(String, i64)> = config
         .ensemble()
@@ -453,7 +455,13 @@ fn load_ensemble(
                 VersionEntry {
                     state: ModelState::Ready,
                     reason: String::new(),
-                    model: Some(Model::new(config.clone(), v, exec.clone(), BTreeMap::new())),
+                    model: Some(Model::new(
+                        config.clone(),
+                        v,
+                        exec.clone(),
+                        BTreeMap::new(),
+                        max_request_bytes,
+                    )),
                 },
             )
         })

@@ -65,6 +65,13 @@ impl RepositoryBuilder {
         self
     }
 
+    /// The largest total input size one request may carry, in bytes (default 1 GiB); larger
+    /// requests fail with `ErrorKind::ResourceExhausted` before anything runs.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.opts.max_request_bytes = bytes;
+        self
+    }
+
     /// Registers a native backend: a `config.pbtxt` with `backend: "<name>"` is served by the
     /// model `factory` builds from its completed config (once per loaded version).
     pub fn native_backend<F>(mut self, name: impl Into<String>, factory: F) -> Self
@@ -144,6 +151,7 @@ impl Repository {
             opts: LoadOptions {
                 plan_cache_capacity: 16,
                 default_max_batch_size: 4,
+                max_request_bytes: 1 << 30,
                 natives: Default::default(),
             },
         }

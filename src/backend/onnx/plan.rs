@@ -375,6 +375,7 @@ mod tests {
         let opts = LoadOptions {
             plan_cache_capacity: 2,
             default_max_batch_size: 4,
+            max_request_bytes: 1 << 30,
             natives: Default::default(),
         };
         let plans = Plans::new(&config, proto, None, &opts).unwrap();
