@@ -302,14 +302,7 @@ fn identity_backend_passes_tensors_through() {
 #[test]
 fn plans_are_cached_per_shape_and_bounded() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::write(dir.join("config.pbtxt"), ADD_SUB).unwrap();
-    std::fs::copy(
-        fixtures().join("generated/add_sub_fp32_batch.onnx"),
-        dir.join("1/model.onnx"),
-    )
-    .unwrap();
+    common::add_sub_model(tmp.path(), "m", ADD_SUB);
     let repo = Repository::builder(tmp.path())
         .plan_cache_capacity(2)
         .load()
@@ -426,14 +419,7 @@ fn nearest_resize_rewrite_matches_onnx_runtime() {
 #[test]
 fn request_size_limit() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::write(dir.join("config.pbtxt"), ADD_SUB).unwrap();
-    std::fs::copy(
-        fixtures().join("generated/add_sub_fp32_batch.onnx"),
-        dir.join("1/model.onnx"),
-    )
-    .unwrap();
+    common::add_sub_model(tmp.path(), "m", ADD_SUB);
     let repo = Repository::builder(tmp.path())
         .max_request_bytes(200)
         .load()

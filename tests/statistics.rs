@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::fixtures;
 use modelyard::config::ModelConfig;
 use modelyard::{NativeModel, Repository, Tensor};
 use ndarray::Array2;
@@ -20,14 +19,7 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1
 #[test]
 fn counts_add_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("m");
-    std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::write(dir.join("config.pbtxt"), ADD_SUB).unwrap();
-    std::fs::copy(
-        fixtures().join("generated/add_sub_fp32_batch.onnx"),
-        dir.join("1/model.onnx"),
-    )
-    .unwrap();
+    common::add_sub_model(tmp.path(), "m", ADD_SUB);
     let repo = Repository::load(tmp.path()).unwrap();
     let m = repo.model("m").unwrap();
     assert_eq!(m.statistics().execution_count, 0);

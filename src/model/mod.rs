@@ -174,13 +174,7 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let outputs: Vec<String> = self
-            .inner
-            .config
-            .output
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
+        let outputs = self.all_outputs();
         self.run(
             inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
             outputs,
@@ -248,13 +242,7 @@ impl Model {
     {
         let inputs: Vec<(String, Tensor)> =
             inputs.into_iter().map(|(n, t)| (n.into(), t)).collect();
-        let outputs: Vec<String> = self
-            .inner
-            .config
-            .output
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
+        let outputs = self.all_outputs();
         let completion = Arc::new(future::Completion::default());
         let (model, done) = (self.clone(), completion.clone());
         let spawned = std::thread::Builder::new()
@@ -270,6 +258,16 @@ impl Model {
             )));
         }
         InferFuture { completion }
+    }
+
+    /// Every output of the config, in config order.
+    fn all_outputs(&self) -> Vec<String> {
+        self.inner
+            .config
+            .output
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
     }
 
     /// Statistics of this version (Triton's statistics extension).

@@ -82,3 +82,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A model folder `name` in `repo` with `config` and the generated add/sub model as version 1.
+pub fn add_sub_model(repo: &Path, name: &str, config: &str) -> PathBuf {
+    let dir = repo.join(name);
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), config).unwrap();
+    std::fs::copy(
+        fixtures().join("generated/add_sub_fp32_batch.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    dir
+}
