@@ -140,6 +140,7 @@ fn east_processing_matches_the_tutorial_client() {
     // 3. The tutorial's crops (from the blob, with its gray-weight quirk), within a small
     //    tolerance (OpenCV warps with fixed-point bilinear weights).
     let crops = floats("crops.bin");
+    let frame = east::blob_frame(blob.view());
     let rec = repo.model("text_recognition").unwrap();
     let texts: Vec<&str> = result["texts"]
         .as_array()
@@ -160,7 +161,7 @@ fn east_processing_matches_the_tutorial_client() {
     };
     let (mut worst, mut same_text) = (0f32, 0);
     for (n, &k) in kept.iter().enumerate() {
-        let crop = east::crop_tutorial_exact(&blob, &boxes[k].0.points()).unwrap();
+        let crop = east::crop_tutorial_exact(&frame, &boxes[k].0.points()).unwrap();
         if let Some(want) = crops.get(n * 3200..(n + 1) * 3200) {
             let diff = crop
                 .iter()

@@ -4,7 +4,7 @@
 
 use image::{Rgb, Rgb32FImage, RgbImage};
 use imageproc::geometric_transformations::Interpolation;
-use ndarray::{Array4, ArrayView3};
+use ndarray::{Array4, ArrayView3, ArrayView4};
 
 use super::geometry::{rotated_iou, Pt, RotatedRect};
 use super::image_ops::{perspective_warp, resize, Border};
@@ -142,14 +142,22 @@ pub fn crop(img: &RgbImage, vertices: &[Pt; 4]) -> Option<ndarray::Array3<f32>> 
     })
 }
 
-/// The tutorial client's crop, quirk included: it warps the mean-subtracted blob itself (RGB
-/// in memory) and converts it with `COLOR_BGR2GRAY`, so the channel weights are swapped and the
-/// values are offset by the mean.
-pub fn crop_tutorial_exact(blob: &Array4<f32>, vertices: &[Pt; 4]) -> Option<ndarray::Array3<f32>> {
-    let frame = Rgb32FImage::from_fn(BLOB_W, BLOB_H, |x, y| {
+/// The blob (`[1, 480, 640, 3]`, or one item of a batch) as a float image, the frame the
+/// tutorial's client crops from. Build it once per blob, then crop every box from it.
+pub fn blob_frame(blob: ArrayView4<f32>) -> Rgb32FImage {
+    Rgb32FImage::from_fn(BLOB_W, BLOB_H, |x, y| {
         Rgb([0, 1, 2].map(|c| blob[[0, y as usize, x as usize, c]]))
-    });
-    warp_to_crop(&frame, vertices, |p: &Rgb<f32>| {
+    })
+}
+
+/// The tutorial client's crop, quirk included: it warps the mean-subtracted blob itself (RGB
+/// in memory, see [`blob_frame`]) and converts it with `COLOR_BGR2GRAY`, so the channel
+/// weights are swapped and the values are offset by the mean.
+pub fn crop_tutorial_exact(
+    frame: &Rgb32FImage,
+    vertices: &[Pt; 4],
+) -> Option<ndarray::Array3<f32>> {
+    warp_to_crop(frame, vertices, |p: &Rgb<f32>| {
         0.114 * p[0] + 0.587 * p[1] + 0.299 * p[2]
     })
 }

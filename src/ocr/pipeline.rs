@@ -262,9 +262,15 @@ impl OcrPipeline {
 
         let clock = Instant::now();
         let det_cfg = self.det.config();
+        // Only the tutorial-exact mode crops from the blob: build its frame before the blob
+        // moves into the request, instead of copying the blob.
+        let frame = self
+            .options
+            .tutorial_exact
+            .then(|| east::blob_frame(blob.view()));
         let out = self
             .det
-            .infer([(Self::input_name(&self.det)?, Tensor::from(blob.clone()))])?;
+            .infer([(Self::input_name(&self.det)?, Tensor::from(blob))])?;
         let by_channels = |c: usize| {
             out.iter()
                 .find(|(_, t)| t.shape().len() == 4 && t.shape()[3] == c)
@@ -303,10 +309,9 @@ impl OcrPipeline {
         );
         for &k in &kept {
             let vertices = boxes[k].0.points();
-            let crop = if self.options.tutorial_exact {
-                east::crop_tutorial_exact(&blob, &vertices)
-            } else {
-                east::crop(img, &vertices)
+            let crop = match &frame {
+                Some(frame) => east::crop_tutorial_exact(frame, &vertices),
+                None => east::crop(img, &vertices),
             };
             if let Some(c) = crop {
                 crops.push(c);
@@ -342,7 +347,7 @@ impl OcrPipeline {
         // rapidocr's global resize: the longer side down to max_side_len, the shorter up to 30.
         let (rw, rh) = raw.dimensions();
         let (max, min) = (rw.max(rh), rw.min(rh));
-        let img = if max > self.options.max_side_len || min < 30 {
+        let img: std::borrow::Cow<RgbImage> = if max > self.options.max_side_len || min < 30 {
             let ratio = if max > self.options.max_side_len {
                 f64::from(self.options.max_side_len) / f64::from(max)
             } else {
@@ -350,9 +355,9 @@ impl OcrPipeline {
             };
             let w = round_to_32((f64::from(rw) * ratio).floor());
             let h = round_to_32((f64::from(rh) * ratio).floor());
-            resize(raw, w, h)
+            std::borrow::Cow::Owned(resize(raw, w, h))
         } else {
-            raw.clone()
+            std::borrow::Cow::Borrowed(raw)
         };
         let x = db::preprocess(&img, &self.options.db);
         t.preprocess = clock.elapsed();

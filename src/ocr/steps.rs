@@ -4,7 +4,7 @@
 //! the 37-class recogniser. Register them with [`tutorial_steps`] and select them in a
 //! `config.pbtxt` with `backend: "east_detection_preprocessing"` (and so on).
 
-use ndarray::{s, Array4, ArrayD, Axis, Ix3, Ix4};
+use ndarray::{s, ArrayD, Axis, Ix3, Ix4};
 
 use super::ctc::{greedy_decode, Alphabet};
 use super::east;
@@ -86,7 +86,7 @@ impl NativeModel for DetectionPostprocessing {
                     .map_err(shape_err)?,
                 0.5,
             );
-            let frame: Array4<f32> = blob.slice(s![b..b + 1, .., .., ..]).to_owned();
+            let frame = east::blob_frame(blob.slice(s![b..b + 1, .., .., ..]));
             for k in east::nms_rotated(&boxes, 0.5, 0.4) {
                 if let Some(c) = east::crop_tutorial_exact(&frame, &boxes[k].0.points()) {
                     crops.push(c);
