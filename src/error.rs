@@ -32,6 +32,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// The caller cancelled the request (dropped its future) before it ran.
     Cancelled,
+    /// The request waited in the queue longer than its timeout ("Request timeout expired").
+    TimedOut,
 }
 
 impl ErrorKind {
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "Unsupported",
             ErrorKind::ResourceExhausted => "Unavailable",
             ErrorKind::Cancelled => "Cancelled",
+            ErrorKind::TimedOut => "Unavailable",
         }
     }
 }
@@ -144,6 +147,18 @@ impl Error {
     ) -> Self {
         self.source = Some(source.into());
         self
+    }
+
+    /// The same error for another request of a batch (the source chain becomes text).
+    pub(crate) fn duplicate(&self) -> Self {
+        Error {
+            kind: self.kind,
+            message: self.to_string(),
+            model: self.model.clone(),
+            version: self.version,
+            tensor: self.tensor.clone(),
+            source: None,
+        }
     }
 
     /// Prefixes the message (keeps kind, model, version, tensor and source).

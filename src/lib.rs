@@ -28,6 +28,8 @@ pub mod tensor;
 
 pub use backend::native::{NativeFactory, NativeModel};
 pub use error::{Error, ErrorKind, Result};
-pub use model::{InferFuture, Model, ModelState, ModelStatistics, Outputs};
+pub use model::{
+    CancelToken, InferFuture, InferOptions, Model, ModelState, ModelStatistics, Outputs,
+};
 pub use repository::{IndexEntry, Repository, RepositoryBuilder};
 pub use tensor::{Element, Tensor};

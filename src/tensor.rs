@@ -331,3 +331,27 @@ impl Tensor {
         }
     }
 }
+
+impl Tensor {
+    /// The tensors stacked along their first dim (all other dims equal): the rows of a batch.
+    pub(crate) fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
+        if let [one] = parts {
+            return Ok(one.clone());
+        }
+        let inner: Vec<TractTensor> = parts.iter().map(|t| (*t.inner).clone()).collect();
+        TractTensor::stack_tensors(0, &inner)
+            .map(Tensor::from_tract)
+            .map_err(|e| Error::invalid_input(format!("cannot batch tensors: {e}")))
+    }
+
+    /// Rows `start..end` of the first dim.
+    pub(crate) fn rows(&self, start: usize, end: usize) -> Result<Tensor> {
+        if start == 0 && self.shape().first() == Some(&end) {
+            return Ok(self.clone());
+        }
+        self.inner
+            .slice(0, start, end)
+            .map(Tensor::from_tract)
+            .map_err(|e| Error::new(ErrorKind::Execution, format!("cannot split a batch: {e}")))
+    }
+}

@@ -4,13 +4,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
-use super::Outputs;
+use super::{CancelToken, Outputs};
 use crate::error::Result;
 
 #[derive(Default)]
@@ -20,15 +19,17 @@ struct Slot {
 }
 
 /// Shared between the future and the thread running the request.
-#[derive(Default)]
 pub(crate) struct Completion {
     slot: Mutex<Slot>,
-    cancelled: AtomicBool,
+    pub(crate) token: CancelToken,
 }
 
 impl Completion {
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
+    pub(crate) fn new(token: CancelToken) -> Completion {
+        Completion {
+            slot: Mutex::default(),
+            token,
+        }
     }
 
     pub(crate) fn complete(&self, result: Result<Outputs>) {
@@ -48,6 +49,13 @@ pub struct InferFuture {
     pub(crate) completion: Arc<Completion>,
 }
 
+impl InferFuture {
+    /// The token that cancels this request (the one given in its options, if any).
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.completion.token
+    }
+}
+
 impl Future for InferFuture {
     type Output = Result<Outputs>;
 
@@ -65,6 +73,9 @@ impl Future for InferFuture {
 
 impl Drop for InferFuture {
     fn drop(&mut self) {
-        self.completion.cancelled.store(true, Ordering::SeqCst);
+        let finished = self.completion.slot.lock().result.is_some();
+        if !finished {
+            self.completion.token.cancel();
+        }
     }
 }

@@ -4,12 +4,13 @@
 mod classification;
 mod future;
 mod input;
+mod scheduler;
 mod stats;
 pub(crate) mod warmup;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::Executable;
 use crate::config::ModelConfig;
@@ -57,11 +58,69 @@ struct ModelInner {
     exec: Arc<dyn Executable>,
     labels: BTreeMap<String, Vec<String>>,
     stats: stats::Recorder,
-    instances: stats::Instances,
+    /// None for an ensemble: it has no scheduler of its own, its steps queue on their models.
+    scheduler: Option<Arc<scheduler::Scheduler>>,
     max_request_bytes: usize,
 }
 
 pub use future::InferFuture;
+pub use scheduler::CancelToken;
+
+/// Options of one request: the outputs wanted, its priority and timeout, a cancel token.
+///
+/// ```
+/// # use std::time::Duration;
+/// let opts = modelyard::InferOptions::new()
+///     .outputs(["OUTPUT0"])
+///     .priority(1)
+///     .timeout(Duration::from_millis(50));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InferOptions {
+    outputs: Option<Vec<String>>,
+    priority: u32,
+    timeout: Option<Duration>,
+    cancel: Option<CancelToken>,
+}
+
+impl InferOptions {
+    /// Every output, default priority, no timeout.
+    pub fn new() -> InferOptions {
+        InferOptions::default()
+    }
+
+    /// Only these outputs (by default, every output of the config).
+    pub fn outputs<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.outputs = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Priority level (1 is the highest; 0 or a level above `priority_levels` means the
+    /// config's `default_priority_level`). Used by models with `dynamic_batching`.
+    pub fn priority(mut self, level: u32) -> Self {
+        self.priority = level;
+        self
+    }
+
+    /// How long the request may wait in the queue before it is answered "Request timeout
+    /// expired". With `dynamic_batching` this follows the queue policy: it applies only when
+    /// `allow_timeout_override` is set, and the smaller of it and
+    /// `default_timeout_microseconds` wins. Without `dynamic_batching` it always applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Cancels the request when `token` is cancelled while the request is still queued.
+    pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+}
 pub use stats::{BatchStats, DurationStat, ModelStatistics};
 
 impl std::fmt::Debug for Model {
@@ -120,16 +179,13 @@ impl Model {
         // Instances: the sum of the instance groups' counts (an ensemble has none and runs
         // each request at once; its steps queue on their own models).
         let count: i32 = config.instance_group.iter().map(|g| g.count.max(1)).sum();
-        let instances = stats::Instances::new(if config.is_ensemble() {
-            usize::MAX
-        } else {
-            count.max(1) as usize
-        });
+        let scheduler = (!config.is_ensemble())
+            .then(|| Arc::new(scheduler::Scheduler::new(&config, count.max(1) as usize)));
         Model {
             inner: Arc::new(ModelInner {
                 stats: stats::Recorder::new(&config.name, version),
                 max_request_bytes,
-                instances,
+                scheduler,
                 version,
                 config,
                 exec,
@@ -174,11 +230,7 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let outputs = self.all_outputs();
-        self.run(
-            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
-            outputs,
-        )
+        self.run(collect(inputs), InferOptions::default())
     }
 
     /// Like [`infer`](Self::infer), returning only the outputs named in `outputs`.
@@ -187,11 +239,20 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let outputs: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
         self.run(
-            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect(),
-            outputs,
+            collect(inputs),
+            InferOptions::new().outputs(outputs.iter().copied()),
         )
+    }
+
+    /// Like [`infer`](Self::infer), with per-request options (outputs, priority, timeout,
+    /// cancellation).
+    pub fn infer_with<I, S>(&self, inputs: I, options: &InferOptions) -> Result<Outputs>
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        self.run(collect(inputs), options.clone())
     }
 
     /// Runs the model on `inputs` and returns the outputs `classifications` names, each
@@ -240,17 +301,23 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let inputs: Vec<(String, Tensor)> =
-            inputs.into_iter().map(|(n, t)| (n.into(), t)).collect();
-        let outputs = self.all_outputs();
-        let completion = Arc::new(future::Completion::default());
+        self.infer_async_with(inputs, InferOptions::default())
+    }
+
+    /// [`infer_async`](Self::infer_async) with per-request options. The future's
+    /// [`cancel_token`](InferFuture::cancel_token) is the options' token (or a new one).
+    pub fn infer_async_with<I, S>(&self, inputs: I, mut options: InferOptions) -> InferFuture
+    where
+        I: IntoIterator<Item = (S, Tensor)>,
+        S: Into<String>,
+    {
+        let inputs = collect(inputs);
+        let token = options.cancel.get_or_insert_with(CancelToken::new).clone();
+        let completion = Arc::new(future::Completion::new(token));
         let (model, done) = (self.clone(), completion.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("modelyard-{}", self.name()))
-            .spawn(move || {
-                let result = model.run_with_cancel(inputs, outputs, Some(&done));
-                done.complete(result);
-            });
+            .spawn(move || done.complete(model.run(inputs, options)));
         if let Err(e) = spawned {
             completion.complete(Err(Error::new(
                 ErrorKind::ResourceExhausted,
@@ -275,101 +342,243 @@ impl Model {
         self.inner.stats.snapshot()
     }
 
-    fn run(&self, inputs: Vec<(String, Tensor)>, outputs: Vec<String>) -> Result<Outputs> {
-        self.run_with_cancel(inputs, outputs, None)
-    }
-
-    fn run_with_cancel(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: Vec<String>,
-        cancel: Option<&future::Completion>,
-    ) -> Result<Outputs> {
-        let start = std::time::Instant::now();
-        let config = &self.inner.config;
-        let tag = |e: Error| {
-            e.with_model(config.name.clone())
-                .with_version(self.inner.version)
-        };
-        let mut executed = false;
-        let result = (|| {
-            input::check_outputs(config, &outputs).map_err(tag)?;
-            let bytes: usize = inputs
-                .iter()
-                .map(|(_, t)| t.byte_size())
-                .fold(0, usize::saturating_add);
-            if bytes > self.inner.max_request_bytes {
-                return Err(tag(Error::new(
-                    ErrorKind::ResourceExhausted,
-                    format!("request for model '{}' carries {bytes} bytes of inputs, more than the limit of {} bytes", config.name, self.inner.max_request_bytes),
-                )));
-            }
-            let input_start = std::time::Instant::now();
-            let inputs = input::prepare(config, inputs).map_err(tag)?;
-            let batch = if config.max_batch_size > 0 {
-                inputs
-                    .first()
-                    .and_then(|(_, t)| t.shape().first())
-                    .copied()
-                    .unwrap_or(1) as u64
-            } else {
-                1
-            };
-            let prepared = input_start.elapsed();
-            let wait = std::time::Instant::now();
-            let _instance = self.inner.instances.acquire();
-            let queue = wait.elapsed();
-            if cancel.is_some_and(|c| c.is_cancelled()) {
-                return Err(tag(Error::new(
-                    ErrorKind::Cancelled,
-                    "the request was cancelled before it ran",
-                )));
-            }
-            let span =
-                tracing::trace_span!("infer", model = %config.name, version = self.inner.version);
-            let _enter = span.enter();
-            let infer_start = std::time::Instant::now();
-            executed = true;
-            let produced = self.inner.exec.execute(inputs, &outputs).map_err(tag)?;
-            let infer = infer_start.elapsed();
-            let output_start = std::time::Instant::now();
-            let mut tensors = input::present_outputs(config, produced).map_err(tag)?;
-            // Config order, as Triton returns them.
-            tensors.sort_by_key(|(n, _)| config.output.iter().position(|o| &o.name == n));
-            if tensors.len() != outputs.len() {
-                return Err(tag(Error::new(
-                    ErrorKind::Execution,
-                    format!(
-                        "model '{}' did not produce every requested output",
-                        config.name
-                    ),
-                )));
-            }
-            let output = output_start.elapsed();
-            Ok((
-                Outputs { tensors },
-                stats::Timing {
-                    total: Duration::ZERO,
-                    queue,
-                    input: prepared,
-                    infer,
-                    output,
-                    batch,
-                },
-            ))
-        })();
+    fn run(&self, inputs: Vec<(String, Tensor)>, options: InferOptions) -> Result<Outputs> {
+        let start = Instant::now();
+        let mut rows = 1;
+        let result = self.request(inputs, options, &mut rows);
         match result {
-            Ok((out, mut timing)) => {
-                timing.total = start.elapsed();
-                self.inner.stats.success(timing);
-                Ok(out)
+            Ok(done) => {
+                self.inner.stats.request_ok(start.elapsed(), &done, rows);
+                Ok(done.outputs)
             }
             Err(e) => {
-                self.inner.stats.failure(start.elapsed(), executed);
+                self.inner.stats.request_failed(start.elapsed());
                 Err(e)
             }
         }
     }
+
+    fn request(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        options: InferOptions,
+        rows: &mut u64,
+    ) -> Result<scheduler::Done> {
+        let inner = &*self.inner;
+        let config = &inner.config;
+        let outputs = options.outputs.unwrap_or_else(|| self.all_outputs());
+        input::check_outputs(config, &outputs).map_err(|e| inner.tag(e))?;
+        let bytes: usize = inputs
+            .iter()
+            .map(|(_, t)| t.byte_size())
+            .fold(0, usize::saturating_add);
+        if bytes > inner.max_request_bytes {
+            return Err(inner.tag(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!("request for model '{}' carries {bytes} bytes of inputs, more than the limit of {} bytes", config.name, inner.max_request_bytes),
+            )));
+        }
+        let input_start = Instant::now();
+        let inputs = input::prepare(config, inputs).map_err(|e| inner.tag(e))?;
+        let batch = if config.max_batch_size > 0 {
+            inputs
+                .first()
+                .and_then(|(_, t)| t.shape().first())
+                .copied()
+                .unwrap_or(1)
+        } else {
+            1
+        };
+        *rows = batch as u64;
+        let prepared = input_start.elapsed();
+        if options
+            .cancel
+            .as_ref()
+            .is_some_and(CancelToken::is_cancelled)
+        {
+            return Err(inner.tag(Error::new(
+                ErrorKind::Cancelled,
+                "the request was cancelled before it ran",
+            )));
+        }
+        let submit = scheduler::Submit {
+            inputs,
+            outputs,
+            batch,
+            priority: options.priority,
+            timeout: options.timeout,
+            cancel: options.cancel,
+        };
+        let mut done = match &inner.scheduler {
+            Some(s) => s.submit(submit, &|batch| inner.run_batch(batch)),
+            None => {
+                let one = scheduler::Queued::now(submit);
+                inner
+                    .run_batch(std::slice::from_ref(&one))
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Execution, "no result")))
+            }
+        }
+        .map_err(|e| inner.tag(e))?;
+        done.input += prepared;
+        Ok(done)
+    }
+}
+
+impl ModelInner {
+    fn tag(&self, e: Error) -> Error {
+        e.with_model(self.config.name.clone())
+            .with_version(self.version)
+    }
+
+    /// Executes a batch: the requests' inputs stacked along the batch dim (one request runs
+    /// on its own tensors), the union of their outputs computed once, and each request given
+    /// its own rows of the outputs it asked for.
+    fn run_batch(&self, batch: &[scheduler::Queued]) -> Vec<Result<scheduler::Done>> {
+        let config = &self.config;
+        let span = tracing::trace_span!("execute", model = %config.name, version = self.version, requests = batch.len());
+        let _enter = span.enter();
+        let input_start = Instant::now();
+        let (inputs, wanted) = match batch {
+            [one] => (Ok(one.inputs.clone()), one.outputs.clone()),
+            _ => (
+                stack_inputs(batch),
+                config
+                    .output
+                    .iter()
+                    .filter(|o| batch.iter().any(|q| q.outputs.contains(&o.name)))
+                    .map(|o| o.name.clone())
+                    .collect(),
+            ),
+        };
+        let input = input_start.elapsed();
+        let infer_start = Instant::now();
+        let produced = inputs.and_then(|i| self.exec.execute(i, &wanted));
+        let infer = infer_start.elapsed();
+        let produced = match produced {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.execution_failed();
+                let e = self.tag(e);
+                return batch.iter().map(|_| Err(e.duplicate())).collect();
+            }
+        };
+        let output_start = Instant::now();
+        let rows: usize = batch.iter().map(|q| q.batch).sum();
+        let mut offset = 0;
+        let per_request: Vec<Result<Outputs>> = batch
+            .iter()
+            .map(|q| {
+                let start = offset;
+                offset += q.batch;
+                let mine = if batch.len() == 1 {
+                    Ok(produced.clone())
+                } else {
+                    split_rows(&produced, &q.outputs, rows, start, q.batch)
+                };
+                mine.and_then(|m| self.present(m, &q.outputs))
+            })
+            .collect();
+        let output = output_start.elapsed();
+        self.stats.execution(rows as u64, input, infer, output);
+        per_request
+            .into_iter()
+            .zip(batch)
+            .map(|(r, q)| {
+                r.map(|outputs| scheduler::Done {
+                    outputs,
+                    queue: q.queue,
+                    input,
+                    infer,
+                    output,
+                })
+                .map_err(|e| self.tag(e))
+            })
+            .collect()
+    }
+
+    /// The requested outputs in config order, with their config shapes.
+    fn present(&self, produced: Vec<(String, Tensor)>, wanted: &[String]) -> Result<Outputs> {
+        let config = &self.config;
+        let mut tensors = input::present_outputs(config, produced)?;
+        tensors.retain(|(n, _)| wanted.contains(n));
+        tensors.sort_by_key(|(n, _)| config.output.iter().position(|o| &o.name == n));
+        if tensors.len() != wanted.len() {
+            return Err(Error::new(
+                ErrorKind::Execution,
+                format!(
+                    "model '{}' did not produce every requested output",
+                    config.name
+                ),
+            ));
+        }
+        Ok(Outputs { tensors })
+    }
+}
+
+fn collect<I, S>(inputs: I) -> Vec<(String, Tensor)>
+where
+    I: IntoIterator<Item = (S, Tensor)>,
+    S: Into<String>,
+{
+    inputs.into_iter().map(|(n, t)| (n.into(), t)).collect()
+}
+
+/// The inputs of several requests stacked along the batch dim (the scheduler only batches
+/// requests with the same input names and shapes past the batch dim).
+fn stack_inputs(batch: &[scheduler::Queued]) -> Result<Vec<(String, Tensor)>> {
+    let Some(first) = batch.first() else {
+        return Ok(Vec::new());
+    };
+    first
+        .inputs
+        .iter()
+        .map(|(name, _)| {
+            let parts = batch
+                .iter()
+                .map(|q| {
+                    q.inputs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, t)| t.clone())
+                        .ok_or_else(|| {
+                            Error::new(ErrorKind::Execution, "requests of a batch differ in inputs")
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((
+                name.clone(),
+                Tensor::concat_rows(&parts).map_err(|e| e.with_tensor(name.clone()))?,
+            ))
+        })
+        .collect()
+}
+
+/// Rows `start..start + len` of the outputs in `wanted`, out of a batch of `rows`.
+fn split_rows(
+    produced: &[(String, Tensor)],
+    wanted: &[String],
+    rows: usize,
+    start: usize,
+    len: usize,
+) -> Result<Vec<(String, Tensor)>> {
+    produced
+        .iter()
+        .filter(|(n, _)| wanted.contains(n))
+        .map(|(n, t)| {
+            if t.shape().first() != Some(&rows) {
+                return Err(Error::new(
+                    ErrorKind::Execution,
+                    format!(
+                        "output '{n}' has shape {:?}, which does not start with the batch size {rows}",
+                        t.shape()
+                    ),
+                )
+                .with_tensor(n.clone()));
+            }
+            Ok((n.clone(), t.rows(start, start + len)?))
+        })
+        .collect()
 }
 
 const _: () = {

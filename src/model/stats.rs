@@ -1,11 +1,13 @@
 //! Per-version statistics as Triton's statistics extension defines them (spec section (f)),
-//! and the instances a version runs on.
+//! recorded per request and per execution.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+
+use super::scheduler::Done;
 
 /// A count and a total duration (Triton's `duration_stat`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -106,16 +108,6 @@ impl fmt::Display for ModelStatistics {
     }
 }
 
-/// Durations of one successful request.
-pub(crate) struct Timing {
-    pub total: Duration,
-    pub queue: Duration,
-    pub input: Duration,
-    pub infer: Duration,
-    pub output: Duration,
-    pub batch: u64,
-}
-
 /// The running statistics of a version.
 #[derive(Default)]
 pub(crate) struct Recorder {
@@ -140,69 +132,42 @@ impl Recorder {
         }
     }
 
-    pub(crate) fn success(&self, t: Timing) {
+    /// One successful request of `batch` rows.
+    pub(crate) fn request_ok(&self, total: Duration, done: &Done, batch: u64) {
         let mut s = self.stats.lock();
-        s.success.add(t.total);
-        s.queue.add(t.queue);
-        s.compute_input.add(t.input);
-        s.compute_infer.add(t.infer);
-        s.compute_output.add(t.output);
-        s.inference_count += t.batch.max(1);
-        s.execution_count += 1;
-        s.last_inference = now_ms();
-        let b = s.batch_stats.entry(t.batch.max(1)).or_default();
-        b.compute_input.add(t.input);
-        b.compute_infer.add(t.infer);
-        b.compute_output.add(t.output);
+        s.success.add(total);
+        s.queue.add(done.queue);
+        s.compute_input.add(done.input);
+        s.compute_infer.add(done.infer);
+        s.compute_output.add(done.output);
+        s.inference_count += batch.max(1);
     }
 
-    pub(crate) fn failure(&self, total: Duration, executed: bool) {
+    /// One failed request.
+    pub(crate) fn request_failed(&self, total: Duration) {
+        self.stats.lock().fail.add(total);
+    }
+
+    /// One execution of a batch of `batch` rows (Triton counts batch statistics per
+    /// execution, request statistics per request).
+    pub(crate) fn execution(&self, batch: u64, input: Duration, infer: Duration, output: Duration) {
         let mut s = self.stats.lock();
-        s.fail.add(total);
-        if executed {
-            s.execution_count += 1;
-            s.last_inference = now_ms();
-        }
+        s.execution_count += 1;
+        s.last_inference = now_ms();
+        let b = s.batch_stats.entry(batch.max(1)).or_default();
+        b.compute_input.add(input);
+        b.compute_infer.add(infer);
+        b.compute_output.add(output);
+    }
+
+    /// One execution that failed.
+    pub(crate) fn execution_failed(&self) {
+        let mut s = self.stats.lock();
+        s.execution_count += 1;
+        s.last_inference = now_ms();
     }
 
     pub(crate) fn snapshot(&self) -> ModelStatistics {
         self.stats.lock().clone()
-    }
-}
-
-/// Execution slots of a version: one per instance of its instance groups. A call waits (it
-/// does not fail) while every instance is busy.
-pub(crate) struct Instances {
-    free: Mutex<usize>,
-    available: Condvar,
-}
-
-/// An instance held for one execution.
-pub(crate) struct InstanceGuard<'a> {
-    pool: &'a Instances,
-}
-
-impl Instances {
-    pub(crate) fn new(count: usize) -> Instances {
-        Instances {
-            free: Mutex::new(count.max(1)),
-            available: Condvar::new(),
-        }
-    }
-
-    pub(crate) fn acquire(&self) -> InstanceGuard<'_> {
-        let mut free = self.free.lock();
-        while *free == 0 {
-            self.available.wait(&mut free);
-        }
-        *free -= 1;
-        InstanceGuard { pool: self }
-    }
-}
-
-impl Drop for InstanceGuard<'_> {
-    fn drop(&mut self) {
-        *self.pool.free.lock() += 1;
-        self.pool.available.notify_one();
     }
 }

@@ -1,0 +1,472 @@
+//! The scheduler of one model version: its queue, its instances and, with `dynamic_batching`,
+//! Triton's batch forming (spec section (e)).
+//!
+//! There are no background threads. A caller puts its request in the queue and then serves the
+//! queue itself while an instance is free: it forms the next batch (which may hold other
+//! callers' requests, and not its own), runs it, hands every request its rows, and goes on
+//! until its own result is there. At most `count` callers run batches at once; the others wait.
+//! An uncontended call therefore runs on the caller's thread with no hand-off, and a version
+//! that is unloaded while requests are queued keeps serving them: each queued request's caller
+//! holds the version.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::Outputs;
+use crate::config::{ModelConfig, ModelQueuePolicy};
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor;
+
+/// Cancels requests from another thread: a request whose token is cancelled while it is still
+/// queued is removed and answered with [`ErrorKind::Cancelled`]; once it runs, it completes.
+/// Cheap to clone; one token may cancel many requests.
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<TokenInner>,
+}
+
+#[derive(Default)]
+struct TokenInner {
+    cancelled: AtomicBool,
+    listeners: Mutex<Vec<Weak<Scheduler>>>,
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Cancels every request that carries this token and has not started running.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        let listeners = std::mem::take(&mut *self.inner.listeners.lock());
+        for s in listeners.iter().filter_map(Weak::upgrade) {
+            let _state = s.state.lock();
+            s.wake.notify_all();
+        }
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn listen(&self, scheduler: &Arc<Scheduler>) {
+        let mut l = self.inner.listeners.lock();
+        l.retain(|w| w.strong_count() > 0);
+        l.push(Arc::downgrade(scheduler));
+    }
+}
+
+/// A request waiting for an instance.
+pub(crate) struct Queued {
+    pub seq: u64,
+    pub inputs: Vec<(String, Tensor)>,
+    pub outputs: Vec<String>,
+    /// Rows it contributes to a batch (1 for a model without batching).
+    pub batch: usize,
+    /// Time in the queue, set when it is taken into a batch.
+    pub queue: Duration,
+    enqueued: Instant,
+    deadline: Option<Instant>,
+    delay_on_timeout: bool,
+    cancel: Option<CancelToken>,
+}
+
+/// A request as a caller submits it.
+pub(crate) struct Submit {
+    pub inputs: Vec<(String, Tensor)>,
+    pub outputs: Vec<String>,
+    pub batch: usize,
+    pub priority: u32,
+    pub timeout: Option<Duration>,
+    pub cancel: Option<CancelToken>,
+}
+
+/// What one request got from its execution.
+pub(crate) struct Done {
+    pub outputs: Outputs,
+    pub queue: Duration,
+    pub input: Duration,
+    pub infer: Duration,
+    pub output: Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Policy {
+    timeout: Option<Duration>,
+    allow_override: bool,
+    delay_on_timeout: bool,
+    max_queue_size: usize,
+}
+
+impl Policy {
+    fn from(p: Option<&ModelQueuePolicy>) -> Policy {
+        let p = p.cloned().unwrap_or_default();
+        Policy {
+            timeout: (p.default_timeout_microseconds > 0)
+                .then(|| Duration::from_micros(p.default_timeout_microseconds)),
+            allow_override: p.allow_timeout_override,
+            delay_on_timeout: p.timeout_action == 1,
+            max_queue_size: p.max_queue_size as usize,
+        }
+    }
+}
+
+struct Batching {
+    max_batch: usize,
+    preferred: Vec<usize>,
+    max_preferred: usize,
+    delay: Duration,
+    preserve_ordering: bool,
+    /// Inputs whose contents (not only shapes) must match within a batch.
+    shape_tensors: Vec<String>,
+}
+
+struct State {
+    /// One FIFO per priority level, highest priority first.
+    queues: Vec<VecDeque<Queued>>,
+    free: usize,
+    next_seq: u64,
+    finished: HashMap<u64, Result<Done>>,
+    /// With `preserve_ordering`: finished sequence numbers not yet released, and the first
+    /// sequence number not released.
+    completed: BTreeSet<u64>,
+    released: u64,
+}
+
+pub(crate) struct Scheduler {
+    state: Mutex<State>,
+    wake: Condvar,
+    batching: Option<Batching>,
+    levels: Vec<Policy>,
+    default_level: usize,
+}
+
+/// Executes one batch; returns one result per request, in order.
+pub(crate) type RunBatch<'a> = dyn Fn(&[Queued]) -> Vec<Result<Done>> + 'a;
+
+enum Form {
+    Batch(Vec<Queued>),
+    WaitUntil(Instant),
+    Empty,
+}
+
+impl Scheduler {
+    pub(crate) fn new(config: &ModelConfig, instances: usize) -> Scheduler {
+        let db = config.dynamic_batching();
+        let batching = db.filter(|_| config.max_batch_size > 0).map(|db| {
+            let max_batch = config.max_batch_size as usize;
+            let mut preferred: Vec<usize> = db
+                .preferred_batch_size
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(|&p| p as usize)
+                .collect();
+            if preferred.is_empty() {
+                preferred.push(max_batch);
+            }
+            Batching {
+                max_batch,
+                max_preferred: preferred.iter().copied().max().unwrap_or(max_batch),
+                preferred,
+                delay: Duration::from_micros(db.max_queue_delay_microseconds),
+                preserve_ordering: db.preserve_ordering,
+                shape_tensors: config
+                    .input
+                    .iter()
+                    .filter(|i| i.is_shape_tensor)
+                    .map(|i| i.name.clone())
+                    .collect(),
+            }
+        });
+        let (levels, default_level) = match db {
+            Some(db) if db.priority_levels > 0 => {
+                let n = db.priority_levels as usize;
+                let levels = (1..=n as u64)
+                    .map(|l| {
+                        Policy::from(
+                            db.priority_queue_policy
+                                .get(&l)
+                                .or(db.default_queue_policy.as_ref()),
+                        )
+                    })
+                    .collect();
+                let default = (db.default_priority_level as usize).clamp(1, n) - 1;
+                (levels, default)
+            }
+            Some(db) => (vec![Policy::from(db.default_queue_policy.as_ref())], 0),
+            None => (vec![Policy::from(None)], 0),
+        };
+        Scheduler {
+            state: Mutex::new(State {
+                queues: levels.iter().map(|_| VecDeque::new()).collect(),
+                free: instances.max(1),
+                next_seq: 0,
+                finished: HashMap::new(),
+                completed: BTreeSet::new(),
+                released: 0,
+            }),
+            wake: Condvar::new(),
+            batching,
+            levels,
+            default_level,
+        }
+    }
+
+    /// Queues `req`, serves the queue until its result is there, and returns it.
+    pub(crate) fn submit(self: &Arc<Self>, req: Submit, run: &RunBatch<'_>) -> Result<Done> {
+        if let Some(token) = &req.cancel {
+            token.listen(self);
+        }
+        let mut st = self.state.lock();
+        let seq = self.enqueue(&mut st, req)?;
+        self.wake.notify_all();
+        loop {
+            if let Some(r) = self.take(&mut st, seq) {
+                return r;
+            }
+            let now = Instant::now();
+            self.purge(&mut st, now);
+            if let Some(r) = self.take(&mut st, seq) {
+                return r;
+            }
+            let mut wake_at = st.queues.iter().flatten().filter_map(|q| q.deadline).min();
+            if st.free > 0 {
+                match self.form(&mut st, now) {
+                    Form::Batch(batch) => {
+                        st.free -= 1;
+                        let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
+                        let results = MutexGuard::unlocked(&mut st, || {
+                            catch_unwind(AssertUnwindSafe(|| run(&batch)))
+                        });
+                        st.free += 1;
+                        let results = match results {
+                            Ok(r) if r.len() == seqs.len() => r,
+                            _ => seqs
+                                .iter()
+                                .map(|_| {
+                                    Err(Error::new(
+                                        ErrorKind::Execution,
+                                        "the execution of the batch panicked",
+                                    ))
+                                })
+                                .collect(),
+                        };
+                        for (s, r) in seqs.into_iter().zip(results) {
+                            self.finish(&mut st, s, r);
+                        }
+                        self.wake.notify_all();
+                        continue;
+                    }
+                    Form::WaitUntil(t) => wake_at = Some(wake_at.map_or(t, |w| w.min(t))),
+                    Form::Empty => {}
+                }
+            }
+            match wake_at {
+                Some(t) => {
+                    self.wake.wait_until(&mut st, t);
+                }
+                None => self.wake.wait(&mut st),
+            }
+        }
+    }
+
+    fn enqueue(&self, st: &mut State, req: Submit) -> Result<u64> {
+        let level = match req.priority as usize {
+            p if p == 0 || p > self.levels.len() => self.default_level,
+            p => p - 1,
+        };
+        let policy = self.levels[level];
+        if policy.max_queue_size > 0 && st.queues[level].len() >= policy.max_queue_size {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                "Exceeds maximum queue size",
+            ));
+        }
+        // The request's own timeout: always for a model without dynamic batching (nothing
+        // else bounds its wait); with it, as the queue policy allows (the smaller one wins).
+        let timeout = match (req.timeout, policy.timeout) {
+            (Some(r), None) if policy.allow_override || self.batching.is_none() => Some(r),
+            (Some(r), Some(d)) if policy.allow_override => Some(r.min(d)),
+            (_, d) => d,
+        };
+        let now = Instant::now();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.queues[level].push_back(Queued {
+            seq,
+            inputs: req.inputs,
+            outputs: req.outputs,
+            batch: req.batch.max(1),
+            queue: Duration::ZERO,
+            enqueued: now,
+            deadline: timeout.map(|t| now + t),
+            delay_on_timeout: policy.delay_on_timeout,
+            cancel: req.cancel,
+        });
+        Ok(seq)
+    }
+
+    /// Removes cancelled requests and applies the timeout action to expired ones.
+    fn purge(&self, st: &mut State, now: Instant) {
+        let mut answered = Vec::new();
+        for queue in &mut st.queues {
+            let mut delayed = Vec::new();
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for mut q in queue.drain(..) {
+                if q.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                    answered.push((
+                        q.seq,
+                        Error::new(
+                            ErrorKind::Cancelled,
+                            "the request was cancelled before it ran",
+                        ),
+                    ));
+                } else if q.deadline.is_some_and(|d| d <= now) {
+                    if q.delay_on_timeout {
+                        // DELAY: behind every request that has not expired, and no longer timed.
+                        q.deadline = None;
+                        delayed.push(q);
+                    } else {
+                        answered.push((
+                            q.seq,
+                            Error::new(ErrorKind::TimedOut, "Request timeout expired"),
+                        ));
+                    }
+                } else {
+                    kept.push_back(q);
+                }
+            }
+            kept.extend(delayed);
+            *queue = kept;
+        }
+        for (seq, e) in answered {
+            self.finish(st, seq, Err(e));
+        }
+    }
+
+    /// The next batch, following spec section (e).
+    fn form(&self, st: &mut State, now: Instant) -> Form {
+        let Some(b) = &self.batching else {
+            return match st.queues.iter_mut().find_map(VecDeque::pop_front) {
+                Some(mut q) => {
+                    q.queue = now.saturating_duration_since(q.enqueued);
+                    Form::Batch(vec![q])
+                }
+                None => Form::Empty,
+            };
+        };
+        let mut pending = st.queues.iter().flatten();
+        let Some(first) = pending.next() else {
+            return Form::Empty;
+        };
+        let (mut total, mut count) = (first.batch, 1);
+        let mut best = b.preferred.contains(&total).then_some(1);
+        let mut send_now = false;
+        for q in pending {
+            if total + q.batch > b.max_preferred && best.is_none() {
+                // The pending batch can never grow into a preferred size.
+                send_now = true;
+                break;
+            }
+            if total + q.batch > b.max_batch || !compatible(first, q, &b.shape_tensors) {
+                send_now = true;
+                break;
+            }
+            total += q.batch;
+            count += 1;
+            if b.preferred.contains(&total) {
+                best = Some(count);
+            }
+        }
+        let waited = now.saturating_duration_since(first.enqueued);
+        let exceeded = !b.delay.is_zero() && waited >= b.delay;
+        let take = match best {
+            Some(n) if !exceeded => n,
+            _ if send_now || total >= b.max_preferred || exceeded || b.delay.is_zero() => count,
+            _ => return Form::WaitUntil(first.enqueued + b.delay),
+        };
+        let mut batch = Vec::with_capacity(take);
+        for queue in &mut st.queues {
+            while batch.len() < take {
+                match queue.pop_front() {
+                    Some(mut q) => {
+                        q.queue = now.saturating_duration_since(q.enqueued);
+                        batch.push(q);
+                    }
+                    None => break,
+                }
+            }
+        }
+        Form::Batch(batch)
+    }
+
+    fn finish(&self, st: &mut State, seq: u64, result: Result<Done>) {
+        st.finished.insert(seq, result);
+        if self.preserve_ordering() {
+            st.completed.insert(seq);
+            while st.completed.remove(&st.released) {
+                st.released += 1;
+            }
+        }
+    }
+
+    fn preserve_ordering(&self) -> bool {
+        self.batching.as_ref().is_some_and(|b| b.preserve_ordering)
+    }
+
+    /// The result of `seq` if it is there (and, with `preserve_ordering`, every earlier
+    /// request's too).
+    fn take(&self, st: &mut State, seq: u64) -> Option<Result<Done>> {
+        if self.preserve_ordering() && seq >= st.released {
+            return None;
+        }
+        st.finished.remove(&seq)
+    }
+}
+
+/// Whether `q` may join a batch started by `first`: the same input names, the same shapes
+/// past the batch dim, and the same contents for shape tensors.
+fn compatible(first: &Queued, q: &Queued, shape_tensors: &[String]) -> bool {
+    first.inputs.len() == q.inputs.len()
+        && first.inputs.iter().all(|(name, a)| {
+            q.inputs.iter().any(|(n, b)| {
+                n == name
+                    && a.shape().get(1..) == b.shape().get(1..)
+                    && a.data_type() == b.data_type()
+                    && (!shape_tensors.contains(name) || a.as_tract() == b.as_tract())
+            })
+        })
+}
+
+impl Queued {
+    /// A request that runs at once, without a queue (ensembles).
+    pub(crate) fn now(req: Submit) -> Queued {
+        Queued {
+            seq: 0,
+            inputs: req.inputs,
+            outputs: req.outputs,
+            batch: req.batch.max(1),
+            queue: Duration::ZERO,
+            enqueued: Instant::now(),
+            deadline: None,
+            delay_on_timeout: false,
+            cancel: req.cancel,
+        }
+    }
+}
