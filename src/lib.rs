@@ -31,5 +31,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use model::{
     CancelToken, InferFuture, InferOptions, Model, ModelState, ModelStatistics, Outputs,
 };
-pub use repository::{IndexEntry, Repository, RepositoryBuilder};
+pub use repository::{IndexEntry, ModelControl, Repository, RepositoryBuilder};
 pub use tensor::{Element, Tensor};

@@ -194,6 +194,16 @@ impl Model {
         }
     }
 
+    /// How many handles share this version (the repository's, callers', ensembles').
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
+    /// Whether both handles are the same loaded version.
+    pub(crate) fn same_as(&self, other: &Model) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// The model name.
     pub fn name(&self) -> &str {
         &self.inner.config.name

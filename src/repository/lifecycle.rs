@@ -29,6 +29,12 @@ pub(crate) struct ModelEntry {
     polled: Option<(ModelConfig, PathBuf)>,
     /// Whether `error` comes from the poll (the config itself is invalid).
     poll_failed: bool,
+    /// An ensemble's polled config: ensembles are re-resolved whenever a model changes.
+    pub ensemble_def: Option<(ModelConfig, PathBuf)>,
+    /// Versions being loaded right now (LOADING in the index).
+    pub loading: BTreeSet<i64>,
+    /// A folder that was never loaded (explicit model control): UNKNOWN in the index.
+    pub not_loaded: bool,
 }
 
 impl ModelEntry {
@@ -45,13 +51,62 @@ impl ModelEntry {
         out
     }
 
-    fn failed(error: String) -> ModelEntry {
+    pub(crate) fn failed(error: String) -> ModelEntry {
         ModelEntry {
             error: Some(error),
+            ..ModelEntry::empty()
+        }
+    }
+
+    fn empty() -> ModelEntry {
+        ModelEntry {
+            error: None,
             versions: BTreeMap::new(),
             polled: None,
             poll_failed: false,
+            ensemble_def: None,
+            loading: BTreeSet::new(),
+            not_loaded: false,
         }
+    }
+
+    /// A model folder that is known but not loaded.
+    pub(crate) fn not_loaded() -> ModelEntry {
+        ModelEntry {
+            not_loaded: true,
+            ..ModelEntry::empty()
+        }
+    }
+
+    /// The entry of a model that was unloaded (its versions UNAVAILABLE, reason "unloaded").
+    pub(crate) fn unloaded(versions: impl IntoIterator<Item = i64>) -> ModelEntry {
+        ModelEntry {
+            error: None,
+            versions: versions
+                .into_iter()
+                .map(|v| {
+                    (
+                        v,
+                        VersionEntry {
+                            state: ModelState::Unavailable,
+                            reason: "unloaded".into(),
+                            model: None,
+                        },
+                    )
+                })
+                .collect(),
+            ..ModelEntry::empty()
+        }
+    }
+
+    /// The READY versions.
+    pub(crate) fn ready(&self) -> impl Iterator<Item = &Model> {
+        self.versions.values().filter_map(|v| v.model.as_ref())
+    }
+
+    /// Whether anything serves or will serve (a READY version, or an ensemble to resolve).
+    pub(crate) fn is_live(&self) -> bool {
+        self.ensemble_def.is_some() || self.ready().next().is_some()
     }
 }
 
@@ -191,26 +246,44 @@ pub(crate) fn load_all(
 ) -> Result<BTreeMap<String, ModelEntry>> {
     let mut models = BTreeMap::new();
     for (name, dir) in scan::model_dirs(root)? {
-        let entry = match poll(&name, &dir, auto_complete) {
-            Err(e) => {
-                tracing::error!("Poll failed for model directory '{name}': {e}");
-                ModelEntry {
-                    poll_failed: true,
-                    ..ModelEntry::failed(e.to_string())
-                }
-            }
-            Ok(config) if config.is_ensemble() => ModelEntry {
-                error: None,
-                versions: BTreeMap::new(),
-                polled: Some((config, dir)),
-                poll_failed: false,
-            },
-            Ok(config) => load_model(&name, config, &dir, auto_complete, opts),
-        };
+        let entry = poll_model(&name, &dir, auto_complete, opts);
         models.insert(name, entry);
     }
     resolve_ensembles(&mut models, opts.max_request_bytes);
     Ok(models)
+}
+
+/// Reads one model folder and loads the versions its policy selects (an ensemble is only
+/// polled here; [`resolve_ensembles`] loads it).
+pub(crate) fn poll_model(
+    name: &str,
+    dir: &Path,
+    auto_complete: bool,
+    opts: &LoadOptions,
+) -> ModelEntry {
+    match poll(name, dir, auto_complete) {
+        Err(e) => {
+            tracing::error!("Poll failed for model directory '{name}': {e}");
+            ModelEntry {
+                poll_failed: true,
+                ..ModelEntry::failed(e.to_string())
+            }
+        }
+        Ok(config) if config.is_ensemble() => ModelEntry {
+            polled: Some((config.clone(), dir.to_path_buf())),
+            ensemble_def: Some((config, dir.to_path_buf())),
+            ..ModelEntry::empty()
+        },
+        Ok(config) => load_model(name, config, dir, auto_complete, opts),
+    }
+}
+
+/// The composing models an ensemble folder names (empty for anything else or on error).
+pub(crate) fn ensemble_deps(name: &str, dir: &Path, auto_complete: bool) -> Vec<String> {
+    match poll(name, dir, auto_complete) {
+        Ok(c) if c.is_ensemble() => deps_of(&c),
+        _ => Vec::new(),
+    }
 }
 
 fn load_model(
@@ -265,14 +338,22 @@ fn load_model(
     ModelEntry {
         error: None,
         versions: loaded,
-        polled: None,
-        poll_failed: false,
+        ..ModelEntry::empty()
     }
 }
 
 /// Resolves ensembles in dependency order: missing or failed composing models, cycles, then
-/// the tensor checks against the completed composing configs.
-fn resolve_ensembles(models: &mut BTreeMap<String, ModelEntry>, max_request_bytes: usize) {
+/// the tensor checks against the completed composing configs. Every ensemble is resolved
+/// again (against the composing models loaded now).
+pub(crate) fn resolve_ensembles(
+    models: &mut BTreeMap<String, ModelEntry>,
+    max_request_bytes: usize,
+) {
+    for entry in models.values_mut() {
+        if let Some(def) = &entry.ensemble_def {
+            entry.polled = Some(def.clone());
+        }
+    }
     let ensembles: Vec<String> = models
         .iter()
         .filter(|(_, e)| e.polled.is_some())
@@ -343,13 +424,14 @@ fn resolve_one(
     };
     stack.pop();
     done.insert(name.to_string());
-    let entry = match result {
+    let mut entry = match result {
         Err(e) => {
             tracing::error!("failed to load '{name}': {e}");
             ModelEntry::failed(e.to_string())
         }
-        Ok(()) => load_ensemble(name, config, &dir, models, max_request_bytes),
+        Ok(()) => load_ensemble(name, config.clone(), &dir, models, max_request_bytes),
     };
+    entry.ensemble_def = Some((config, dir));
     models.insert(name.to_string(), entry);
 }
 
@@ -469,7 +551,6 @@ fn load_ensemble(
     ModelEntry {
         error: None,
         versions,
-        polled: None,
-        poll_failed: false,
+        ..ModelEntry::empty()
     }
 }

@@ -1,14 +1,20 @@
-//! `repository/`: a model repository on disk, loaded as Triton loads it in its default
-//! ("none") model-control mode: every model folder is polled (config read, backend fields,
-//! normalisation, validation), the versions its policy selects are loaded, then ensembles are
-//! checked against their composing models.
+//! `repository/`: a model repository on disk, loaded as Triton loads it: every model folder is
+//! polled (config read, backend fields, normalisation, validation), the versions its policy
+//! selects are loaded, then ensembles are checked against their composing models. Model
+//! control (`control.rs`) decides which models load at start and how they change later.
 
+mod control;
 mod lifecycle;
 mod scan;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+pub use control::ModelControl;
 
 use crate::backend::LoadOptions;
 use crate::error::{Error, ErrorKind, Result};
@@ -34,6 +40,9 @@ pub struct RepositoryBuilder {
     auto_complete: bool,
     exit_on_error: bool,
     opts: LoadOptions,
+    control: ModelControl,
+    startup_models: Vec<String>,
+    poll_interval: Option<Duration>,
 }
 
 impl RepositoryBuilder {
@@ -85,11 +94,43 @@ impl RepositoryBuilder {
         self
     }
 
+    /// The model-control mode (default [`ModelControl::None`], Triton's default).
+    pub fn model_control(mut self, mode: ModelControl) -> Self {
+        self.control = mode;
+        self
+    }
+
+    /// In [`ModelControl::Explicit`] mode, the models loaded at start (Triton's
+    /// `--load-model`; `"*"` alone loads every model). Without it, nothing loads at start.
+    pub fn startup_models<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.startup_models = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// In [`ModelControl::Poll`] mode, re-scan the repository on a background thread every
+    /// `interval` (Triton's `--repository-poll-secs`); without it, only
+    /// [`Repository::poll`] re-scans. The thread ends when the last clone of the repository
+    /// is dropped.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
     /// Loads the repository.
     pub fn load(self) -> Result<Repository> {
         let span = tracing::info_span!("load_repository", root = %self.root.display());
         let _enter = span.enter();
-        let models = lifecycle::load_all(&self.root, self.auto_complete, &self.opts)?;
+        let models = control::startup(
+            &self.root,
+            self.control,
+            &self.startup_models,
+            self.auto_complete,
+            &self.opts,
+        )?;
         let failures: Vec<String> = models
             .iter()
             .flat_map(|(name, entry)| entry.failures(name))
@@ -100,12 +141,21 @@ impl RepositoryBuilder {
                 format!("failed to load all models: {}", failures.join("; ")),
             ));
         }
-        Ok(Repository {
+        let repo = Repository {
             inner: Arc::new(Inner {
+                fingerprints: Mutex::new(control::fingerprints(&self.root, &models)),
+                models: RwLock::new(models),
                 root: self.root,
-                models,
+                auto_complete: self.auto_complete,
+                opts: self.opts,
+                control: self.control,
+                retiring: Mutex::new(Vec::new()),
             }),
-        })
+        };
+        if let (ModelControl::Poll, Some(every)) = (self.control, self.poll_interval) {
+            control::spawn_poller(&repo, every)?;
+        }
+        Ok(repo)
     }
 }
 
@@ -117,14 +167,25 @@ pub struct Repository {
 
 struct Inner {
     root: PathBuf,
-    models: BTreeMap<String, lifecycle::ModelEntry>,
+    auto_complete: bool,
+    opts: LoadOptions,
+    control: ModelControl,
+    models: RwLock<BTreeMap<String, lifecycle::ModelEntry>>,
+    /// Held for the whole of a load, unload or poll (they run one at a time), with the
+    /// fingerprint of each model folder as last loaded.
+    fingerprints: Mutex<BTreeMap<String, u64>>,
+    /// Versions taken out of service that callers still hold (UNLOADING in the index).
+    retiring: Mutex<Vec<Model>>,
 }
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository")
             .field("root", &self.inner.root)
-            .field("models", &self.inner.models.keys().collect::<Vec<_>>())
+            .field(
+                "models",
+                &self.inner.models.read().keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -148,6 +209,9 @@ impl Repository {
             root: root.as_ref().to_path_buf(),
             auto_complete: true,
             exit_on_error: true,
+            control: ModelControl::None,
+            startup_models: Vec::new(),
+            poll_interval: None,
             opts: LoadOptions {
                 plan_cache_capacity: 16,
                 default_max_batch_size: 4,
@@ -164,7 +228,8 @@ impl Repository {
 
     /// The highest READY version of `name`.
     pub fn model(&self, name: &str) -> Result<Model> {
-        let Some(entry) = self.inner.models.get(name) else {
+        let models = self.inner.models.read();
+        let Some(entry) = models.get(name) else {
             return Err(unknown(format!("'{name}' is not found")).with_model(name));
         };
         entry
@@ -183,7 +248,8 @@ impl Repository {
 
     /// Version `version` of `name`, which must be READY.
     pub fn model_version(&self, name: &str, version: i64) -> Result<Model> {
-        let Some(entry) = self.inner.models.get(name) else {
+        let models = self.inner.models.read();
+        let Some(entry) = models.get(name) else {
             return Err(unknown(format!("'{name}' is not found")).with_model(name));
         };
         match entry.versions.get(&version) {
@@ -199,11 +265,29 @@ impl Repository {
         }
     }
 
-    /// Every model folder and version with its state, sorted by name then version.
+    /// Every model folder and version with its state, sorted by name then version: a model
+    /// never loaded has one row with no version and state UNKNOWN; versions being loaded are
+    /// LOADING; versions taken out of service that callers still hold are UNLOADING.
     pub fn index(&self) -> Vec<IndexEntry> {
         let mut out = Vec::new();
-        for (name, entry) in &self.inner.models {
-            if let Some(err) = &entry.error {
+        let models = self.inner.models.read();
+        for (name, entry) in models.iter() {
+            for v in &entry.loading {
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: Some(*v),
+                    state: ModelState::Loading,
+                    reason: String::new(),
+                });
+            }
+            if entry.not_loaded {
+                out.push(IndexEntry {
+                    name: name.clone(),
+                    version: None,
+                    state: ModelState::Unknown,
+                    reason: String::new(),
+                });
+            } else if let Some(err) = &entry.error {
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: None,
@@ -212,6 +296,9 @@ impl Repository {
                 });
             }
             for (v, ve) in &entry.versions {
+                if entry.loading.contains(v) && ve.model.is_none() {
+                    continue;
+                }
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: Some(*v),
@@ -220,6 +307,26 @@ impl Repository {
                 });
             }
         }
+        drop(models);
+        let mut retiring = self.inner.retiring.lock();
+        // Our own clone is the last one once every caller has let go (a retired ensemble
+        // holds its steps: release until nothing changes).
+        loop {
+            let before = retiring.len();
+            retiring.retain(|m| m.holders() > 1);
+            if retiring.len() == before {
+                break;
+            }
+        }
+        for m in retiring.iter() {
+            out.push(IndexEntry {
+                name: m.name().to_string(),
+                version: Some(m.version()),
+                state: ModelState::Unloading,
+                reason: String::new(),
+            });
+        }
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
         out
     }
 
@@ -227,12 +334,9 @@ impl Repository {
     pub fn statistics(&self) -> Vec<crate::model::ModelStatistics> {
         self.inner
             .models
+            .read()
             .values()
-            .flat_map(|e| {
-                e.versions
-                    .values()
-                    .filter_map(|v| v.model.as_ref().map(Model::statistics))
-            })
+            .flat_map(|e| e.ready().map(Model::statistics).collect::<Vec<_>>())
             .collect()
     }
 
@@ -240,8 +344,9 @@ impl Repository {
     pub fn ready_models(&self) -> Vec<String> {
         self.inner
             .models
+            .read()
             .iter()
-            .filter(|(_, e)| e.versions.values().any(|v| v.model.is_some()))
+            .filter(|(_, e)| e.ready().next().is_some())
             .map(|(n, _)| n.clone())
             .collect()
     }

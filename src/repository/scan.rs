@@ -185,3 +185,13 @@ pub(crate) fn autofill_backend_fields(
     }
     Ok(())
 }
+
+/// Whether `name` can only be a folder directly inside the repository (no separator, not
+/// `.` or `..`, not empty): model names from callers never reach outside it.
+pub(crate) fn is_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+        && std::path::Path::new(name).components().count() == 1
+}
