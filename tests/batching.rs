@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use modelyard::config::ModelConfig;
-use modelyard::{CancelToken, ErrorKind, InferOptions, NativeModel, Repository, Tensor};
+use modelyard::{
+    CancelToken, ErrorKind, InferOptions, ModelControl, ModelState, NativeModel, Repository, Tensor,
+};
 use ndarray::{Array2, ArrayD};
 
 #[derive(Default)]
@@ -72,6 +74,7 @@ impl NativeModel for Doubler {
 
 struct Fixture {
     _tmp: tempfile::TempDir,
+    repo: Repository,
     model: modelyard::Model,
     gate: Arc<Gate>,
     batches: Batches,
@@ -95,7 +98,10 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
     let gate = Arc::new(Gate::default());
     let batches: Batches = Arc::default();
     let (g, b) = (gate.clone(), batches.clone());
+    // Explicit model control, so that a test can unload the model under load.
     let repo = Repository::builder(tmp.path())
+        .model_control(ModelControl::Explicit)
+        .startup_models(["doubler"])
         .native_backend("doubler", move |_: &ModelConfig| {
             Ok(Box::new(Doubler {
                 gate: g.clone(),
@@ -106,6 +112,7 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
         .unwrap();
     Fixture {
         model: repo.model("doubler").unwrap(),
+        repo,
         _tmp: tmp,
         gate,
         batches,
@@ -571,4 +578,38 @@ fn sixteen_callers_each_get_their_own_rows() {
     assert_eq!(s.inference_count, rows_run, "every row ran exactly once");
     assert_eq!(s.execution_count as usize, f.batches.lock().unwrap().len());
     assert!(s.execution_count < 800, "some requests were batched");
+}
+
+#[test]
+fn requests_queued_on_an_unloaded_model_still_finish() {
+    let f = fixture(8, "[ 4 ]", "dynamic_batching { }", 1);
+    // Callers that fetched the model before the unload, some queued behind the blocker.
+    let blocker = send(&f, rows(-1.0, 8, 4), InferOptions::new());
+    settle();
+    let queued: Vec<_> = (0..4)
+        .map(|i| send(&f, rows(10.0 * i as f32, 2, 4), InferOptions::new()))
+        .collect();
+    settle();
+    f.repo.unload_model("doubler").unwrap();
+    let e = f.repo.model("doubler").unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::Unavailable,
+        "new requests find no version"
+    );
+    let index = f.repo.index();
+    assert!(
+        index
+            .iter()
+            .any(|e| e.version == Some(1) && e.state == ModelState::Unloading),
+        "held by its callers: {index:?}"
+    );
+    f.gate.open();
+    blocker.join().unwrap().unwrap();
+    for h in queued {
+        h.join().unwrap().unwrap();
+    }
+    let s = f.model.statistics();
+    assert_eq!((s.success.count, s.fail.count), (5, 0), "none lost");
+    assert_eq!(s.inference_count, 16);
 }
