@@ -129,9 +129,46 @@ fn repository_load(c: &mut Criterion) {
     g.finish();
 }
 
+/// What `model_warmup` buys: load time and the latency of the first request, with and without
+/// a warmup sample of the request's shape (tract compiles a plan per input shape on first use).
+fn warmup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("warmup");
+    g.sample_size(10);
+    let warm = r#"
+model_warmup [ { name: "zeros" batch_size: 1 inputs { key: "input_images:0" value: {
+  data_type: TYPE_FP32 dims: [ 1, 480, 640, 3 ] zero_data: true } } } ]"#;
+    let img = Tensor::from(tract_ndarray::ArrayD::<f32>::zeros(vec![1, 480, 640, 3]));
+    for (label, extra) in [("no_warmup", ""), ("warmup", warm)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("text_detection");
+        std::fs::create_dir_all(dir.join("1")).unwrap();
+        let src = fixtures().join("tutorial_repository/text_detection");
+        std::fs::copy(src.join("1/model.onnx"), dir.join("1/model.onnx")).unwrap();
+        let config = std::fs::read_to_string(src.join("config.pbtxt")).unwrap();
+        std::fs::write(dir.join("config.pbtxt"), format!("{config}\n{extra}")).unwrap();
+        g.bench_function(BenchmarkId::new("load", label), |b| {
+            b.iter(|| Repository::load(tmp.path()).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("first_request", label), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let repo = Repository::load(tmp.path()).unwrap();
+                    let m = repo.model("text_detection").unwrap();
+                    let start = std::time::Instant::now();
+                    m.infer([("input_images:0", img.clone())]).unwrap();
+                    total += start.elapsed();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(30);
-    targets = infer_overhead, config_parse, repository_load
+    targets = infer_overhead, config_parse, repository_load, warmup
 }
 criterion_main!(benches);
