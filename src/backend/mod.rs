@@ -24,6 +24,8 @@ pub(crate) struct LoadOptions {
     pub default_max_batch_size: i32,
     /// Largest total input size of one request, in bytes.
     pub max_request_bytes: usize,
+    /// Largest model file, and largest total of the weights it declares, in bytes.
+    pub max_model_bytes: usize,
     /// Native backends registered on the repository builder, by name.
     pub natives: std::collections::BTreeMap<String, Arc<native::NativeFactory>>,
 }
@@ -34,6 +36,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("plan_cache_capacity", &self.plan_cache_capacity)
             .field("default_max_batch_size", &self.default_max_batch_size)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_model_bytes", &self.max_model_bytes)
             .field("natives", &self.natives.keys().collect::<Vec<_>>())
             .finish()
     }

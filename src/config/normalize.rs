@@ -68,7 +68,9 @@ pub fn normalize_instance_groups(config: &mut ModelConfig, gpu_count: usize) {
         if group.name.is_empty() {
             group.name = format!("{name}_{i}");
         }
-        if group.kind() == Kind::Auto {
+        // Only KIND_AUTO itself: an unknown number stays as it is (C++ open-enum semantics)
+        // and validation refuses it.
+        if group.kind == Kind::Auto as i32 {
             let missing_gpu = group.gpus.iter().any(|&g| g < 0 || g as usize >= gpu_count);
             group.set_kind(if gpu_count == 0 || missing_gpu {
                 Kind::Cpu

@@ -95,6 +95,20 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
                     }
                 }
             }
+            // Stricter than Triton, which accepts unknown enum numbers and fails later (or
+            // never): a queue policy whose timeout action we cannot honour is refused.
+            for p in db
+                .default_queue_policy
+                .iter()
+                .chain(db.priority_queue_policy.values())
+            {
+                if TimeoutAction::try_from(p.timeout_action).is_err() {
+                    return err(format!(
+                        "unexpected timeout action {} in a queue policy of {m}",
+                        p.timeout_action
+                    ));
+                }
+            }
             if db.preserve_ordering {
                 if db.priority_levels > 1 {
                     return err(format!(
@@ -615,6 +629,13 @@ pub fn validate_instance_groups(
     }
     for g in &config.instance_group {
         let name = &g.name;
+        if Kind::try_from(g.kind).is_err() {
+            // An enum number outside the schema (Triton accepts it and treats it as AUTO).
+            return err(format!(
+                "instance group {name} of model {m} has unexpected kind {}",
+                g.kind
+            ));
+        }
         match g.kind() {
             Kind::Model if !g.gpus.is_empty() => {
                 return err(format!("instance group {name} of model {m} has kind KIND_MODEL but specifies one or more GPUs"));

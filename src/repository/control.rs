@@ -342,7 +342,9 @@ impl Repository {
     }
 
     fn retire(&self, models: impl IntoIterator<Item = Model>) {
-        self.inner.retiring.lock().extend(models);
+        let mut retiring = self.inner.retiring.lock();
+        retiring.extend(models);
+        super::release_retired(&mut retiring);
     }
 
     /// Resolves every ensemble again against the composing models now loaded.

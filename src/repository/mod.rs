@@ -81,6 +81,14 @@ impl RepositoryBuilder {
         self
     }
 
+    /// The largest model file, and the largest total size of the weights a model file
+    /// declares, in bytes (default 16 GiB): larger models fail to load with
+    /// `ErrorKind::ResourceExhausted` before their weights are allocated.
+    pub fn max_model_bytes(mut self, bytes: usize) -> Self {
+        self.opts.max_model_bytes = bytes;
+        self
+    }
+
     /// Registers a native backend: a `config.pbtxt` with `backend: "<name>"` is served by the
     /// model `factory` builds from its completed config (once per loaded version).
     pub fn native_backend<F>(mut self, name: impl Into<String>, factory: F) -> Self
@@ -216,6 +224,7 @@ impl Repository {
                 plan_cache_capacity: 16,
                 default_max_batch_size: 4,
                 max_request_bytes: 1 << 30,
+                max_model_bytes: 16 << 30,
                 natives: Default::default(),
             },
         }
@@ -309,15 +318,7 @@ impl Repository {
         }
         drop(models);
         let mut retiring = self.inner.retiring.lock();
-        // Our own clone is the last one once every caller has let go (a retired ensemble
-        // holds its steps: release until nothing changes).
-        loop {
-            let before = retiring.len();
-            retiring.retain(|m| m.holders() > 1);
-            if retiring.len() == before {
-                break;
-            }
-        }
+        release_retired(&mut retiring);
         for m in retiring.iter() {
             out.push(IndexEntry {
                 name: m.name().to_string(),
@@ -349,6 +350,18 @@ impl Repository {
             .filter(|(_, e)| e.ready().next().is_some())
             .map(|(n, _)| n.clone())
             .collect()
+    }
+}
+
+/// Drops the retired versions no caller holds any more: our own clone is the last one once
+/// every caller has let go (a retired ensemble holds its steps: repeat until nothing changes).
+fn release_retired(retiring: &mut Vec<Model>) {
+    loop {
+        let before = retiring.len();
+        retiring.retain(|m| m.holders() > 1);
+        if retiring.len() == before {
+            break;
+        }
     }
 }
 

@@ -67,8 +67,15 @@ pub(crate) fn model_path(
     Ok(path)
 }
 
-/// Decodes the ONNX protobuf at `path`.
-pub(crate) fn read_proto(path: &Path, model: &str) -> Result<pb::ModelProto> {
+/// Decodes the ONNX protobuf at `path`; neither the file nor the weights it declares may take
+/// more than `limit` bytes (checked before anything that size is allocated).
+pub(crate) fn read_proto(path: &Path, model: &str, limit: usize) -> Result<pb::ModelProto> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, "failed to read model file", e))?
+        .len();
+    if size > limit as u64 {
+        return Err(too_big(model, size, limit));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, "failed to read model file", e))?;
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut bytes.as_slice())
@@ -90,7 +97,131 @@ pub(crate) fn read_proto(path: &Path, model: &str) -> Result<pb::ModelProto> {
             ),
         ));
     }
+    check_initializers(&proto, model, limit)?;
+    check_acyclic(&proto, model)?;
     Ok(proto)
+}
+
+fn too_big(model: &str, bytes: u64, limit: usize) -> Error {
+    Error::new(
+        ErrorKind::ResourceExhausted,
+        format!("failed to load model '{model}': it needs {bytes} bytes, more than the limit of {limit} bytes (RepositoryBuilder::max_model_bytes)"),
+    )
+}
+
+/// Every node's inputs must be computable: graph inputs, initializers, or outputs of nodes
+/// that can run first. A cycle (or a tensor nobody produces) is a load error, not a hang or a
+/// crash later.
+fn check_acyclic(proto: &pb::ModelProto, model: &str) -> Result<()> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let mut available: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|i| i.name.as_str()))
+        .chain(std::iter::once(""))
+        .collect();
+    let mut pending: Vec<&pb::NodeProto> = graph.node.iter().collect();
+    loop {
+        let before = pending.len();
+        pending.retain(|n| {
+            if n.input.iter().all(|i| available.contains(i.as_str())) {
+                available.extend(n.output.iter().map(String::as_str));
+                false
+            } else {
+                true
+            }
+        });
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if pending.len() == before {
+            let n = pending[0];
+            let missing = n
+                .input
+                .iter()
+                .find(|i| !available.contains(i.as_str()))
+                .cloned()
+                .unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::ModelFile,
+                format!(
+                    "failed to load model '{model}': node '{}' ({}) needs '{missing}', which is part of a cycle or produced by no node",
+                    n.name, n.op_type
+                ),
+            ));
+        }
+    }
+}
+
+/// Bytes per element of an ONNX `TensorProto.DataType` (0: strings or unknown).
+fn onnx_element_size(dt: i32) -> usize {
+    match dt {
+        2 | 3 | 9 => 1,        // UINT8, INT8, BOOL
+        4 | 5 | 10 | 16 => 2,  // UINT16, INT16, FLOAT16, BFLOAT16
+        1 | 6 | 12 => 4,       // FLOAT, INT32, UINT32
+        7 | 11 | 13 | 14 => 8, // INT64, DOUBLE, UINT64, COMPLEX64
+        15 => 16,              // COMPLEX128
+        _ => 0,
+    }
+}
+
+/// Every initializer's dims must be valid, its stored data must match them, and together
+/// they must fit in `limit` bytes: a file that claims a 100 GB initializer is refused here,
+/// before the engine allocates anything for it.
+fn check_initializers(proto: &pb::ModelProto, model: &str, limit: usize) -> Result<()> {
+    let Some(graph) = &proto.graph else {
+        return Ok(());
+    };
+    let mut total: u64 = 0;
+    for t in &graph.initializer {
+        let bad = |what: String| {
+            Error::new(
+                ErrorKind::ModelFile,
+                format!(
+                    "failed to load model '{model}': initializer '{}' {what}",
+                    t.name
+                ),
+            )
+        };
+        let count = t
+            .dims
+            .iter()
+            .try_fold(1u64, |a, &d| {
+                u64::try_from(d).ok().and_then(|d| a.checked_mul(d))
+            })
+            .ok_or_else(|| bad(format!("has invalid dims {:?}", t.dims)))?;
+        let size = onnx_element_size(t.data_type) as u64;
+        let bytes = count
+            .checked_mul(size.max(1))
+            .ok_or_else(|| bad(format!("has too many elements {:?}", t.dims)))?;
+        total = total.saturating_add(bytes);
+        if total > limit as u64 {
+            return Err(too_big(model, total, limit));
+        }
+        let external = t.data_location == Some(1);
+        if external || size == 0 {
+            continue;
+        }
+        let stored = if t.raw_data.is_empty() {
+            (t.float_data.len()
+                + t.int32_data.len()
+                + t.int64_data.len()
+                + t.double_data.len()
+                + t.uint64_data.len()) as u64
+        } else {
+            t.raw_data.len() as u64 / size
+        };
+        if stored != count {
+            return Err(bad(format!(
+                "declares dims {:?} ({count} elements) but stores {stored}",
+                t.dims
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// ONNX `TensorProto.DataType` numbers to Triton data types.

@@ -37,7 +37,7 @@ impl Backend for OnnxBackend {
             );
         }
         let path = io::model_path(config, version_dir)?;
-        let proto = io::read_proto(&path, &config.name)?;
+        let proto = io::read_proto(&path, &config.name, opts.max_model_bytes)?;
         let io = OnnxIo::from_proto(&proto)?;
         autocomplete::auto_complete(config, &io, opts.default_max_batch_size)
     }
@@ -49,7 +49,7 @@ impl Backend for OnnxBackend {
         opts: &LoadOptions,
     ) -> Result<Arc<dyn Executable>> {
         let path = io::model_path(config, version_dir)?;
-        let proto = io::read_proto(&path, &config.name)?;
+        let proto = io::read_proto(&path, &config.name, opts.max_model_bytes)?;
         let io = OnnxIo::from_proto(&proto)?;
         validate_inputs(config, &io)?;
         validate_outputs(config, &io)?;

@@ -367,7 +367,7 @@ mod tests {
     fn least_recently_used_plan_is_evicted() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/generated/add_sub_fp32_batch.onnx");
-        let proto = super::super::io::read_proto(&path, "m").unwrap();
+        let proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
         let config = ModelConfig {
             name: "m".into(),
             ..Default::default()
@@ -376,6 +376,7 @@ mod tests {
             plan_cache_capacity: 2,
             default_max_batch_size: 4,
             max_request_bytes: 1 << 30,
+            max_model_bytes: usize::MAX,
             natives: Default::default(),
         };
         let plans = Plans::new(&config, proto, None, &opts).unwrap();

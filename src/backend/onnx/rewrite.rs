@@ -246,7 +246,7 @@ mod tests {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
                 "fixtures/generated/resize_nearest_opset{opset}.onnx"
             ));
-            let mut proto = super::super::io::read_proto(&path, "m").unwrap();
+            let mut proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
             assert_eq!(
                 super::nearest_resize(&mut proto),
                 2,

@@ -1,0 +1,284 @@
+//! Hostile input, the issue's list: configs, ONNX files and tensors that must each give an
+//! error (or a correct answer), never a panic or an abort, while the other models of the same
+//! repository keep serving. Inputs found by the fuzzers (`fuzz/`) are replayed here too.
+
+mod common;
+
+use std::path::Path;
+
+use common::{add_sub_model, fixtures};
+use modelyard::config::{DataType, ModelConfig};
+use modelyard::{ErrorKind, Repository, Tensor};
+use ndarray::Array2;
+use prost_onnx::Message;
+use tract_onnx::pb;
+
+const ADD_SUB: &str = r#"
+max_batch_size: 8
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
+"#;
+
+fn ones(rows: usize) -> Tensor {
+    Tensor::from(Array2::<f32>::ones((rows, 16)))
+}
+
+/// The good model still answers correctly.
+fn still_serving(repo: &Repository) {
+    let out = repo
+        .model("good")
+        .unwrap()
+        .infer([("INPUT0", ones(1)), ("INPUT1", ones(1))])
+        .unwrap();
+    assert_eq!(
+        out.get("OUTPUT0").unwrap().view::<f32>().unwrap()[[0, 0]],
+        2.0
+    );
+}
+
+/// A repository with `good` and one model `bad` made of `config` (None: no config file) and
+/// `onnx` bytes; loads it with exit_on_error(false) and returns the repository and the
+/// reason `bad` is not ready (None if it loaded).
+fn with_bad(config: Option<&str>, onnx: &[u8]) -> (tempfile::TempDir, Repository, Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    add_sub_model(tmp.path(), "good", ADD_SUB);
+    let dir = tmp.path().join("bad");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    if let Some(c) = config {
+        std::fs::write(dir.join("config.pbtxt"), c).unwrap();
+    }
+    std::fs::write(dir.join("1/model.onnx"), onnx).unwrap();
+    let repo = Repository::builder(tmp.path())
+        .exit_on_error(false)
+        .load()
+        .unwrap();
+    still_serving(&repo);
+    let reason = repo
+        .index()
+        .into_iter()
+        .filter(|e| e.name == "bad" && !e.reason.is_empty())
+        .map(|e| e.reason)
+        .next();
+    (tmp, repo, reason)
+}
+
+fn add_sub_proto() -> pb::ModelProto {
+    let bytes = std::fs::read(fixtures().join("generated/add_sub_fp32_batch.onnx")).unwrap();
+    pb::ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+#[test]
+fn hostile_configs_are_errors() {
+    let enum_fields = [
+        "data_type: 999",
+        "input [ { name: \"INPUT0\" data_type: 77 dims: [ 16 ] } ]",
+        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 format: 12 dims: [ 16 ] } ]",
+        "instance_group [ { kind: 42 } ]",
+        "dynamic_batching { default_queue_policy { timeout_action: 9 } }",
+        "model_warmup [ { name: \"w\" batch_size: 1 inputs { key: \"INPUT0\" value: { data_type: -3 dims: [ 16 ] zero_data: true } } } ]",
+    ];
+    let mut cases: Vec<String> = vec![
+        "\u{0}\u{1}\u{2}\u{ff}garbage".into(),
+        "optimization { ".repeat(700_000),
+        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ -7 ] } ]".into(),
+        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 9223372036854775807, 9223372036854775807 ] } ]".into(),
+        format!("{ADD_SUB} input [ {{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 16 ] }} ]"),
+        "name: \"not-the-folder-name\"".into(),
+        "max_batch_size: -5".into(),
+        "version_policy { specific { versions: [ -1, 9223372036854775807 ] } }".into(),
+    ];
+    cases.extend(enum_fields.iter().map(|e| e.to_string()));
+    for text in &cases {
+        let onnx = std::fs::read(fixtures().join("generated/add_sub_fp32_batch.onnx")).unwrap();
+        let (_tmp, repo, reason) = with_bad(Some(text), &onnx);
+        let head: String = text.chars().take(60).collect();
+        assert!(reason.is_some(), "config {head:?} loaded");
+        assert!(repo.model("bad").is_err());
+    }
+    // The config text alone never panics either.
+    for text in &cases {
+        let _ = ModelConfig::from_pbtxt(text);
+    }
+}
+
+#[test]
+fn unicode_names_and_an_empty_config_are_fine() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_sub_model(
+        tmp.path(),
+        "模型-ü",
+        &format!("name: \"模型-ü\"\n{ADD_SUB}"),
+    );
+    add_sub_model(tmp.path(), "empty", "");
+    let repo = Repository::load(tmp.path()).unwrap();
+    for m in ["模型-ü", "empty"] {
+        repo.model(m)
+            .unwrap()
+            .infer([("INPUT0", ones(2)), ("INPUT1", ones(2))])
+            .unwrap();
+    }
+}
+
+#[test]
+fn hostile_onnx_files_are_errors() {
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "wrong magic",
+            b"\x89PNG\r\n\x1a\nnot an onnx file at all".to_vec(),
+        ),
+        ("empty", Vec::new()),
+        (
+            "missing graph",
+            pb::ModelProto {
+                graph: None,
+                ..add_sub_proto()
+            }
+            .encode_to_vec(),
+        ),
+    ];
+    let mut unknown = add_sub_proto();
+    unknown.graph.as_mut().unwrap().node[0].op_type = "FrobnicateX".into();
+    cases.push(("unknown op", unknown.encode_to_vec()));
+    // Two nodes that feed each other.
+    let mut cyclic = add_sub_proto();
+    let g = cyclic.graph.as_mut().unwrap();
+    let (a, b) = (g.node[0].output[0].clone(), g.node[1].output[0].clone());
+    g.node[0].input[0] = b;
+    g.node[1].input[0] = a;
+    cases.push(("cyclic graph", cyclic.encode_to_vec()));
+    // An attribute of the wrong type: Softmax with a string axis.
+    let mut attr = add_sub_proto();
+    let n = &mut attr.graph.as_mut().unwrap().node[0];
+    n.op_type = "Softmax".into();
+    n.input.truncate(1);
+    n.attribute = vec![pb::AttributeProto {
+        name: "axis".into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: b"sideways".to_vec(),
+        ..Default::default()
+    }];
+    cases.push(("attribute of the wrong type", attr.encode_to_vec()));
+    // An initializer that claims more elements than it stores.
+    let mut short = add_sub_proto();
+    short
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(pb::TensorProto {
+            name: "liar".into(),
+            dims: vec![1000],
+            data_type: 1,
+            float_data: vec![1.0, 2.0],
+            ..Default::default()
+        });
+    cases.push(("initializer shorter than its dims", short.encode_to_vec()));
+    for (what, bytes) in &cases {
+        let (_tmp, _repo, reason) = with_bad(None, bytes);
+        assert!(reason.is_some(), "{what}: loaded");
+    }
+}
+
+#[test]
+fn a_100_gb_initializer_is_refused_without_allocating_it() {
+    let mut huge = add_sub_proto();
+    huge.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(pb::TensorProto {
+            name: "huge".into(),
+            dims: vec![25_000_000_000],
+            data_type: 1,
+            ..Default::default()
+        });
+    let (_tmp, _repo, reason) = with_bad(Some(ADD_SUB), &huge.encode_to_vec());
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("needs 100000000000 bytes, more than the limit"),
+        "{reason}"
+    );
+    // The limit applies to the file itself too (here to every model of the repository).
+    let tmp = tempfile::tempdir().unwrap();
+    add_sub_model(tmp.path(), "good", ADD_SUB);
+    let e = Repository::builder(tmp.path())
+        .max_model_bytes(16)
+        .load()
+        .unwrap_err();
+    assert!(
+        e.message().contains("more than the limit of 16 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_tensors_are_errors_or_correct_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_sub_model(tmp.path(), "good", ADD_SUB);
+    let repo = Repository::load(tmp.path()).unwrap();
+    let m = repo.model("good").unwrap();
+    // NaN and infinities are data: they go through.
+    let special = Tensor::from(Array2::from_shape_fn((1, 16), |(_, c)| match c % 3 {
+        0 => f32::NAN,
+        1 => f32::INFINITY,
+        _ => f32::NEG_INFINITY,
+    }));
+    let out = m
+        .infer([("INPUT0", special.clone()), ("INPUT1", ones(1))])
+        .unwrap();
+    let sum = out.get("OUTPUT0").unwrap().view::<f32>().unwrap();
+    assert!(sum[[0, 0]].is_nan() && sum[[0, 1]] == f32::INFINITY);
+    // A zero batch: an answer with zero rows or an error, never a crash.
+    if let Ok(out) = m.infer([("INPUT0", ones(0)), ("INPUT1", ones(0))]) {
+        assert_eq!(out.get("OUTPUT0").unwrap().shape(), [0, 16]);
+    }
+    // Byte length not matching the shape; element counts that overflow or are absurd.
+    let e = Tensor::from_le_bytes(DataType::TypeFp32, &[2, 16], &[0u8; 12]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(Tensor::from_le_bytes(DataType::TypeFp32, &[1 << 31], &[0u8; 4]).is_err());
+    assert!(Tensor::zeros(DataType::TypeFp32, &[usize::MAX, 2]).is_err());
+    // Non-UTF-8 BYTES to a model that wants FP32: a type error naming the tensor.
+    let bytes = Tensor::from_bytes(&[1, 16], std::iter::repeat_n([0xffu8, 0xfe], 16)).unwrap();
+    let e = m
+        .infer([("INPUT0", bytes), ("INPUT1", ones(1))])
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.tensor()),
+        (ErrorKind::InvalidInput, Some("INPUT0"))
+    );
+    // Wrong shapes, a batch over max_batch_size, unknown names.
+    assert!(m.infer([("INPUT0", ones(9)), ("INPUT1", ones(9))]).is_err());
+    let narrow = Tensor::from(Array2::<f32>::ones((1, 15)));
+    assert!(m.infer([("INPUT0", narrow), ("INPUT1", ones(1))]).is_err());
+    assert!(m.infer([("INPUT0", ones(1)), ("ΩMEGA", ones(1))]).is_err());
+    still_serving(&repo);
+}
+
+/// Crash inputs the fuzzers found (`fuzz/regressions/<target>/`), replayed through the same
+/// code paths as the fuzz targets.
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let files = |target: &str| -> Vec<Vec<u8>> {
+        std::fs::read_dir(root.join(target))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name() != ".gitkeep")
+                    .map(|e| std::fs::read(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for data in files("config_text") {
+        let text = String::from_utf8_lossy(&data);
+        if let Ok(mut c) = ModelConfig::from_pbtxt(&text) {
+            modelyard::config::normalize(&mut c);
+            let _ = modelyard::config::validate_model_config(&c);
+            let _ = modelyard::config::validate_io_config(&c);
+        }
+    }
+    for data in files("onnx_load") {
+        let _ = with_bad(Some(ADD_SUB), &data);
+        let _ = with_bad(None, &data);
+    }
+}
