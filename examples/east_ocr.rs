@@ -46,7 +46,8 @@ struct Args {
     no_classifier: bool,
     /// Send the image file's bytes through the repository's `ensemble_model` (the tutorial's
     /// Part 5 ensemble, steps as native models; default repository
-    /// fixtures/ensemble_repository) and print the texts it returns.
+    /// fixtures/ensemble_repository_ppocr with the PaddleOCR models, or
+    /// fixtures/ensemble_repository with the tutorial-architecture ones) and print the texts.
     #[arg(long)]
     ensemble: bool,
     /// Images to read.
@@ -125,12 +126,13 @@ fn run_ensemble(args: &Args) -> Result<(), String> {
     let root = if args.repository.ends_with("ocr_repository") {
         PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/ensemble_repository"
+            "/fixtures/ensemble_repository_ppocr"
         ))
     } else {
         args.repository.clone()
     };
-    let repo = modelyard::ocr::steps::tutorial_steps(Repository::builder(&root))
+    let builder = modelyard::ocr::steps::tutorial_steps(Repository::builder(&root));
+    let repo = modelyard::ocr::steps::ppocr_steps(builder)
         .load()
         .map_err(|e| e.to_string())?;
     let ensemble = repo.model("ensemble_model").map_err(|e| e.to_string())?;

@@ -260,3 +260,47 @@ fn part5_ensemble_reads_like_the_plain_pipeline() {
         "{e}"
     );
 }
+
+/// The same Part 5 repository shape with the PaddleOCR models and the `ppocr_*` steps reads a
+/// real photo: the same lines as the plain DB pipeline (without the angle classifier, which
+/// the ensemble does not have).
+#[test]
+fn part5_ppocr_ensemble_reads_like_the_plain_pipeline() {
+    let repo = modelyard::ocr::steps::ppocr_steps(Repository::builder(
+        fixtures().join("ensemble_repository_ppocr"),
+    ))
+    .load()
+    .unwrap();
+    let path = fixtures().join("images/sign_1280x720.png");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    let input = modelyard::Tensor::from(ndarray::Array2::from_shape_vec((1, n), bytes).unwrap());
+    let out = repo
+        .model("ensemble_model")
+        .unwrap()
+        .infer([("input_image", input)])
+        .unwrap();
+    let texts: Vec<String> = out
+        .get("recognized_text")
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .filter(|t| !t.is_empty())
+        .collect();
+
+    let plain_repo = Repository::load(fixtures().join("ocr_repository")).unwrap();
+    let plain = OcrPipeline::from_repository(
+        &plain_repo,
+        OcrOptions {
+            use_classifier: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (lines, _) = plain.run(&image::open(&path).unwrap().to_rgb8()).unwrap();
+    let from_pipeline: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert!(!from_pipeline.is_empty());
+    assert_eq!(texts, from_pipeline);
+}

@@ -24,8 +24,9 @@ pub trait NativeModel: Send + Sync {
     ) -> Result<Vec<(String, Tensor)>>;
 }
 
-/// Builds a native model for one loaded version from its completed config.
-pub type NativeFactory = dyn Fn(&ModelConfig) -> Result<Box<dyn NativeModel>> + Send + Sync;
+/// Builds a native model for one loaded version from its completed config and its version
+/// folder (where the model may keep data files of its own).
+pub type NativeFactory = dyn Fn(&ModelConfig, &Path) -> Result<Box<dyn NativeModel>> + Send + Sync;
 
 pub(crate) struct NativeBackend {
     pub factory: Arc<NativeFactory>,
@@ -41,8 +42,13 @@ impl Backend for NativeBackend {
         Ok(())
     }
 
-    fn load(&self, config: &ModelConfig, _: &Path, _: &LoadOptions) -> Result<Arc<dyn Executable>> {
-        let model = match catch_unwind(AssertUnwindSafe(|| (self.factory)(config))) {
+    fn load(
+        &self,
+        config: &ModelConfig,
+        version_dir: &Path,
+        _: &LoadOptions,
+    ) -> Result<Arc<dyn Executable>> {
+        let model = match catch_unwind(AssertUnwindSafe(|| (self.factory)(config, version_dir))) {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::new(

@@ -344,21 +344,8 @@ impl OcrPipeline {
     fn run_db(&self, raw: &RgbImage) -> Result<(Vec<TextLine>, Timings)> {
         let mut t = Timings::default();
         let clock = Instant::now();
-        // rapidocr's global resize: the longer side down to max_side_len, the shorter up to 30.
         let (rw, rh) = raw.dimensions();
-        let (max, min) = (rw.max(rh), rw.min(rh));
-        let img: std::borrow::Cow<RgbImage> = if max > self.options.max_side_len || min < 30 {
-            let ratio = if max > self.options.max_side_len {
-                f64::from(self.options.max_side_len) / f64::from(max)
-            } else {
-                30.0 / f64::from(min)
-            };
-            let w = round_to_32((f64::from(rw) * ratio).floor());
-            let h = round_to_32((f64::from(rh) * ratio).floor());
-            std::borrow::Cow::Owned(resize(raw, w, h))
-        } else {
-            std::borrow::Cow::Borrowed(raw)
-        };
+        let img = db_resize(raw, self.options.max_side_len);
         let x = db::preprocess(&img, &self.options.db);
         t.preprocess = clock.elapsed();
 
@@ -387,15 +374,7 @@ impl OcrPipeline {
         let clock = Instant::now();
         let mut crops: Vec<RgbImage> = Vec::with_capacity(boxes.len());
         for (quad, _) in &boxes {
-            let (w, h) = crop_size(quad);
-            let crop = perspective_crop(&img, quad, w, h).unwrap_or_else(|| RgbImage::new(1, 1));
-            crops.push(
-                if f64::from(crop.height()) / f64::from(crop.width().max(1)) >= 1.5 {
-                    imageops::rotate270(&crop)
-                } else {
-                    crop
-                },
-            );
+            crops.push(db_crop(&img, quad));
         }
         if self.options.use_classifier {
             if let Some(cls) = &self.cls {
@@ -478,22 +457,10 @@ impl OcrPipeline {
         };
         let input = Self::input_name(&self.rec)?;
         for ids in order.chunks(chunk) {
-            let max_ratio = ids
-                .iter()
-                .map(|&i| aspect(&crops[i]))
-                .fold(320.0f32 / 48.0, f32::max);
-            let img_w = (48.0 * max_ratio) as usize;
-            let resized: Vec<RgbImage> = ids
-                .iter()
-                .map(|&i| {
-                    let w = ((48.0 * aspect(&crops[i])).ceil() as usize).clamp(1, img_w);
-                    resize(&crops[i], w as u32, 48)
-                })
-                .collect();
-            let out = self.rec.infer([(
-                input.as_str(),
-                Tensor::from(batch_bgr_normalized(&resized, 48, img_w)),
-            )])?;
+            let chunk: Vec<RgbImage> = ids.iter().map(|&i| crops[i].clone()).collect();
+            let out = self
+                .rec
+                .infer([(input.as_str(), Tensor::from(rec_batch(&chunk)))])?;
             let Some((_, scores)) = out.iter().next() else {
                 continue;
             };
@@ -507,6 +474,51 @@ impl OcrPipeline {
         }
         Ok(results)
     }
+}
+
+/// rapidocr's global resize before DB detection: the longer side down to `max_side_len`,
+/// the shorter up to 30, both to multiples of 32.
+pub(crate) fn db_resize(raw: &RgbImage, max_side_len: u32) -> std::borrow::Cow<'_, RgbImage> {
+    let (rw, rh) = raw.dimensions();
+    let (max, min) = (rw.max(rh), rw.min(rh));
+    if max > max_side_len || min < 30 {
+        let ratio = if max > max_side_len {
+            f64::from(max_side_len) / f64::from(max)
+        } else {
+            30.0 / f64::from(min)
+        };
+        let w = round_to_32((f64::from(rw) * ratio).floor());
+        let h = round_to_32((f64::from(rh) * ratio).floor());
+        std::borrow::Cow::Owned(resize(raw, w, h))
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+/// The upright crop of a DB box (perspective warp; tall crops turned a quarter).
+pub(crate) fn db_crop(img: &RgbImage, quad: &[super::geometry::Pt; 4]) -> RgbImage {
+    let (w, h) = crop_size(quad);
+    let crop = perspective_crop(img, quad, w, h).unwrap_or_else(|| RgbImage::new(1, 1));
+    if f64::from(crop.height()) / f64::from(crop.width().max(1)) >= 1.5 {
+        imageops::rotate270(&crop)
+    } else {
+        crop
+    }
+}
+
+/// Crops resized to height 48 and padded to one width (at least 320), as PaddleOCR's
+/// recogniser takes a batch: `[n, 3, 48, W]`, BGR normalised to [-1, 1].
+pub(crate) fn rec_batch(crops: &[RgbImage]) -> ndarray::Array4<f32> {
+    let max_ratio = crops.iter().map(aspect).fold(320.0f32 / 48.0, f32::max);
+    let img_w = (48.0 * max_ratio) as usize;
+    let resized: Vec<RgbImage> = crops
+        .iter()
+        .map(|c| {
+            let w = ((48.0 * aspect(c)).ceil() as usize).clamp(1, img_w);
+            resize(c, w as u32, 48)
+        })
+        .collect();
+    batch_bgr_normalized(&resized, 48, img_w)
 }
 
 fn aspect(img: &RgbImage) -> f32 {

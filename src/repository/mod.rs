@@ -91,9 +91,25 @@ impl RepositoryBuilder {
 
     /// Registers a native backend: a `config.pbtxt` with `backend: "<name>"` is served by the
     /// model `factory` builds from its completed config (once per loaded version).
-    pub fn native_backend<F>(mut self, name: impl Into<String>, factory: F) -> Self
+    pub fn native_backend<F>(self, name: impl Into<String>, factory: F) -> Self
     where
         F: Fn(&crate::config::ModelConfig) -> Result<Box<dyn crate::backend::native::NativeModel>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.native_backend_with_files(name, move |config, _| factory(config))
+    }
+
+    /// Like [`native_backend`](Self::native_backend), with the version folder given to the
+    /// factory too, for models that read data files of their own (a dictionary, weights).
+    /// Use [`Repository::file_in`] to resolve a file name from the config safely.
+    pub fn native_backend_with_files<F>(mut self, name: impl Into<String>, factory: F) -> Self
+    where
+        F: Fn(
+                &crate::config::ModelConfig,
+                &Path,
+            ) -> Result<Box<dyn crate::backend::native::NativeModel>>
             + Send
             + Sync
             + 'static,
@@ -228,6 +244,19 @@ impl Repository {
                 natives: Default::default(),
             },
         }
+    }
+
+    /// `file` (a name from a config) inside `dir`, or an error if it could leave it: an
+    /// absolute path, `..`, or a symlink that resolves outside.
+    pub fn file_in(dir: &Path, file: &str) -> Result<PathBuf> {
+        let path = dir.join(file);
+        if check_relative(file).is_err() || !resolves_inside(dir, &path) {
+            return Err(Error::invalid_config(format!(
+                "file '{file}' is outside the folder '{}'",
+                dir.display()
+            )));
+        }
+        Ok(path)
     }
 
     /// The repository folder.
