@@ -19,6 +19,10 @@
 
 mod backend;
 pub mod config;
+/// What CUDA devices this machine has ([`gpu::probe`]; never panics without CUDA).
+pub mod gpu {
+    pub use crate::backend::cuda::{probe, GpuDevice, GpuInfo};
+}
 mod error;
 pub mod model;
 #[cfg(feature = "ocr")]

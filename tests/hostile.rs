@@ -85,6 +85,8 @@ fn hostile_configs_are_errors() {
         format!("{ADD_SUB} input [ {{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 16 ] }} ]"),
         "name: \"not-the-folder-name\"".into(),
         "max_batch_size: -5".into(),
+        format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"../../good/1/model.onnx\" }}"),
+        format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"/etc/passwd\" }}"),
         "version_policy { specific { versions: [ -1, 9223372036854775807 ] } }".into(),
     ];
     cases.extend(enum_fields.iter().map(|e| e.to_string()));

@@ -299,7 +299,43 @@ fn tutorial_part2_gpu_group_fails_clearly_on_a_cpu_build() {
     copy_dir(&fixtures().join("tutorial-configs/Part_2-improving_resource_utilization/model_repository/text_recognition"), &dir);
     std::fs::create_dir_all(dir.join("1")).unwrap();
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("instance group text_recognition_0 of model text_recognition has kind KIND_GPU but server does not support GPUs"), "{e}");
+    let want = match modelyard::gpu::probe() {
+        _ if !cfg!(feature = "cuda") => "instance group text_recognition_0 of model text_recognition has kind KIND_GPU but server does not support GPUs".to_string(),
+        Err(reason) => format!("model 'text_recognition' instance group 'text_recognition_0' requests KIND_GPU but no CUDA driver was found ({reason})"),
+        Ok(_) => "requests KIND_GPU: CUDA".to_string(),
+    };
+    assert!(e.contains(&want), "{e}");
+    // KIND_AUTO (no instance group) falls back to the CPU.
+    let config = std::fs::read_to_string(dir.join("config.pbtxt")).unwrap();
+    let cut = config.find("instance_group").unwrap();
+    std::fs::write(dir.join("config.pbtxt"), &config[..cut]).unwrap();
+    std::fs::copy(
+        fixtures().join("tutorial_repository_part2/text_recognition/1/model.onnx"),
+        dir.join("1/model.onnx"),
+    )
+    .unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let m = repo.model("text_recognition").unwrap();
+    assert_eq!(
+        m.config().instance_group[0].kind().as_str_name(),
+        "KIND_CPU"
+    );
+}
+
+#[test]
+fn the_gpu_probe_never_panics() {
+    match modelyard::gpu::probe() {
+        Ok(info) => println!("CUDA {}: {:?}", info.driver_version, info.devices),
+        Err(reason) => {
+            println!("notice: no usable GPU here ({reason}); GPU tests skip");
+            assert!(!reason.is_empty());
+        }
+    }
+    // Probed once: the same answer again.
+    assert_eq!(
+        modelyard::gpu::probe().is_ok(),
+        modelyard::gpu::probe().is_ok()
+    );
 }
 
 #[test]

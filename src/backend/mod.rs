@@ -3,6 +3,7 @@
 //! load-time checks of the config against the model. `onnx` runs ONNX graphs on tract;
 //! `identity` is Triton's test backend (OUTPUTi = INPUTi), used by the QA cases.
 
+pub mod cuda;
 pub(crate) mod ensemble;
 mod identity;
 pub(crate) mod native;

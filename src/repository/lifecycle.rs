@@ -213,7 +213,9 @@ fn load_version(
 ) -> Result<Model> {
     let mut config = polled.clone();
     let backend = backend::find(&config, opts)?;
+    // KIND_AUTO runs on the CPU (gpu count 0) until the CUDA executor exists.
     config::normalize_instance_groups(&mut config, 0);
+    backend::cuda::check_instance_groups(&config)?;
     config::validate_instance_groups(&config, false, 0)?;
     if auto_complete {
         backend.auto_complete(&mut config, vdir, opts)?;
@@ -221,6 +223,16 @@ fn load_version(
     }
     config::validate_model_config(&config)?;
     config::validate_io_config(&config)?;
+    // Stricter than Triton (which reads them only on a GPU): no per-compute-capability file
+    // name may leave the version folder either.
+    for (cc, file) in &config.cc_model_filenames {
+        if let Err(why) = super::check_relative(file) {
+            return Err(Error::invalid_config(format!(
+                "cc_model_filenames entry '{cc}': '{file}' for model '{}' {why}",
+                config.name
+            )));
+        }
+    }
     let labels = read_labels(&config, dir)?;
     let exec = backend.load(&config, vdir, opts)?;
     let model = Model::new(config, version, exec, labels, opts.max_request_bytes);

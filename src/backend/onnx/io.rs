@@ -52,7 +52,14 @@ pub(crate) fn model_path(
         )));
     }
     if path.is_dir() {
-        return Ok(path.join("model.onnx"));
+        let inner = path.join("model.onnx");
+        if !crate::repository::resolves_inside(version_dir, &inner) {
+            return Err(Error::invalid_config(format!(
+                "model file '{file}/model.onnx' for model '{}' resolves outside the version directory",
+                config.name
+            )));
+        }
+        return Ok(inner);
     }
     if !path.exists() {
         return Err(Error::new(
