@@ -215,7 +215,17 @@ fn load_version(
     let backend = backend::find(&config, opts)?;
     // KIND_AUTO runs on the CPU (gpu count 0) until the CUDA executor exists.
     config::normalize_instance_groups(&mut config, 0);
-    backend::cuda::check_instance_groups(&config)?;
+    // Groups are checked in order, as Triton does: the groups before the first KIND_GPU one,
+    // then the GPU check, then everything.
+    let gpu = config::model_instance_group::Kind::Gpu as i32;
+    if let Some(first_gpu) = config.instance_group.iter().position(|g| g.kind == gpu) {
+        if first_gpu > 0 {
+            let mut before = config.clone();
+            before.instance_group.truncate(first_gpu);
+            config::validate_instance_groups(&before, false, 0)?;
+        }
+        backend::cuda::check_instance_groups(&config)?;
+    }
     config::validate_instance_groups(&config, false, 0)?;
     if auto_complete {
         backend.auto_complete(&mut config, vdir, opts)?;
