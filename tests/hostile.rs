@@ -257,9 +257,16 @@ fn hostile_tensors_are_errors_or_correct_answers() {
 }
 
 /// Crash inputs the fuzzers found (`fuzz/regressions/<target>/`), replayed through the same
-/// code paths as the fuzz targets.
+/// code paths as the fuzz targets. As under libFuzzer, a panic counts even when the library
+/// catches it (an application built with `panic = "abort"` would not survive it).
 #[test]
 fn fuzz_regressions_stay_fixed() {
+    static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+        previous(info);
+    }));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     let files = |target: &str| -> Vec<Vec<u8>> {
         std::fs::read_dir(root.join(target))
@@ -279,8 +286,14 @@ fn fuzz_regressions_stay_fixed() {
             let _ = modelyard::config::validate_io_config(&c);
         }
     }
-    for data in files("onnx_load") {
-        let _ = with_bad(Some(ADD_SUB), &data);
-        let _ = with_bad(None, &data);
+    let onnx = files("onnx_load");
+    assert!(!onnx.is_empty(), "the onnx_load regressions are there");
+    for data in onnx {
+        let (_tmp, _repo, reason) = with_bad(None, &data);
+        assert!(reason.is_some());
     }
+    assert!(
+        !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
+        "a fuzz regression panicked (even if caught)"
+    );
 }

@@ -142,6 +142,21 @@ fn check_acyclic(proto: &pb::ModelProto, model: &str) -> Result<()> {
             }
         });
         if pending.is_empty() {
+            // Every graph output must be something the graph has (tract panics otherwise:
+            // found by fuzz/onnx_load).
+            if let Some(o) = graph
+                .output
+                .iter()
+                .find(|o| !available.contains(o.name.as_str()))
+            {
+                return Err(Error::new(
+                    ErrorKind::ModelFile,
+                    format!(
+                        "failed to load model '{model}': graph output '{}' is produced by no node",
+                        o.name
+                    ),
+                ));
+            }
             return Ok(());
         }
         if pending.len() == before {
