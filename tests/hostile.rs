@@ -297,3 +297,27 @@ fn fuzz_regressions_stay_fixed() {
         "a fuzz regression panicked (even if caught)"
     );
 }
+
+/// fuzz/repository_tree: a model folder that is a symlink to `/` made polling walk the whole
+/// file system and read `/proc` files that claim size 0 (4 GiB allocation). Polling is
+/// bounded now: it finishes quickly and reads little.
+#[test]
+fn a_model_folder_linked_to_the_root_is_polled_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_sub_model(tmp.path(), "good", ADD_SUB);
+    std::os::unix::fs::symlink("/", tmp.path().join("m")).unwrap();
+    let start = std::time::Instant::now();
+    let repo = Repository::builder(tmp.path())
+        .exit_on_error(false)
+        .model_control(modelyard::ModelControl::Poll)
+        .load()
+        .unwrap();
+    repo.poll().unwrap();
+    still_serving(&repo);
+    assert!(repo.model("m").is_err());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
+}

@@ -117,14 +117,12 @@ fn requested_output_subset() {
 
 #[test]
 fn part2_batched_recogniser() {
-    // As shipped, Part 2 asks for two GPU instances: on a CPU-only build that is Triton's error.
+    // As shipped, Part 2 asks for two GPU instances: without CUDA (or without the CUDA
+    // executor, which is not written yet) that is a clear error.
     let e = Repository::load(fixtures().join("tutorial_repository_part2"))
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("has kind KIND_GPU but server does not support GPUs"),
-        "{e}"
-    );
+    assert!(e.contains("KIND_GPU"), "{e}");
 
     // The same repository with the group on the CPU serves batches up to 8.
     let tmp = tempfile::tempdir().unwrap();

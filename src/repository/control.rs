@@ -121,14 +121,25 @@ pub(super) fn fingerprints(
         .collect()
 }
 
-/// Names, sizes, modification times (and small files' contents) of everything under `dir` (symlinks not followed,
-/// depth bounded): it changes when a config, a version folder or a model file changes.
+/// Names, sizes and modification times of everything under `dir`, and the content of its
+/// `config.pbtxt`: it changes when a config, a version folder or a model file changes.
+/// Bounded: symlinks inside are hashed by their target and not followed, depth ≤ 8, at most
+/// 10,000 entries, at most 64 KiB read (fuzz/repository_tree found a model folder linked to
+/// `/`: the walk read `/proc` files that claim size 0 and are endless, or block).
 fn fingerprint(dir: &Path) -> u64 {
-    fn walk(dir: &Path, depth: usize, h: &mut std::collections::hash_map::DefaultHasher) {
+    use std::io::Read;
+    const SMALL: u64 = 64 * 1024;
+    fn walk(
+        dir: &Path,
+        depth: usize,
+        budget: &mut usize,
+        h: &mut std::collections::hash_map::DefaultHasher,
+    ) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
         };
-        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).take(*budget).collect();
+        *budget = budget.saturating_sub(entries.len());
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let Ok(meta) = e.path().symlink_metadata() else {
@@ -137,18 +148,30 @@ fn fingerprint(dir: &Path) -> u64 {
             e.file_name().hash(h);
             meta.len().hash(h);
             meta.modified().ok().hash(h);
-            // Small files (configs, label files) by content too: a rewrite within the clock
-            // resolution of the file system is still seen.
-            if meta.is_file() && meta.len() <= 64 * 1024 {
-                std::fs::read(e.path()).ok().hash(h);
-            }
-            if meta.is_dir() && depth < 8 {
-                walk(&e.path(), depth + 1, h);
+            if meta.file_type().is_symlink() {
+                std::fs::read_link(e.path()).ok().hash(h);
+            } else if depth == 0
+                && e.file_name() == "config.pbtxt"
+                && meta.is_file()
+                && (1..=SMALL).contains(&meta.len())
+            {
+                // The config by content too: a rewrite within the clock resolution of the file
+                // system is still seen. No other file is read: in a folder linked to `/proc`
+                // a read can block forever (`/proc/kmsg`).
+                let mut content = Vec::new();
+                if let Ok(f) = std::fs::File::open(e.path()) {
+                    let _ = f.take(SMALL).read_to_end(&mut content);
+                }
+                content.hash(h);
+            } else if meta.is_dir() && depth < 8 && *budget > 0 {
+                walk(&e.path(), depth + 1, budget, h);
             }
         }
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    walk(dir, 0, &mut h);
+    // A model folder that is itself a symlink: its target counts too.
+    std::fs::read_link(dir).ok().hash(&mut h);
+    walk(dir, 0, &mut 10_000, &mut h);
     h.finish()
 }
 
