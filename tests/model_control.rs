@@ -120,6 +120,18 @@ fn explicit_mode_loads_what_it_is_told_with_dependencies() {
             "{bad}"
         );
     }
+    // Loading an unrelated model keeps the ensemble as it is (its statistics too).
+    let served = repo.model("ens").unwrap().statistics().success.count;
+    assert!(served > 0);
+    repo.load_model("other").unwrap();
+    assert_eq!(
+        repo.model("ens").unwrap().statistics().success.count,
+        served
+    );
+    assert!(!repo
+        .index()
+        .iter()
+        .any(|e| e.state == ModelState::Unloading));
     // Unloading a composing model makes the ensemble unavailable; loading it again restores it.
     repo.unload_model("m").unwrap();
     let index = repo.index();

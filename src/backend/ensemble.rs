@@ -320,6 +320,10 @@ fn adapt(tensor: &Tensor, model: &ModelConfig, input: &str, from_batching: bool)
 }
 
 impl Executable for Ensemble {
+    fn steps(&self) -> Vec<Model> {
+        self.steps.iter().map(|s| s.model.clone()).collect()
+    }
+
     fn execute(
         &self,
         inputs: Vec<(String, Tensor)>,

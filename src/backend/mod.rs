@@ -50,6 +50,11 @@ pub(crate) trait Executable: Send + Sync {
         None
     }
 
+    /// For an ensemble: the composing model versions of its steps, in step order.
+    fn steps(&self) -> Vec<crate::model::Model> {
+        Vec::new()
+    }
+
     /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
     /// applied); `outputs` names the outputs wanted (non-empty).
     fn execute(

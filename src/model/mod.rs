@@ -199,6 +199,11 @@ impl Model {
         Arc::strong_count(&self.inner)
     }
 
+    /// For an ensemble: its steps' composing versions, in step order.
+    pub(crate) fn steps(&self) -> Vec<Model> {
+        self.inner.exec.steps()
+    }
+
     /// Whether both handles are the same loaded version.
     pub(crate) fn same_as(&self, other: &Model) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

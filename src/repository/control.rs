@@ -379,8 +379,17 @@ impl Repository {
             .flat_map(|e| e.ready().cloned().collect::<Vec<_>>())
             .collect();
         lifecycle::resolve_ensembles(&mut models, self.inner.opts.max_request_bytes);
+        let after: Vec<Model> = models
+            .values()
+            .flat_map(|e| e.ready().cloned().collect::<Vec<_>>())
+            .collect();
         drop(models);
-        self.retire(before);
+        // Ensembles whose config and composing versions did not change were kept.
+        self.retire(
+            before
+                .into_iter()
+                .filter(|m| !after.iter().any(|a| a.same_as(m))),
+        );
     }
 
     fn check_loaded(&self, name: &str) -> Result<()> {

@@ -451,10 +451,67 @@ fn resolve_one(
             tracing::error!("failed to load '{name}': {e}");
             ModelEntry::failed(e.to_string())
         }
-        Ok(()) => load_ensemble(name, config.clone(), &dir, models, max_request_bytes),
+        Ok(()) => match unchanged_ensemble(name, &config, models) {
+            // Same config, same composing versions: keep the loaded versions (and their
+            // statistics).
+            Some(versions) => ModelEntry {
+                versions,
+                ..ModelEntry::empty()
+            },
+            None => load_ensemble(name, config.clone(), &dir, models, max_request_bytes),
+        },
     };
     entry.ensemble_def = Some((config, dir));
     models.insert(name.to_string(), entry);
+}
+
+/// The loaded versions of ensemble `name` if it is being resolved again with the same config
+/// and every step would get the same composing version as before.
+fn unchanged_ensemble(
+    name: &str,
+    config: &ModelConfig,
+    models: &BTreeMap<String, ModelEntry>,
+) -> Option<BTreeMap<i64, VersionEntry>> {
+    let entry = models.get(name)?;
+    let loaded: Vec<&Model> = entry.ready().collect();
+    let first = loaded.first()?;
+    // The loaded config carries the decoupled flag set at load; compare the rest.
+    let mut same = config.clone();
+    same.model_transaction_policy = first.config().model_transaction_policy.clone();
+    if first.config() != &same || loaded.len() != entry.versions.len() {
+        return None;
+    }
+    let steps = first.steps();
+    let wanted = config
+        .ensemble()?
+        .step
+        .iter()
+        .map(|s| (s.model_name.as_str(), s.model_version));
+    if steps.len() != config.ensemble()?.step.len() {
+        return None;
+    }
+    for ((dep, v), old) in wanted.zip(&steps) {
+        let now = composing_model(models, dep, v).ok()?;
+        if !now.same_as(old) {
+            return None;
+        }
+    }
+    Some(
+        entry
+            .versions
+            .iter()
+            .map(|(v, e)| {
+                (
+                    *v,
+                    VersionEntry {
+                        state: e.state,
+                        reason: e.reason.clone(),
+                        model: e.model.clone(),
+                    },
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Version `version` (-1: latest ready) of a composing model, or why it cannot be used.
