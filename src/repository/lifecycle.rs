@@ -477,7 +477,7 @@ fn unchanged_ensemble(
     let first = loaded.first()?;
     // The loaded config carries the decoupled flag set at load; compare the rest.
     let mut same = config.clone();
-    same.model_transaction_policy = first.config().model_transaction_policy.clone();
+    same.model_transaction_policy = first.config().model_transaction_policy;
     if first.config() != &same || loaded.len() != entry.versions.len() {
         return None;
     }
