@@ -6,6 +6,8 @@
 //! "blocker" request (a row holding -1) keeps the only instance busy until the test opens the
 //! gate, so that the requests under test are queued exactly as the scenario says.
 
+mod common;
+
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -434,7 +436,7 @@ fn cancelled_requests_leave_the_queue_and_never_run() {
     let kept = f.model.infer_async([("IN", rows(30.0, 1, 4))]);
     f.gate.open();
     blocker.join().unwrap().unwrap();
-    let out = futures_lite_block_on(kept).unwrap();
+    let out = common::block_on(kept).unwrap();
     assert_eq!(out.get("OUT").unwrap().view::<f32>().unwrap()[[0, 0]], 60.0);
     let ran: Vec<f32> = f
         .batches
@@ -447,26 +449,6 @@ fn cancelled_requests_leave_the_queue_and_never_run() {
     assert!(ran.contains(&30.0));
     let s = f.model.statistics();
     assert_eq!((s.success.count, s.fail.count), (2, 2));
-}
-
-/// A minimal executor: polls the future on this thread until it is ready.
-fn futures_lite_block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::task::{Context, Poll, Wake, Waker};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }
 
 #[test]

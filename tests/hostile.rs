@@ -6,18 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{add_sub_model, fixtures};
+use common::{add_sub_model, fixtures, ADD_SUB};
 use modelyard::config::{DataType, ModelConfig};
 use modelyard::{ErrorKind, Repository, Tensor};
 use ndarray::Array2;
 use prost_onnx::Message;
 use tract_onnx::pb;
-
-const ADD_SUB: &str = r#"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 fn ones(rows: usize) -> Tensor {
     Tensor::from(Array2::<f32>::ones((rows, 16)))

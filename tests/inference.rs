@@ -2,16 +2,10 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixtures, ADD_SUB};
 use half::f16;
 use modelyard::{config::DataType, ErrorKind, Repository, Tensor};
 use ndarray::{Array, Array2, ArrayD, IxDyn};
-
-const ADD_SUB: &str = r#"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 /// Identity with reshape: the request gives [4,4] (plus batch), the model sees [16].
 const RESHAPED: &str = r#"

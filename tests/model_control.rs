@@ -10,15 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{add_sub_model, fixtures};
+use common::{add_sub_model, fixtures, rss_kib, ADD_SUB};
 use modelyard::{ErrorKind, IndexEntry, ModelControl, ModelState, Repository, Tensor};
 use ndarray::Array2;
-
-const ADD_SUB: &str = r#"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 const ENSEMBLE: &str = r#"
 name: "ens" platform: "ensemble" max_batch_size: 8
@@ -278,12 +272,6 @@ fn a_background_poller_picks_up_a_new_version() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

@@ -200,6 +200,25 @@ fn angle_classifier_top_class_with_labels() {
     );
 }
 
+/// The image file's bytes through the repository's `ensemble_model`: its `recognized_text`.
+fn ensemble_texts(repo: &Repository, image: &std::path::Path) -> Vec<String> {
+    let bytes = std::fs::read(image).unwrap();
+    let n = bytes.len();
+    let input = modelyard::Tensor::from(ndarray::Array2::from_shape_vec((1, n), bytes).unwrap());
+    let out = repo
+        .model("ensemble_model")
+        .unwrap()
+        .infer([("input_image", input)])
+        .unwrap();
+    out.get("recognized_text")
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect()
+}
+
 /// The tutorial's Part 5 repository (image bytes in, text out) with the pre/post-processing
 /// steps as native models reads what the plain EAST pipeline reads.
 #[test]
@@ -210,22 +229,7 @@ fn part5_ensemble_reads_like_the_plain_pipeline() {
     .load()
     .unwrap();
     let path = fixtures().join("images/word_640x480.png");
-    let bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    let input = modelyard::Tensor::from(ndarray::Array2::from_shape_vec((1, n), bytes).unwrap());
-    let out = repo
-        .model("ensemble_model")
-        .unwrap()
-        .infer([("input_image", input)])
-        .unwrap();
-    let texts: Vec<String> = out
-        .get("recognized_text")
-        .unwrap()
-        .bytes()
-        .unwrap()
-        .iter()
-        .map(|b| String::from_utf8(b.to_vec()).unwrap())
-        .collect();
+    let texts = ensemble_texts(&repo, &path);
 
     let plain_repo = Repository::load(fixtures().join("tutorial_repository")).unwrap();
     let plain = OcrPipeline::from_repository(
@@ -272,21 +276,8 @@ fn part5_ppocr_ensemble_reads_like_the_plain_pipeline() {
     .load()
     .unwrap();
     let path = fixtures().join("images/sign_1280x720.png");
-    let bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    let input = modelyard::Tensor::from(ndarray::Array2::from_shape_vec((1, n), bytes).unwrap());
-    let out = repo
-        .model("ensemble_model")
-        .unwrap()
-        .infer([("input_image", input)])
-        .unwrap();
-    let texts: Vec<String> = out
-        .get("recognized_text")
-        .unwrap()
-        .bytes()
-        .unwrap()
-        .iter()
-        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    let texts: Vec<String> = ensemble_texts(&repo, &path)
+        .into_iter()
         .filter(|t| !t.is_empty())
         .collect();
 

@@ -4,14 +4,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{copy_dir, fixtures};
+use common::{copy_dir, fixtures, ADD_SUB};
 use modelyard::{ErrorKind, ModelState, Repository};
-
-const ADD_SUB_BATCH: &str = r#"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 /// A model folder `name` with `config` and the generated add/sub model in each version.
 fn add_model(repo: &Path, name: &str, config: &str, versions: &[&str]) -> PathBuf {
@@ -36,7 +30,7 @@ fn version_folders_follow_triton_rules() {
     add_model(
         tmp.path(),
         "m",
-        &format!("{ADD_SUB_BATCH}{policy}"),
+        &format!("{ADD_SUB}{policy}"),
         &["1", "3", "0", "003", "abc", "-1", "1abc", " 2"],
     );
     std::fs::write(
@@ -65,17 +59,17 @@ fn version_folders_follow_triton_rules() {
 #[test]
 fn version_policies_select_versions() {
     let tmp = tempfile::tempdir().unwrap();
-    add_model(tmp.path(), "latest", ADD_SUB_BATCH, &["1", "2", "10"]);
+    add_model(tmp.path(), "latest", ADD_SUB, &["1", "2", "10"]);
     add_model(
         tmp.path(),
         "latest2",
-        &format!("{ADD_SUB_BATCH} version_policy {{ latest {{ num_versions: 2 }} }}"),
+        &format!("{ADD_SUB} version_policy {{ latest {{ num_versions: 2 }} }}"),
         &["1", "2", "10"],
     );
     add_model(
         tmp.path(),
         "specific",
-        &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 1, 7 ] }} }}"),
+        &format!("{ADD_SUB} version_policy {{ specific {{ versions: [ 1, 7 ] }} }}"),
         &["1", "2"],
     );
     let repo = Repository::load(tmp.path()).unwrap();
@@ -98,7 +92,7 @@ fn no_available_version_is_an_error() {
     add_model(
         tmp.path(),
         "m",
-        &format!("{ADD_SUB_BATCH} version_policy {{ specific {{ versions: [ 4 ] }} }}"),
+        &format!("{ADD_SUB} version_policy {{ specific {{ versions: [ 4 ] }} }}"),
         &["1"],
     );
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
@@ -111,8 +105,8 @@ fn no_available_version_is_an_error() {
 #[test]
 fn exit_on_error_false_keeps_good_models_serving() {
     let tmp = tempfile::tempdir().unwrap();
-    add_model(tmp.path(), "good", ADD_SUB_BATCH, &["1"]);
-    let bad = add_model(tmp.path(), "truncated", ADD_SUB_BATCH, &["1"]);
+    add_model(tmp.path(), "good", ADD_SUB, &["1"]);
+    let bad = add_model(tmp.path(), "truncated", ADD_SUB, &["1"]);
     let bytes = std::fs::read(bad.join("1/model.onnx")).unwrap();
     std::fs::write(bad.join("1/model.onnx"), &bytes[..bytes.len() / 2]).unwrap();
     add_model(tmp.path(), "broken_config", "input [ { name: ", &["1"]);
@@ -160,13 +154,13 @@ fn every_truncation_of_an_onnx_file_is_an_error() {
     let model = std::fs::read(fixtures().join("generated/add_sub_fp32_batch.onnx")).unwrap();
     for cut in [0, 1, 7, 50, 100, model.len() - 1] {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
+        let dir = add_model(tmp.path(), "m", ADD_SUB, &["1"]);
         std::fs::write(dir.join("1/model.onnx"), &model[..cut]).unwrap();
         let e = Repository::load(tmp.path()).unwrap_err();
         assert!(e.to_string().contains("'m' version 1"), "cut {cut}: {e}");
     }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
+    let dir = add_model(tmp.path(), "m", ADD_SUB, &["1"]);
     std::fs::write(dir.join("1/model.onnx"), b"this is not onnx at all").unwrap();
     assert!(Repository::load(tmp.path()).is_err());
 }
@@ -174,7 +168,7 @@ fn every_truncation_of_an_onnx_file_is_an_error() {
 #[test]
 fn unknown_onnx_operator_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
+    let dir = add_model(tmp.path(), "m", ADD_SUB, &["1"]);
     let mut bytes = std::fs::read(dir.join("1/model.onnx")).unwrap();
     // Rename the "Add" op type to "Qdd" (same length, so the protobuf stays valid).
     let pos = bytes
@@ -190,12 +184,19 @@ fn unknown_onnx_operator_is_reported() {
 #[test]
 fn paths_may_not_escape_the_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    add_model(tmp.path(), "m", &format!("{ADD_SUB_BATCH} backend: \"onnxruntime\" default_model_filename: \"../../m/1/model.onnx\""), &["1"]);
+    add_model(
+        tmp.path(),
+        "m",
+        &format!(
+            "{ADD_SUB} backend: \"onnxruntime\" default_model_filename: \"../../m/1/model.onnx\""
+        ),
+        &["1"],
+    );
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("default_model_filename '../../m/1/model.onnx' for model 'm' escapes the model directory"), "{e}");
 
     let tmp = tempfile::tempdir().unwrap();
-    let labelled = ADD_SUB_BATCH.replacen(
+    let labelled = ADD_SUB.replacen(
         "name: \"OUTPUT0\"",
         "name: \"OUTPUT0\" label_filename: \"../secret.txt\"",
         1,
@@ -208,7 +209,7 @@ fn paths_may_not_escape_the_model_folder() {
 #[test]
 fn labels_are_read_from_the_model_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let labelled = ADD_SUB_BATCH.replacen(
+    let labelled = ADD_SUB.replacen(
         "name: \"OUTPUT0\"",
         "name: \"OUTPUT0\" label_filename: \"labels.txt\"",
         1,
@@ -227,7 +228,7 @@ fn labels_are_read_from_the_model_folder() {
 #[test]
 fn strict_mode_needs_a_config_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &["1"]);
+    let dir = add_model(tmp.path(), "m", ADD_SUB, &["1"]);
     std::fs::remove_file(dir.join("config.pbtxt")).unwrap();
     let e = Repository::builder(tmp.path())
         .auto_complete(false)
@@ -252,7 +253,7 @@ fn directory_and_repository_problems() {
     add_model(
         tmp.path(),
         "m",
-        &format!("name: \"other\" {ADD_SUB_BATCH}"),
+        &format!("name: \"other\" {ADD_SUB}"),
         &["1"],
     );
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
@@ -274,12 +275,12 @@ fn directory_and_repository_problems() {
 #[test]
 fn absurd_dims_are_rejected_at_load() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ADD_SUB_BATCH.replacen("dims: [ 16 ]", "dims: [ 4294967296 ]", 1);
+    let cfg = ADD_SUB.replacen("dims: [ 16 ]", "dims: [ 4294967296 ]", 1);
     add_model(tmp.path(), "m", &cfg, &["1"]);
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("the model expects 2 dimensions (shape [-1,16]) but the model configuration specifies 2 dimensions"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ADD_SUB_BATCH.replacen(
+    let cfg = ADD_SUB.replacen(
         "dims: [ 16 ]",
         "dims: [ 4294967296, 4294967296, 4294967296 ]",
         1,
@@ -401,7 +402,7 @@ fn symlinks_may_not_lead_outside() {
     )
     .unwrap();
     std::fs::write(outside.path().join("labels.txt"), "secret").unwrap();
-    let dir = add_model(tmp.path(), "m", ADD_SUB_BATCH, &[]);
+    let dir = add_model(tmp.path(), "m", ADD_SUB, &[]);
     std::fs::create_dir_all(dir.join("1")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("model.onnx"), dir.join("1/model.onnx"))
         .unwrap();
@@ -409,7 +410,7 @@ fn symlinks_may_not_lead_outside() {
     assert!(e.contains("resolves outside the version directory"), "{e}");
 
     let tmp = tempfile::tempdir().unwrap();
-    let labelled = ADD_SUB_BATCH.replacen(
+    let labelled = ADD_SUB.replacen(
         "name: \"OUTPUT0\"",
         "name: \"OUTPUT0\" label_filename: \"labels.txt\"",
         1,

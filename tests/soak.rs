@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::fixtures;
+use common::{fixtures, rss_kib};
 use modelyard::{ErrorKind, ModelControl, Repository, Tensor};
 use ndarray::ArrayD;
 
@@ -25,12 +25,6 @@ output [ {{ name: "308" data_type: TYPE_FP32 dims: [ 26, 37 ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: 1000 }}
 instance_group [ {{ count: {count} kind: KIND_CPU }} ]"#
     )
-}
-
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn soak(seconds: u64) {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::{block_on, ADD_SUB};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -9,12 +11,6 @@ use std::time::Duration;
 use modelyard::config::ModelConfig;
 use modelyard::{NativeModel, Repository, Tensor};
 use ndarray::Array2;
-
-const ADD_SUB: &str = r#"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, { name: "OUTPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]
-"#;
 
 #[test]
 fn counts_add_up() {
@@ -135,25 +131,6 @@ fn instances_bound_parallel_executions_and_callers_wait() {
     );
     let (peak, _) = peak_with(1, 3);
     assert_eq!(peak, 1);
-}
-
-/// A minimal executor: polls on this thread, parks until woken.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }
 
 #[test]
