@@ -426,13 +426,10 @@ impl Model {
         };
         let mut done = match &inner.scheduler {
             Some(s) => s.submit(submit, &|batch| inner.run_batch(batch)),
-            None => {
-                let one = scheduler::Queued::now(submit);
-                inner
-                    .run_batch(std::slice::from_ref(&one))
-                    .pop()
-                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Execution, "no result")))
-            }
+            None => inner
+                .run_batch(vec![scheduler::Queued::now(submit)])
+                .pop()
+                .unwrap_or_else(|| Err(Error::new(ErrorKind::Execution, "no result"))),
         }
         .map_err(|e| inner.tag(e))?;
         done.input += prepared;
@@ -449,15 +446,19 @@ impl ModelInner {
     /// Executes a batch: the requests' inputs stacked along the batch dim (one request runs
     /// on its own tensors), the union of their outputs computed once, and each request given
     /// its own rows of the outputs it asked for.
-    fn run_batch(&self, batch: &[scheduler::Queued]) -> Vec<Result<scheduler::Done>> {
+    fn run_batch(&self, mut batch: Vec<scheduler::Queued>) -> Vec<Result<scheduler::Done>> {
         let config = &self.config;
         let span = tracing::trace_span!("execute", model = %config.name, version = self.version, requests = batch.len());
         let _enter = span.enter();
         let input_start = Instant::now();
-        let (inputs, wanted) = match batch {
-            [one] => (Ok(one.inputs.clone()), one.outputs.clone()),
+        let (inputs, wanted) = match batch.as_mut_slice() {
+            // One request runs on its own tensors, moved, not copied.
+            [one] => (
+                Ok(std::mem::take(&mut one.inputs)),
+                std::mem::take(&mut one.outputs),
+            ),
             _ => (
-                stack_inputs(batch),
+                stack_inputs(&batch),
                 config
                     .output
                     .iter()
@@ -480,20 +481,20 @@ impl ModelInner {
         };
         let output_start = Instant::now();
         let rows: usize = batch.iter().map(|q| q.batch).sum();
-        let mut offset = 0;
-        let per_request: Vec<Result<Outputs>> = batch
-            .iter()
-            .map(|q| {
-                let start = offset;
-                offset += q.batch;
-                let mine = if batch.len() == 1 {
-                    Ok(produced.clone())
-                } else {
+        let per_request: Vec<Result<Outputs>> = if batch.len() == 1 {
+            vec![self.present(produced, &wanted)]
+        } else {
+            let mut offset = 0;
+            batch
+                .iter()
+                .map(|q| {
+                    let start = offset;
+                    offset += q.batch;
                     split_rows(&produced, &q.outputs, rows, start, q.batch)
-                };
-                mine.and_then(|m| self.present(m, &q.outputs))
-            })
-            .collect();
+                        .and_then(|m| self.present(m, &q.outputs))
+                })
+                .collect()
+        };
         let output = output_start.elapsed();
         self.stats.execution(rows as u64, input, infer, output);
         per_request

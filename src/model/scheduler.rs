@@ -157,8 +157,9 @@ pub(crate) struct Scheduler {
     default_level: usize,
 }
 
-/// Executes one batch; returns one result per request, in order.
-pub(crate) type RunBatch<'a> = dyn Fn(&[Queued]) -> Vec<Result<Done>> + 'a;
+/// Executes one batch (taking the requests' tensors); returns one result per request, in
+/// order.
+pub(crate) type RunBatch<'a> = dyn Fn(Vec<Queued>) -> Vec<Result<Done>> + 'a;
 
 enum Form {
     Batch(Vec<Queued>),
@@ -252,7 +253,7 @@ impl Scheduler {
                         st.free -= 1;
                         let seqs: Vec<u64> = batch.iter().map(|q| q.seq).collect();
                         let results = MutexGuard::unlocked(&mut st, || {
-                            catch_unwind(AssertUnwindSafe(|| run(&batch)))
+                            catch_unwind(AssertUnwindSafe(|| run(batch)))
                         });
                         st.free += 1;
                         let results = match results {
@@ -324,6 +325,14 @@ impl Scheduler {
 
     /// Removes cancelled requests and applies the timeout action to expired ones.
     fn purge(&self, st: &mut State, now: Instant) {
+        let stale = |q: &Queued| {
+            q.cancel.as_ref().is_some_and(CancelToken::is_cancelled)
+                || q.deadline.is_some_and(|d| d <= now)
+        };
+        // The common case, checked without rebuilding the queues.
+        if !st.queues.iter().flatten().any(stale) {
+            return;
+        }
         let mut answered = Vec::new();
         for queue in &mut st.queues {
             let mut delayed = Vec::new();
