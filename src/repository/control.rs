@@ -326,8 +326,7 @@ impl Repository {
         let new = lifecycle::poll_model(name, &dir, inner.auto_complete, &inner.opts);
         let failure = load_failure(name, &new);
         let mut models = inner.models.write();
-        let old = models.remove(name);
-        let retired: Vec<Model> = match (old, failure) {
+        match (models.remove(name), failure) {
             (Some(mut old), Some(e)) if old.ready().next().is_some() => {
                 // Keep serving what was serving; say why the reload failed.
                 old.loading.clear();
@@ -335,33 +334,26 @@ impl Repository {
                     "reload failed, previous versions keep serving: {e}"
                 ));
                 models.insert(name.to_string(), old);
-                drop(models);
-                return Err(e);
+                Err(e)
             }
             (old, failure) => {
-                let mut retired = Vec::new();
-                if let Some(old) = old {
-                    let keep: Vec<&Model> = new.ready().collect();
-                    retired.extend(
-                        old.ready()
-                            .filter(|m| !keep.iter().any(|k| k.same_as(m)))
-                            .cloned(),
-                    );
-                }
                 models.insert(name.to_string(), new);
                 drop(models);
-                self.retire(retired.clone());
-                if let Some(e) = failure {
-                    return Err(e);
+                // Every version that served before is replaced by a newly loaded one.
+                let retired: Vec<Model> = old
+                    .map(|o| o.ready().cloned().collect())
+                    .unwrap_or_default();
+                let count = retired.len();
+                self.retire(retired);
+                match failure {
+                    Some(e) => Err(e),
+                    None => {
+                        tracing::info!("successfully loaded '{name}' ({count} versions retired)");
+                        Ok(())
+                    }
                 }
-                retired
             }
-        };
-        tracing::info!(
-            "successfully loaded '{name}' ({} versions retired)",
-            retired.len()
-        );
-        Ok(())
+        }
     }
 
     fn retire(&self, models: impl IntoIterator<Item = Model>) {

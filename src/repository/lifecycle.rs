@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, ModelState};
 
 /// A version of a model: loaded (`model` is Some) or not, with the reason.
+#[derive(Clone)]
 pub(crate) struct VersionEntry {
     pub state: ModelState,
     pub reason: String,
@@ -496,22 +497,7 @@ fn unchanged_ensemble(
             return None;
         }
     }
-    Some(
-        entry
-            .versions
-            .iter()
-            .map(|(v, e)| {
-                (
-                    *v,
-                    VersionEntry {
-                        state: e.state,
-                        reason: e.reason.clone(),
-                        model: e.model.clone(),
-                    },
-                )
-            })
-            .collect(),
-    )
+    Some(entry.versions.clone())
 }
 
 /// Version `version` (-1: latest ready) of a composing model, or why it cannot be used.

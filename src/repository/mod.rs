@@ -167,7 +167,12 @@ impl RepositoryBuilder {
         }
         let repo = Repository {
             inner: Arc::new(Inner {
-                fingerprints: Mutex::new(control::fingerprints(&self.root, &models)),
+                // Only model control compares folders with how they were loaded.
+                fingerprints: Mutex::new(if self.control == ModelControl::None {
+                    BTreeMap::new()
+                } else {
+                    control::fingerprints(&self.root, &models)
+                }),
                 models: RwLock::new(models),
                 root: self.root,
                 auto_complete: self.auto_complete,
