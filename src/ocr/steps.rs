@@ -13,13 +13,24 @@ use super::pipeline::{db_crop, db_resize, rec_batch};
 use crate::backend::native::NativeModel;
 use crate::error::{Error, Result};
 use crate::repository::RepositoryBuilder;
-use crate::tensor::Tensor;
+use crate::tensor::{Element, Tensor};
 
 fn first_input(inputs: &[(String, Tensor)], i: usize) -> Result<&Tensor> {
     inputs
         .get(i)
         .map(|(_, t)| t)
         .ok_or_else(|| Error::invalid_input("missing input"))
+}
+
+/// Input `i` as a typed view of rank `D`.
+fn input_view<T: Element, D: ndarray::Dimension>(
+    inputs: &[(String, Tensor)],
+    i: usize,
+) -> Result<ndarray::ArrayView<'_, T, D>> {
+    first_input(inputs, i)?
+        .view::<T>()?
+        .into_dimensionality::<D>()
+        .map_err(|e| Error::invalid_input(e.to_string()))
 }
 
 fn output_name(outputs: &[String]) -> String {
@@ -38,11 +49,7 @@ impl NativeModel for DetectionPreprocessing {
         let bytes = first_input(inputs, 0)?.view::<u8>()?;
         let mut blobs = Vec::new();
         for item in bytes.outer_iter() {
-            let data: Vec<u8> = item.iter().copied().collect();
-            let img = image::load_from_memory(&data).map_err(|e| {
-                Error::invalid_input(format!("input_image is not a readable image: {e}"))
-            })?;
-            blobs.push(east::blob(&img.to_rgb8()));
+            blobs.push(east::blob(&decode_image(item)?));
         }
         let views: Vec<_> = blobs.iter().map(|b| b.index_axis(Axis(0), 0)).collect();
         let batch =
@@ -63,18 +70,9 @@ impl NativeModel for DetectionPostprocessing {
         outputs: &[String],
     ) -> Result<Vec<(String, Tensor)>> {
         let shape_err = |e: ndarray::ShapeError| Error::invalid_input(e.to_string());
-        let scores = first_input(inputs, 0)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix4>()
-            .map_err(shape_err)?;
-        let geometry = first_input(inputs, 1)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix4>()
-            .map_err(shape_err)?;
-        let blob = first_input(inputs, 2)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix4>()
-            .map_err(shape_err)?;
+        let scores = input_view::<f32, Ix4>(inputs, 0)?;
+        let geometry = input_view::<f32, Ix4>(inputs, 1)?;
+        let blob = input_view::<f32, Ix4>(inputs, 2)?;
         let mut crops = Vec::new();
         for b in 0..scores.len_of(Axis(0)) {
             let boxes = east::decode(
@@ -114,10 +112,7 @@ impl NativeModel for RecognitionPostprocessing {
         inputs: &[(String, Tensor)],
         outputs: &[String],
     ) -> Result<Vec<(String, Tensor)>> {
-        let scores = first_input(inputs, 0)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix3>()
-            .map_err(|e| Error::invalid_input(e.to_string()))?;
+        let scores = input_view::<f32, Ix3>(inputs, 0)?;
         let alphabet = Alphabet::tutorial();
         let texts: Vec<String> = scores
             .outer_iter()
@@ -206,15 +201,8 @@ impl NativeModel for PpocrDetectionPostprocessing {
         inputs: &[(String, Tensor)],
         outputs: &[String],
     ) -> Result<Vec<(String, Tensor)>> {
-        let shape_err = |e: ndarray::ShapeError| Error::invalid_input(e.to_string());
-        let prob = first_input(inputs, 0)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix4>()
-            .map_err(shape_err)?;
-        let pixels = first_input(inputs, 1)?
-            .view::<u8>()?
-            .into_dimensionality::<Ix4>()
-            .map_err(shape_err)?;
+        let prob = input_view::<f32, Ix4>(inputs, 0)?;
+        let pixels = input_view::<u8, Ix4>(inputs, 1)?;
         let (h, w) = (pixels.shape()[1], pixels.shape()[2]);
         let data: Vec<u8> = pixels.iter().copied().collect();
         let img = image::RgbImage::from_raw(w as u32, h as u32, data)
@@ -249,10 +237,7 @@ impl NativeModel for PpocrRecognitionPostprocessing {
         inputs: &[(String, Tensor)],
         outputs: &[String],
     ) -> Result<Vec<(String, Tensor)>> {
-        let probs = first_input(inputs, 0)?
-            .view::<f32>()?
-            .into_dimensionality::<Ix3>()
-            .map_err(|e| Error::invalid_input(e.to_string()))?;
+        let probs = input_view::<f32, Ix3>(inputs, 0)?;
         if probs.shape()[2] != self.alphabet.classes() {
             return Err(Error::invalid_input(format!(
                 "the recogniser gives {} classes but the dictionary has {}",
