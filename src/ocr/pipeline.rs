@@ -457,7 +457,7 @@ impl OcrPipeline {
         };
         let input = Self::input_name(&self.rec)?;
         for ids in order.chunks(chunk) {
-            let chunk: Vec<RgbImage> = ids.iter().map(|&i| crops[i].clone()).collect();
+            let chunk: Vec<&RgbImage> = ids.iter().map(|&i| &crops[i]).collect();
             let out = self
                 .rec
                 .infer([(input.as_str(), Tensor::from(rec_batch(&chunk)))])?;
@@ -508,8 +508,11 @@ pub(crate) fn db_crop(img: &RgbImage, quad: &[super::geometry::Pt; 4]) -> RgbIma
 
 /// Crops resized to height 48 and padded to one width (at least 320), as PaddleOCR's
 /// recogniser takes a batch: `[n, 3, 48, W]`, BGR normalised to [-1, 1].
-pub(crate) fn rec_batch(crops: &[RgbImage]) -> ndarray::Array4<f32> {
-    let max_ratio = crops.iter().map(aspect).fold(320.0f32 / 48.0, f32::max);
+pub(crate) fn rec_batch(crops: &[&RgbImage]) -> ndarray::Array4<f32> {
+    let max_ratio = crops
+        .iter()
+        .map(|c| aspect(c))
+        .fold(320.0f32 / 48.0, f32::max);
     let img_w = (48.0 * max_ratio) as usize;
     let resized: Vec<RgbImage> = crops
         .iter()

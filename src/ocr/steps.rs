@@ -217,7 +217,7 @@ impl NativeModel for PpocrDetectionPostprocessing {
         let batch = if crops.is_empty() {
             ndarray::Array4::zeros((0, 3, 48, 320))
         } else {
-            rec_batch(&crops)
+            rec_batch(&crops.iter().collect::<Vec<_>>())
         };
         Ok(vec![(output_name(outputs), Tensor::from(batch))])
     }
