@@ -27,6 +27,8 @@ pub(crate) struct LoadOptions {
     pub max_request_bytes: usize,
     /// Largest model file, and largest total of the weights it declares, in bytes.
     pub max_model_bytes: usize,
+    /// Run `KIND_GPU` groups on the kernel emulator instead of CUDA (testing without a GPU).
+    pub cuda_emulator: bool,
     /// Native backends registered on the repository builder, by name.
     pub natives: std::collections::BTreeMap<String, Arc<native::NativeFactory>>,
 }
@@ -38,6 +40,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("default_max_batch_size", &self.default_max_batch_size)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_model_bytes", &self.max_model_bytes)
+            .field("cuda_emulator", &self.cuda_emulator)
             .field("natives", &self.natives.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -47,6 +50,11 @@ impl std::fmt::Debug for LoadOptions {
 pub(crate) trait Executable: Send + Sync {
     /// Key/value metadata stored in the model file (ONNX `metadata_props`).
     fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        None
+    }
+
+    /// Where the nodes ran and the host-device copies, for a model on a GPU.
+    fn execution_report(&self) -> Option<cuda::ExecutionReport> {
         None
     }
 

@@ -224,6 +224,13 @@ impl Model {
         &self.inner.config
     }
 
+    /// Where this model's nodes ran the last time a plan was built, and the host↔device
+    /// copies per inference: `Some` for a model on a GPU instance group (or the emulator),
+    /// `None` on the CPU.
+    pub fn execution_report(&self) -> Option<crate::gpu::ExecutionReport> {
+        self.inner.exec.execution_report()
+    }
+
     /// A metadata value stored in the model file (ONNX `metadata_props`), e.g. PaddleOCR's
     /// recogniser dictionary under `character`.
     pub fn metadata(&self, key: &str) -> Option<&str> {

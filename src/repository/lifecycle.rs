@@ -214,20 +214,22 @@ fn load_version(
 ) -> Result<Model> {
     let mut config = polled.clone();
     let backend = backend::find(&config, opts)?;
-    // KIND_AUTO runs on the CPU (gpu count 0) until the CUDA executor exists.
-    config::normalize_instance_groups(&mut config, 0);
+    // As in Triton, KIND_AUTO (and a config without groups) takes the GPUs when there are.
+    let gpus = backend::cuda::gpu_count(opts);
+    config::normalize_instance_groups(&mut config, gpus);
     // Groups are checked in order, as Triton does: the groups before the first KIND_GPU one,
     // then the GPU check, then everything.
     let gpu = config::model_instance_group::Kind::Gpu as i32;
+    let gpu_support = cfg!(feature = "cuda") && gpus > 0;
     if let Some(first_gpu) = config.instance_group.iter().position(|g| g.kind == gpu) {
         if first_gpu > 0 {
             let mut before = config.clone();
             before.instance_group.truncate(first_gpu);
-            config::validate_instance_groups(&before, false, 0)?;
+            config::validate_instance_groups(&before, gpu_support, gpus)?;
         }
-        backend::cuda::check_instance_groups(&config)?;
+        backend::cuda::check_instance_groups(&config, opts)?;
     }
-    config::validate_instance_groups(&config, false, 0)?;
+    config::validate_instance_groups(&config, gpu_support, gpus)?;
     if auto_complete {
         backend.auto_complete(&mut config, vdir, opts)?;
         config::normalize(&mut config);

@@ -89,6 +89,16 @@ impl RepositoryBuilder {
         self
     }
 
+    /// Runs GPU instance groups (`KIND_GPU`, and `KIND_AUTO`, which then resolves to the GPU)
+    /// on the kernel emulator: the CUDA kernels of `kernels/*.cu` compiled for the host CPU
+    /// by the C++ compiler (`$CXX` or `c++`), through the same executor as on a GPU. For
+    /// testing the GPU path on machines without one; thousands of times slower than a GPU.
+    /// Needs the `cuda` feature.
+    pub fn cuda_emulator(mut self, on: bool) -> Self {
+        self.opts.cuda_emulator = on;
+        self
+    }
+
     /// Registers a native backend: a `config.pbtxt` with `backend: "<name>"` is served by the
     /// model `factory` builds from its completed config (once per loaded version).
     pub fn native_backend<F>(self, name: impl Into<String>, factory: F) -> Self
@@ -246,6 +256,7 @@ impl Repository {
                 default_max_batch_size: 4,
                 max_request_bytes: 1 << 30,
                 max_model_bytes: 16 << 30,
+                cuda_emulator: false,
                 natives: Default::default(),
             },
         }

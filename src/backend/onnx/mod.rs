@@ -3,7 +3,7 @@
 
 mod autocomplete;
 pub(crate) mod io;
-mod plan;
+pub(crate) mod plan;
 mod rewrite;
 
 use std::collections::BTreeSet;
@@ -55,6 +55,14 @@ impl Backend for OnnxBackend {
         validate_outputs(config, &io)?;
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_string);
         let plans = plan::Plans::new(config, proto, dir.as_deref(), opts)?;
+        #[cfg(feature = "cuda")]
+        if let Some(device) = super::cuda::device_for(config, opts)? {
+            return Ok(Arc::new(super::cuda::executor::GpuExecutable::new(
+                plans,
+                device,
+                opts.plan_cache_capacity,
+            )));
+        }
         Ok(Arc::new(plans))
     }
 }

@@ -224,6 +224,68 @@ impl Plans {
         Ok(plan)
     }
 
+    /// The model's name.
+    pub(crate) fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// The graph outputs, in order.
+    pub(crate) fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// The graph typed and decluttered (not optimised for the CPU) at concrete input shapes:
+    /// what the GPU executor lowers.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn decluttered(&self, shapes: &[TVec<usize>]) -> Result<TypedModel> {
+        guarded(
+            &format!(
+                "failed to compile model '{}' for input shapes {shapes:?}",
+                self.model_name
+            ),
+            || {
+                let mut m = self.model.clone();
+                for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
+                    m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
+                }
+                m.into_typed()?.into_decluttered()
+            },
+        )
+    }
+
+    /// The request's inputs in the graph's order, with their shapes; refuses overridden
+    /// initializers and missing inputs.
+    pub(crate) fn ordered_inputs(
+        &self,
+        inputs: &[(String, MyTensor)],
+    ) -> Result<(Vec<TVec<usize>>, TVec<TValue>)> {
+        if let Some((name, _)) = inputs.iter().find(|(n, _)| self.overridable.contains(n)) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("model '{}': overriding the initializer '{name}' is not supported by the tract backend", self.model_name),
+            )
+            .with_tensor(name.clone()));
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for name in &self.inputs {
+            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
+                return Err(Error::invalid_input(format!(
+                    "missing input '{name}' for model '{}'",
+                    self.model_name
+                ))
+                .with_tensor(name.clone()));
+            };
+            ordered.push(t);
+        }
+        let shapes: Vec<TVec<usize>> = ordered.iter().map(|t| t.shape().into()).collect();
+        let values = ordered
+            .iter()
+            .zip(&self.input_types)
+            .map(|(t, dt)| to_tvalue(t, *dt))
+            .collect::<Result<TVec<_>>>()?;
+        Ok((shapes, values))
+    }
+
     /// The input shapes of the cached plans.
     #[cfg(test)]
     fn cached_shapes(&self) -> Vec<Vec<TVec<usize>>> {
@@ -317,31 +379,8 @@ impl Executable for Plans {
         inputs: Vec<(String, MyTensor)>,
         outputs: &[String],
     ) -> Result<Vec<(String, MyTensor)>> {
-        if let Some((name, _)) = inputs.iter().find(|(n, _)| self.overridable.contains(n)) {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("model '{}': overriding the initializer '{name}' is not supported by the tract backend", self.model_name),
-            )
-            .with_tensor(name.clone()));
-        }
-        let mut ordered = Vec::with_capacity(self.inputs.len());
-        for name in &self.inputs {
-            let Some((_, t)) = inputs.iter().find(|(n, _)| n == name) else {
-                return Err(Error::invalid_input(format!(
-                    "missing input '{name}' for model '{}'",
-                    self.model_name
-                ))
-                .with_tensor(name.clone()));
-            };
-            ordered.push(t);
-        }
-        let shapes: Vec<TVec<usize>> = ordered.iter().map(|t| t.shape().into()).collect();
+        let (shapes, values) = self.ordered_inputs(&inputs)?;
         let plan = self.plan_for(&shapes)?;
-        let values = ordered
-            .iter()
-            .zip(&self.input_types)
-            .map(|(t, dt)| to_tvalue(t, *dt))
-            .collect::<Result<TVec<_>>>()?;
         let what = format!("failed to run model '{}'", self.model_name);
         let result = match &self.executor {
             Some(ex) => guarded(&what, || {
@@ -377,6 +416,7 @@ mod tests {
             default_max_batch_size: 4,
             max_request_bytes: 1 << 30,
             max_model_bytes: usize::MAX,
+            cuda_emulator: false,
             natives: Default::default(),
         };
         let plans = Plans::new(&config, proto, None, &opts).unwrap();

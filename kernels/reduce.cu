@@ -1,0 +1,74 @@
+// Reductions over any set of axes (one output per thread) and softmax along one axis (one
+// row per thread).
+
+#define RED_SUM 0
+#define RED_MAX 1
+#define RED_MIN 2
+#define RED_PROD 3
+#define RED_SUM_SQUARES 4
+
+struct ReduceParams {
+    const float* x;
+    float* y;
+    int n_out;
+    int rank;       // axes of the output (reduced axes have size 1)
+    int out_dims[MY_MAX_RANK];
+    MyView vout;    // input strides of the kept axes (0 for reduced ones)
+    int red_rank;
+    int red_dims[MY_MAX_RANK];
+    int red_strides[MY_MAX_RANK];
+    int op;
+    float scale;    // applied at the end (1/count for a mean)
+};
+
+extern "C" __global__ void __launch_bounds__(256) reduce_f32(const ReduceParams p) {
+    int red_n = 1;
+    for (int d = 0; d < p.red_rank; ++d) red_n *= p.red_dims[d];
+    const int step = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n_out; i += step) {
+        int base = my_offset(i, p.rank, p.out_dims, p.vout);
+        float acc = p.op == RED_MAX ? -MY_INF : (p.op == RED_MIN ? MY_INF : (p.op == RED_PROD ? 1.0f : 0.0f));
+        for (int j = 0; j < red_n; ++j) {
+            int idx = j;
+            int off = base;
+            for (int d = p.red_rank - 1; d >= 0; --d) {
+                off += (idx % p.red_dims[d]) * p.red_strides[d];
+                idx /= p.red_dims[d];
+            }
+            float v = p.x[off];
+            switch (p.op) {
+            case RED_MAX: acc = fmaxf(acc, v); break;
+            case RED_MIN: acc = fminf(acc, v); break;
+            case RED_PROD: acc *= v; break;
+            case RED_SUM_SQUARES: acc += v * v; break;
+            default: acc += v; break;
+            }
+        }
+        p.y[i] = acc * p.scale;
+    }
+}
+
+struct SoftmaxParams {
+    const float* x;
+    float* y;
+    int outer, axis, inner;
+    int log;
+};
+
+extern "C" __global__ void __launch_bounds__(256) softmax_f32(const SoftmaxParams p) {
+    const int rows = p.outer * p.inner;
+    const int step = gridDim.x * blockDim.x;
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += step) {
+        int o = r / p.inner;
+        int in = r - o * p.inner;
+        long long base = (long long)o * p.axis * p.inner + in;
+        float mx = -MY_INF;
+        for (int j = 0; j < p.axis; ++j) mx = fmaxf(mx, p.x[base + (long long)j * p.inner]);
+        float sum = 0.0f;
+        for (int j = 0; j < p.axis; ++j) sum += expf(p.x[base + (long long)j * p.inner] - mx);
+        for (int j = 0; j < p.axis; ++j) {
+            float v = p.x[base + (long long)j * p.inner] - mx;
+            p.y[base + (long long)j * p.inner] = p.log ? v - logf(sum) : expf(v) / sum;
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Where kernels run: the [`Device`] trait, implemented by the CUDA driver ([`CudaDevice`],
+//! kernels compiled with NVRTC and cached on disk) and by the emulator
+//! ([`super::emu::EmuDevice`], the same kernel source compiled by the host C++ compiler). The
+//! executor only sees this trait, so everything above it is tested without a GPU.
+
+use std::path::PathBuf;
+
+use super::kernels::Kernel;
+
+/// A device address (`CUdeviceptr`, or a host address in the emulator).
+pub(crate) type DevPtr = u64;
+
+/// A failed device call: what was tried and why it failed.
+pub(crate) type DeviceResult<T> = std::result::Result<T, String>;
+
+/// One device: memory, copies, launches. Calls on one stream run in order; `sync` waits.
+pub(crate) trait Device: Send + Sync {
+    /// "NVIDIA H200 (sm_90)" or "emulator (host C++)".
+    fn describe(&self) -> String;
+    /// Device memory, 256-byte aligned.
+    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr>;
+    /// Frees what [`Device::alloc`] returned.
+    fn free(&self, ptr: DevPtr);
+    /// Host memory the device copies from and to fastest (page-locked on CUDA).
+    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8>;
+    /// Frees what [`Device::alloc_host`] returned.
+    fn free_host(&self, ptr: *mut u8, bytes: usize);
+    /// A new stream (one per model instance).
+    fn new_stream(&self) -> DeviceResult<u64>;
+    /// Destroys a stream.
+    fn free_stream(&self, stream: u64);
+    /// Copies `len` bytes host → device, ordered on `stream`. `src` must stay valid until the
+    /// stream is synchronised.
+    fn upload(&self, stream: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()>;
+    /// Copies `len` bytes device → host, ordered on `stream`.
+    fn download(&self, stream: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()>;
+    /// Launches `kernel` with its parameter struct's bytes.
+    fn launch(
+        &self,
+        stream: u64,
+        kernel: Kernel,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[u8],
+    ) -> DeviceResult<()>;
+    /// Waits for everything queued on `stream`.
+    fn sync(&self, stream: u64) -> DeviceResult<()>;
+}
+
+/// Where compiled kernels are kept: `MODELYARD_KERNEL_CACHE`, else `$XDG_CACHE_HOME/modelyard`
+/// or `~/.cache/modelyard`, else the temporary directory.
+pub(crate) fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MODELYARD_KERNEL_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("modelyard");
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        return PathBuf::from(h).join(".cache").join("modelyard");
+    }
+    std::env::temp_dir().join("modelyard")
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file renamed), so that two processes
+/// compiling at once never read half a file.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use cuda_impl::CudaDevice;
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_impl {
+    use std::collections::HashMap;
+    use std::ffi::c_void;
+
+    use cudarc::driver::{result, sys};
+    use cudarc::nvrtc;
+
+    use super::{cache_dir, write_atomically, DevPtr, Device, DeviceResult};
+    use crate::backend::cuda::kernels::{self, Kernel};
+
+    /// Statistics of the kernel cache, for tests: (compiled, read from the cache).
+    pub(crate) static COMPILES: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    /// Compiles the kernel source for `sm_<cc>` to a cubin with NVRTC, or reads it from the
+    /// disk cache (keyed by the source hash, the architecture and the NVRTC version): a second
+    /// load compiles nothing.
+    pub(crate) fn compile_cubin(
+        src: &str,
+        cc: (i32, i32),
+        cache: &std::path::Path,
+    ) -> DeviceResult<Vec<u8>> {
+        let arch = format!("sm_{}{}", cc.0, cc.1);
+        let (mut major, mut minor) = (0, 0);
+        // SAFETY: two out-parameters.
+        let r = unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+        if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(format!("nvrtcVersion: {r:?}"));
+        }
+        let key = kernels::fnv1a(&[src.as_bytes(), arch.as_bytes(), &[major as u8, minor as u8]]);
+        let path = cache.join(format!("kernels-{key:016x}-{arch}.cubin"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            if !bytes.is_empty() {
+                tracing::debug!("kernels for {arch} read from {}", path.display());
+                return Ok(bytes);
+            }
+        }
+        let started = std::time::Instant::now();
+        let csrc = std::ffi::CString::new(src).map_err(|_| "kernel source has a NUL byte")?;
+        let prog = nvrtc::result::create_program(&csrc, None)
+            .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+        let opts = [
+            format!("--gpu-architecture={arch}"),
+            "--std=c++17".to_string(),
+        ];
+        // SAFETY: `prog` was just created and is destroyed below.
+        let compiled = unsafe { nvrtc::result::compile_program(prog, &opts) };
+        let out = match compiled {
+            Ok(()) => unsafe { cubin(prog) },
+            Err(e) => {
+                // SAFETY: as above.
+                let log = unsafe { nvrtc::result::get_program_log(prog) }
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().map(|&c| c as u8).collect();
+                        String::from_utf8_lossy(&bytes)
+                            .trim_end_matches('\0')
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                Err(format!(
+                    "NVRTC failed to compile the kernels for {arch} ({e:?}): {log}"
+                ))
+            }
+        };
+        // SAFETY: as above.
+        let _ = unsafe { nvrtc::result::destroy_program(prog) };
+        let out = out?;
+        COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "kernels compiled for {arch} in {:.1} s, cached in {}",
+            started.elapsed().as_secs_f64(),
+            path.display()
+        );
+        if let Err(e) = write_atomically(&path, &out) {
+            tracing::warn!("kernel cache {} not written: {e}", path.display());
+        }
+        Ok(out)
+    }
+
+    /// # Safety
+    /// `prog` is a compiled program.
+    unsafe fn cubin(prog: nvrtc::sys::nvrtcProgram) -> DeviceResult<Vec<u8>> {
+        let mut size = 0usize;
+        let r = nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size);
+        if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(format!("nvrtcGetCUBINSize: {r:?}"));
+        }
+        let mut buf = vec![0u8; size];
+        let r = nvrtc::sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _);
+        if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(format!("nvrtcGetCUBIN: {r:?}"));
+        }
+        Ok(buf)
+    }
+
+    /// A CUDA device through the driver API: its primary context, the kernel module.
+    pub(crate) struct CudaDevice {
+        name: String,
+        cc: (i32, i32),
+        ctx: sys::CUcontext,
+        functions: HashMap<Kernel, sys::CUfunction>,
+    }
+
+    // SAFETY: CUDA contexts and functions may be used from any thread once made current;
+    // every call below makes the context current first.
+    unsafe impl Send for CudaDevice {}
+    unsafe impl Sync for CudaDevice {}
+
+    fn err(what: &str, e: impl std::fmt::Debug) -> String {
+        format!("{what}: {e:?}")
+    }
+
+    impl CudaDevice {
+        /// Opens device `ordinal`, compiles (or reads from the cache) and loads the kernels.
+        /// The caller has checked [`crate::gpu::probe`] first.
+        pub(crate) fn open(ordinal: usize) -> DeviceResult<CudaDevice> {
+            result::init().map_err(|e| err("cuInit", e))?;
+            let dev = result::device::get(ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
+            let name = result::device::get_name(dev).map_err(|e| err("cuDeviceGetName", e))?;
+            use sys::CUdevice_attribute::*;
+            // SAFETY: `dev` came from cuDeviceGet.
+            let cc = unsafe {
+                (
+                    result::device::get_attribute(
+                        dev,
+                        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    )
+                    .map_err(|e| err("cuDeviceGetAttribute", e))?,
+                    result::device::get_attribute(
+                        dev,
+                        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    )
+                    .map_err(|e| err("cuDeviceGetAttribute", e))?,
+                )
+            };
+            // SAFETY: as above; the primary context lives as long as the process.
+            let ctx = unsafe { result::primary_ctx::retain(dev) }
+                .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
+            // SAFETY: `ctx` is a valid context.
+            unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
+            let image = compile_cubin(&kernels::source(), cc, &cache_dir())?;
+            // SAFETY: `image` is a cubin for this device's architecture.
+            let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+                .map_err(|e| err("cuModuleLoadData", e))?;
+            let mut functions = HashMap::new();
+            for k in Kernel::ALL {
+                let cname = std::ffi::CString::new(k.name()).map_err(|e| e.to_string())?;
+                // SAFETY: `module` is loaded; the name is NUL-terminated.
+                let f = unsafe { result::module::get_function(module, cname) }
+                    .map_err(|e| err(&format!("cuModuleGetFunction({})", k.name()), e))?;
+                functions.insert(k, f);
+            }
+            Ok(CudaDevice {
+                name,
+                cc,
+                ctx,
+                functions,
+            })
+        }
+
+        fn current(&self) -> DeviceResult<()> {
+            // SAFETY: `ctx` is the retained primary context.
+            unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| err("cuCtxSetCurrent", e))
+        }
+    }
+
+    impl Device for CudaDevice {
+        fn describe(&self) -> String {
+            format!("{} (sm_{}{})", self.name, self.cc.0, self.cc.1)
+        }
+
+        fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
+            self.current()?;
+            // SAFETY: plain allocation.
+            unsafe { result::malloc_sync(bytes.max(256)) }.map_err(|e| {
+                if format!("{e:?}").contains("OUT_OF_MEMORY") {
+                    format!("out of device memory ({bytes} bytes requested)")
+                } else {
+                    err("cuMemAlloc", e)
+                }
+            })
+        }
+
+        fn free(&self, ptr: DevPtr) {
+            if self.current().is_ok() {
+                // SAFETY: `ptr` came from `alloc` and is freed once.
+                let _ = unsafe { result::free_sync(ptr) };
+            }
+        }
+
+        fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
+            self.current()?;
+            // SAFETY: plain page-locked allocation.
+            unsafe { result::malloc_host(bytes.max(1), 0) }
+                .map(|p| p as *mut u8)
+                .map_err(|e| err("cuMemHostAlloc", e))
+        }
+
+        fn free_host(&self, ptr: *mut u8, _bytes: usize) {
+            if self.current().is_ok() {
+                // SAFETY: `ptr` came from `alloc_host`.
+                let _ = unsafe { result::free_host(ptr as *mut c_void) };
+            }
+        }
+
+        fn new_stream(&self) -> DeviceResult<u64> {
+            self.current()?;
+            result::stream::create(result::stream::StreamKind::NonBlocking)
+                .map(|s| s as u64)
+                .map_err(|e| err("cuStreamCreate", e))
+        }
+
+        fn free_stream(&self, stream: u64) {
+            if self.current().is_ok() {
+                // SAFETY: `stream` came from `new_stream`.
+                let _ = unsafe { result::stream::destroy(stream as sys::CUstream) };
+            }
+        }
+
+        fn upload(&self, stream: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
+            self.current()?;
+            // SAFETY: the caller keeps `src..src+len` alive until the stream is synchronised.
+            unsafe {
+                let s = std::slice::from_raw_parts(src, len);
+                result::memcpy_htod_async(dst, s, stream as sys::CUstream)
+            }
+            .map_err(|e| err("cuMemcpyHtoDAsync", e))
+        }
+
+        fn download(&self, stream: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
+            self.current()?;
+            // SAFETY: as above.
+            unsafe {
+                let d = std::slice::from_raw_parts_mut(dst, len);
+                result::memcpy_dtoh_async(d, src, stream as sys::CUstream)
+            }
+            .map_err(|e| err("cuMemcpyDtoHAsync", e))
+        }
+
+        fn launch(
+            &self,
+            stream: u64,
+            kernel: Kernel,
+            grid: [u32; 3],
+            block: [u32; 3],
+            params: &[u8],
+        ) -> DeviceResult<()> {
+            self.current()?;
+            let f = self.functions[&kernel];
+            let mut args = [params.as_ptr() as *mut c_void];
+            // SAFETY: the kernel takes one struct by value, whose bytes `params` holds; the
+            // buffers its pointers name are alive until the stream is synchronised.
+            unsafe {
+                result::launch_kernel(
+                    f,
+                    (grid[0], grid[1], grid[2]),
+                    (block[0], block[1], block[2]),
+                    0,
+                    stream as sys::CUstream,
+                    &mut args,
+                )
+            }
+            .map_err(|e| err(&format!("launching {}", kernel.name()), e))
+        }
+
+        fn sync(&self, stream: u64) -> DeviceResult<()> {
+            self.current()?;
+            // SAFETY: `stream` came from `new_stream`.
+            unsafe { result::stream::synchronize(stream as sys::CUstream) }
+                .map_err(|e| err("cuStreamSynchronize (a kernel failed)", e))
+        }
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::cuda_impl::{compile_cubin, COMPILES};
+    use crate::backend::cuda::kernels;
+    use std::sync::atomic::Ordering;
+
+    /// NVRTC needs no GPU: where libnvrtc (CUDA 13) loads, the kernels must compile for the
+    /// H200's sm_90, and a second compile must come from the disk cache.
+    #[test]
+    fn nvrtc_compiles_the_kernels_once_then_reads_the_cache() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("NOTICE: libnvrtc.so.13 not found: NVRTC compile test skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = kernels::source();
+        let before = COMPILES.load(Ordering::SeqCst);
+        let cubin = compile_cubin(&src, (9, 0), dir.path()).unwrap();
+        assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
+        assert_eq!(COMPILES.load(Ordering::SeqCst), before + 1);
+        let again = compile_cubin(&src, (9, 0), dir.path()).unwrap();
+        assert_eq!(again, cubin);
+        assert_eq!(
+            COMPILES.load(Ordering::SeqCst),
+            before + 1,
+            "second load compiled"
+        );
+        // A kernel that does not compile is an error with NVRTC's log, not a panic.
+        let broken =
+            format!("{src}\nextern \"C\" __global__ void broken(int p) {{ undeclared = 1; }}\n");
+        let e = compile_cubin(&broken, (9, 0), dir.path()).unwrap_err();
+        assert!(e.contains("undeclared"), "{e}");
+    }
+}

@@ -1,0 +1,194 @@
+//! The emulator device: the CUDA kernels compiled by the host C++ compiler (`$CXX`, else
+//! `c++`) with `kernels/emu/prelude.h`, which defines the CUDA built-ins, and loaded as a
+//! shared library. Every block runs its threads as fibers switched at `__syncthreads`, so the
+//! kernels' indexing, tiling and barriers are exercised exactly as written. It is slow
+//! (thousands of times slower than a GPU) and exists so that the executor and the kernels are
+//! tested on machines without a GPU; select it with
+//! [`crate::RepositoryBuilder::cuda_emulator`].
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+
+use super::device::{cache_dir, write_atomically, DevPtr, Device, DeviceResult};
+use super::kernels::{self, Kernel};
+
+const PRELUDE: &str = include_str!("../../../kernels/emu/prelude.h");
+
+type LaunchFn = unsafe extern "C" fn(*const u8, u32, u32, u32, u32, u32, u32);
+type SizeFn = unsafe extern "C" fn() -> u32;
+
+pub(crate) struct EmuDevice {
+    _lib: libloading::Library,
+    launches: HashMap<Kernel, (LaunchFn, usize)>,
+    allocations: Mutex<HashMap<u64, std::alloc::Layout>>,
+    /// The emulated device runs one launch at a time (its built-ins are globals).
+    running: Mutex<()>,
+}
+
+/// The process's emulator, built on first use.
+pub(crate) fn shared() -> Result<&'static EmuDevice, String> {
+    static EMU: OnceLock<Result<EmuDevice, String>> = OnceLock::new();
+    EMU.get_or_init(EmuDevice::build)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// The C++ translation unit: prelude, kernels, one `emu_launch_<name>` per entry point.
+fn translation_unit() -> String {
+    let src = kernels::source();
+    let mut unit = String::from(PRELUDE);
+    unit.push_str(&src);
+    for e in kernels::entries(&src) {
+        let (n, t, sync) = (&e.name, &e.param_type, e.uses_sync);
+        unit.push_str(&format!(
+            "extern \"C\" void emu_launch_{n}(const void* p, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz) {{\n\
+             \x20   {t} q; std::memcpy(&q, p, sizeof({t}));\n\
+             \x20   emu::run([&] {{ {n}(q); }}, dim3{{gx, gy, gz}}, dim3{{bx, by, bz}}, {sync});\n}}\n\
+             extern \"C\" unsigned emu_sizeof_{n}() {{ return sizeof({t}); }}\n"
+        ));
+    }
+    unit
+}
+
+impl EmuDevice {
+    fn build() -> Result<EmuDevice, String> {
+        let unit = translation_unit();
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let key = kernels::fnv1a(&[unit.as_bytes(), cxx.as_bytes()]);
+        let dir = cache_dir();
+        let lib_path = dir.join(format!("emu-{key:016x}.so"));
+        if !lib_path.exists() {
+            let cpp = dir.join(format!("emu-{key:016x}.{}.cpp", std::process::id()));
+            write_atomically(&cpp, unit.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", cpp.display()))?;
+            let tmp = lib_path.with_extension(format!("so.tmp{}", std::process::id()));
+            let out = std::process::Command::new(&cxx)
+                .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-o"])
+                .arg(&tmp)
+                .arg(&cpp)
+                .output()
+                .map_err(|e| format!("the emulator needs a C++ compiler ('{cxx}'): {e}"))?;
+            let _ = std::fs::remove_file(&cpp);
+            if !out.status.success() {
+                return Err(format!(
+                    "the kernels did not compile on the host: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            std::fs::rename(&tmp, &lib_path).map_err(|e| e.to_string())?;
+        }
+        // SAFETY: the library is ours, built just now or earlier from the same source; its
+        // initialisers only set up statics.
+        let lib = unsafe { libloading::Library::new(&lib_path) }
+            .map_err(|e| format!("loading {}: {e}", lib_path.display()))?;
+        let mut launches = HashMap::new();
+        for k in Kernel::ALL {
+            // SAFETY: the symbols were generated with exactly these signatures.
+            unsafe {
+                let f: libloading::Symbol<LaunchFn> = lib
+                    .get(format!("emu_launch_{}", k.name()).as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let size: libloading::Symbol<SizeFn> = lib
+                    .get(format!("emu_sizeof_{}", k.name()).as_bytes())
+                    .map_err(|e| e.to_string())?;
+                launches.insert(k, (*f, size() as usize));
+            }
+        }
+        Ok(EmuDevice {
+            _lib: lib,
+            launches,
+            allocations: Mutex::new(HashMap::new()),
+            running: Mutex::new(()),
+        })
+    }
+}
+
+impl Device for EmuDevice {
+    fn describe(&self) -> String {
+        "emulator (kernels compiled for the host CPU)".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
+        let layout =
+            std::alloc::Layout::from_size_align(bytes.max(256), 256).map_err(|e| e.to_string())?;
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        if p.is_null() {
+            return Err(format!("out of device memory ({bytes} bytes requested)"));
+        }
+        self.allocations.lock().insert(p as u64, layout);
+        Ok(p as u64)
+    }
+
+    fn free(&self, ptr: DevPtr) {
+        if let Some(layout) = self.allocations.lock().remove(&ptr) {
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
+        }
+    }
+
+    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
+        self.alloc(bytes).map(|p| p as *mut u8)
+    }
+
+    fn free_host(&self, ptr: *mut u8, _bytes: usize) {
+        self.free(ptr as u64);
+    }
+
+    fn new_stream(&self) -> DeviceResult<u64> {
+        Ok(0)
+    }
+
+    fn free_stream(&self, _stream: u64) {}
+
+    fn upload(&self, _s: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
+        // SAFETY: the executor passes a live host range and a device range of `len` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
+        Ok(())
+    }
+
+    fn download(&self, _s: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
+        // SAFETY: as above.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        _stream: u64,
+        kernel: Kernel,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[u8],
+    ) -> DeviceResult<()> {
+        let (f, size) = self.launches[&kernel];
+        if params.len() != size {
+            return Err(format!(
+                "{}: parameter struct is {} bytes in Rust, {size} in C++",
+                kernel.name(),
+                params.len()
+            ));
+        }
+        let _one = self.running.lock();
+        // SAFETY: `params` holds the kernel's parameter struct; its pointers name live
+        // allocations of this device.
+        unsafe {
+            f(
+                params.as_ptr(),
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+            )
+        };
+        Ok(())
+    }
+
+    fn sync(&self, _stream: u64) -> DeviceResult<()> {
+        Ok(())
+    }
+}

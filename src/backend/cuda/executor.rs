@@ -1,0 +1,413 @@
+//! The GPU executable: per distinct set of input shapes, a [`Program`] lowered from tract's
+//! decluttered graph, its weights uploaded once, and a pool of instances (activation arena,
+//! stream, page-locked staging buffer), one per concurrent execution.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tract_onnx::prelude::*;
+
+use super::device::{DevPtr, Device};
+use super::lower::{self, Program, Step, Storage, ValueId};
+use super::ExecutionReport;
+use crate::backend::onnx::plan::Plans;
+use crate::backend::Executable;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::Tensor as MyTensor;
+
+type PlanCache = HashMap<Vec<TVec<usize>>, (u64, Arc<GpuPlan>)>;
+
+/// One model version on a device.
+pub(crate) struct GpuExecutable {
+    plans: Plans,
+    device: &'static dyn Device,
+    capacity: usize,
+    /// (clock, plans by input shapes with the tick they were last used)
+    cache: Mutex<(u64, PlanCache)>,
+    last_report: Mutex<Option<ExecutionReport>>,
+}
+
+struct Instance {
+    arena: DevPtr,
+    stream: u64,
+    staging: *mut u8,
+}
+
+// SAFETY: an instance is used by one execution at a time (taken out of the pool).
+unsafe impl Send for Instance {}
+
+struct GpuPlan {
+    program: Program,
+    device: &'static dyn Device,
+    weights: Vec<DevPtr>,
+    /// Staging offset of each copy step.
+    staging: HashMap<usize, usize>,
+    staging_bytes: usize,
+    pool: Mutex<Vec<Instance>>,
+}
+
+impl Drop for GpuPlan {
+    fn drop(&mut self) {
+        for w in &self.weights {
+            self.device.free(*w);
+        }
+        for i in self.pool.get_mut().drain(..) {
+            self.device.free(i.arena);
+            self.device.free_host(i.staging, self.staging_bytes);
+            self.device.free_stream(i.stream);
+        }
+    }
+}
+
+fn device_error(model: &str, device: &dyn Device, what: &str, e: String) -> Error {
+    let kind = if e.contains("out of device memory") {
+        ErrorKind::ResourceExhausted
+    } else {
+        ErrorKind::Execution
+    };
+    Error::new(
+        kind,
+        format!("model '{model}' on {}: {what}: {e}", device.describe()),
+    )
+}
+
+impl GpuExecutable {
+    pub(crate) fn new(plans: Plans, device: &'static dyn Device, capacity: usize) -> Self {
+        GpuExecutable {
+            plans,
+            device,
+            capacity: capacity.max(1),
+            cache: Mutex::new((0, HashMap::new())),
+            last_report: Mutex::new(None),
+        }
+    }
+
+    fn plan_for(&self, shapes: &[TVec<usize>]) -> Result<Arc<GpuPlan>> {
+        {
+            let mut c = self.cache.lock();
+            c.0 += 1;
+            let tick = c.0;
+            if let Some(e) = c.1.get_mut(shapes) {
+                e.0 = tick;
+                return Ok(e.1.clone());
+            }
+        }
+        let m = self.plans.model_name();
+        let typed = self.plans.decluttered(shapes)?;
+        let program = catch_unwind(AssertUnwindSafe(|| lower::lower(typed)))
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Execution,
+                    format!("model '{m}': building the GPU plan panicked"),
+                )
+            })?
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("model '{m}' cannot run on the GPU: {e:#}"),
+                )
+            })?;
+        let mut report = program.report.clone();
+        report.device = self.device.describe();
+        if report.cpu_nodes.is_empty() {
+            tracing::info!(
+                "model '{m}' for {shapes:?}: {} nodes on {}, {} launches, no CPU fallback",
+                report.gpu_nodes,
+                report.device,
+                report.launches
+            );
+        } else {
+            tracing::warn!(
+                "model '{m}' for {shapes:?}: {} nodes fall back to the CPU ({} host-device copies per inference): {}",
+                report.cpu_nodes.len(),
+                report.intermediate_copies,
+                report.cpu_nodes.join(", ")
+            );
+        }
+        let mut weights = Vec::with_capacity(program.weights.len());
+        let upload_weights = |weights: &mut Vec<DevPtr>| -> std::result::Result<(), String> {
+            let stream = self.device.new_stream()?;
+            let mut result = Ok(());
+            for w in &program.weights {
+                let bytes = w.as_bytes();
+                let p = match self.device.alloc(bytes.len()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                weights.push(p);
+                if let Err(e) = self.device.upload(stream, p, bytes.as_ptr(), bytes.len()) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let synced = self.device.sync(stream);
+            self.device.free_stream(stream);
+            result.and(synced)
+        };
+        if let Err(e) = upload_weights(&mut weights) {
+            for w in weights {
+                self.device.free(w);
+            }
+            return Err(device_error(m, self.device, "uploading the weights", e));
+        }
+        let mut staging = HashMap::new();
+        let mut staging_bytes = 0usize;
+        for (i, s) in program.steps.iter().enumerate() {
+            let v = match s {
+                Step::UploadInput { value, .. }
+                | Step::Upload { value }
+                | Step::Download { value } => *value,
+                _ => continue,
+            };
+            staging.insert(i, staging_bytes);
+            staging_bytes += program.values[v].bytes().div_ceil(64) * 64;
+        }
+        *self.last_report.lock() = Some(report);
+        let plan = Arc::new(GpuPlan {
+            program,
+            device: self.device,
+            weights,
+            staging,
+            staging_bytes,
+            pool: Mutex::new(Vec::new()),
+        });
+        let mut c = self.cache.lock();
+        c.0 += 1;
+        let tick = c.0;
+        if c.1.len() >= self.capacity {
+            if let Some(oldest) =
+                c.1.iter()
+                    .min_by_key(|(_, (t, _))| *t)
+                    .map(|(k, _)| k.clone())
+            {
+                c.1.remove(&oldest);
+            }
+        }
+        c.1.insert(shapes.to_vec(), (tick, plan.clone()));
+        Ok(plan)
+    }
+
+    /// The report of the plan used last.
+    pub(crate) fn report(&self) -> Option<ExecutionReport> {
+        self.last_report.lock().clone()
+    }
+}
+
+impl GpuPlan {
+    fn instance(&self) -> std::result::Result<Instance, String> {
+        if let Some(i) = self.pool.lock().pop() {
+            return Ok(i);
+        }
+        let arena = self.device.alloc(self.program.arena_bytes)?;
+        let staging = match self.device.alloc_host(self.staging_bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                self.device.free(arena);
+                return Err(e);
+            }
+        };
+        let stream = match self.device.new_stream() {
+            Ok(s) => s,
+            Err(e) => {
+                self.device.free(arena);
+                self.device.free_host(staging, self.staging_bytes);
+                return Err(e);
+            }
+        };
+        Ok(Instance {
+            arena,
+            stream,
+            staging,
+        })
+    }
+
+    fn ptr(&self, inst: &Instance, v: ValueId) -> std::result::Result<DevPtr, String> {
+        let root = self.program.values[v].root;
+        match self.program.values[root].storage {
+            Storage::Arena(o) => Ok(inst.arena + o as u64),
+            Storage::Weight(i) => Ok(self.weights[i]),
+            Storage::None => Err(format!("value {v} has no device storage")),
+        }
+    }
+
+    /// Runs the program; `inputs` are in the model's input order.
+    fn run(&self, inst: &Instance, inputs: &[TValue]) -> std::result::Result<Vec<TValue>, String> {
+        let p = &self.program;
+        let dev = self.device;
+        let mut host: Vec<Option<TValue>> = vec![None; p.values.len()];
+        for (v, t) in &p.host_consts {
+            host[*v] = Some(TValue::Const(t.clone()));
+        }
+        let mut pending: Vec<(ValueId, usize)> = Vec::new();
+        let flush = |pending: &mut Vec<(ValueId, usize)>, host: &mut Vec<Option<TValue>>| {
+            if pending.is_empty() {
+                return Ok::<(), String>(());
+            }
+            dev.sync(inst.stream)?;
+            for (v, off) in pending.drain(..) {
+                let val = &p.values[v];
+                let n = val.shape.iter().product::<usize>();
+                let mut data = vec![0f32; n];
+                // SAFETY: the staging slot holds `n` f32 just downloaded (stream synced).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        inst.staging.add(off),
+                        data.as_mut_ptr() as *mut u8,
+                        n * 4,
+                    )
+                };
+                let t = tract_ndarray::ArrayD::from_shape_vec(val.shape.as_slice(), data)
+                    .map_err(|e| e.to_string())?;
+                host[v] = Some(t.into_tvalue());
+            }
+            Ok(())
+        };
+        for (i, step) in p.steps.iter().enumerate() {
+            match step {
+                Step::UploadInput { input, value } | Step::HostInput { input, value }
+                    if inputs.get(*input).is_none() =>
+                {
+                    return Err(format!("input {input} missing for value {value}"));
+                }
+                Step::UploadInput { input, value } => {
+                    self.stage_upload(inst, i, *value, &inputs[*input])?;
+                }
+                Step::HostInput { input, value } => host[*value] = Some(inputs[*input].clone()),
+                Step::Upload { value } => {
+                    let t = host[*value]
+                        .clone()
+                        .ok_or("a value to upload was not computed")?;
+                    self.stage_upload(inst, i, *value, &t)?;
+                }
+                Step::Download { value } => {
+                    let off = self.staging[&i];
+                    let bytes = p.values[*value].bytes();
+                    // SAFETY: the slot has room for the value (laid out above).
+                    let dst = unsafe { inst.staging.add(off) };
+                    dev.download(inst.stream, self.ptr(inst, *value)?, dst, bytes)?;
+                    pending.push((*value, off));
+                }
+                Step::Launch {
+                    kernel,
+                    grid,
+                    block,
+                    params,
+                    fixups,
+                } => {
+                    let mut bytes = params.clone();
+                    for (at, v) in fixups {
+                        let ptr = self.ptr(inst, *v)?;
+                        bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
+                    }
+                    dev.launch(inst.stream, *kernel, *grid, *block, &bytes)?;
+                }
+                Step::Cpu {
+                    node,
+                    inputs: ins,
+                    outputs: outs,
+                } => {
+                    flush(&mut pending, &mut host)?;
+                    let node = p.model.node(*node);
+                    let args = ins
+                        .iter()
+                        .map(|v| host[*v].clone().ok_or("a CPU step input was not computed"))
+                        .collect::<std::result::Result<TVec<_>, _>>()?;
+                    let res = catch_unwind(AssertUnwindSafe(|| node.op.eval(args)))
+                        .map_err(|_| format!("CPU node '{}' panicked", node.name))?
+                        .map_err(|e| format!("CPU node '{}': {e:#}", node.name))?;
+                    for (v, t) in outs.iter().zip(res) {
+                        host[*v] = Some(t);
+                    }
+                }
+            }
+        }
+        flush(&mut pending, &mut host)?;
+        dev.sync(inst.stream)?;
+        p.outputs
+            .iter()
+            .map(|v| {
+                host[*v]
+                    .clone()
+                    .ok_or_else(|| "an output was not computed".to_string())
+            })
+            .collect()
+    }
+
+    fn stage_upload(
+        &self,
+        inst: &Instance,
+        step: usize,
+        v: ValueId,
+        t: &TValue,
+    ) -> std::result::Result<(), String> {
+        let want = &self.program.values[v];
+        if t.datum_type() != DatumType::F32 || t.shape() != want.shape.as_slice() {
+            return Err(format!(
+                "value {v}: expected f32 {:?}, got {:?} {:?}",
+                want.shape,
+                t.datum_type(),
+                t.shape()
+            ));
+        }
+        let bytes = t.as_bytes();
+        let off = self.staging[&step];
+        // SAFETY: the slot was sized for this value; the staging buffer outlives the copy
+        // (the stream is synchronised before the instance is reused or freed).
+        unsafe {
+            let dst = inst.staging.add(off);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            self.device
+                .upload(inst.stream, self.ptr(inst, v)?, dst, bytes.len())
+        }
+    }
+}
+
+impl Executable for GpuExecutable {
+    fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        self.plans.metadata()
+    }
+
+    fn execution_report(&self) -> Option<ExecutionReport> {
+        self.report()
+    }
+
+    fn execute(
+        &self,
+        inputs: Vec<(String, MyTensor)>,
+        outputs: &[String],
+    ) -> Result<Vec<(String, MyTensor)>> {
+        let (shapes, values) = self.plans.ordered_inputs(&inputs)?;
+        let plan = self.plan_for(&shapes)?;
+        let m = self.plans.model_name();
+        let inst = plan
+            .instance()
+            .map_err(|e| device_error(m, self.device, "preparing an instance", e))?;
+        let result = catch_unwind(AssertUnwindSafe(|| plan.run(&inst, &values)))
+            .unwrap_or_else(|_| Err("the executor panicked".into()));
+        match result {
+            Ok(values) => {
+                plan.pool.lock().push(inst);
+                let mut out = Vec::with_capacity(outputs.len());
+                for (name, value) in self.plans.output_names().iter().zip(values) {
+                    if outputs.contains(name) {
+                        out.push((name.clone(), MyTensor::from_tract(value.into_tensor())));
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                // The instance may hold work that failed: synchronise and drop it.
+                let _ = self.device.sync(inst.stream);
+                self.device.free(inst.arena);
+                self.device.free_host(inst.staging, plan.staging_bytes);
+                self.device.free_stream(inst.stream);
+                Err(device_error(m, self.device, "execution failed", e))
+            }
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! The GPU path against the CPU path: every kernel through a one-operator model (odd sizes,
+//! channel counts that are not a multiple of the tile, batch > 1, 1x1 images), then whole
+//! models (tutorial EAST and STR, PaddleOCR det and rec) with their execution reports.
+//!
+//! Each test runs on every target this machine has: the emulator (the same `kernels/*.cu`
+//! compiled for the host CPU, needs a C++ compiler) and CUDA (when `gpu::probe` finds a
+//! driver and a device). Without CUDA the CUDA half prints a notice and passes, unless
+//! `MODELYARD_REQUIRE_GPU=1`, which makes it fail. Fixtures are found through
+//! `MODELYARD_FIXTURES`, then `./fixtures`, then the source tree, so the binary can be
+//! shipped to a GPU machine.
+//!
+//! Tolerances: the kernels sum in another order than tract (tiles of 16 along K, per-thread
+//! accumulators), so results differ by float rounding: |a - b| <= 1e-4 + 1e-4 |b| per
+//! operator (K <= 1,200 products of values ~1: error ~ K * 2^-24 ~ 1e-4), and 2e-3 after
+//! whole models (30+ layers, the errors compound; the EAST and STR outputs are sigmoids and
+//! logits of order 1..30).
+
+use std::path::{Path, PathBuf};
+
+use modelyard::{Repository, Tensor};
+use ndarray::ArrayD;
+use prost_onnx::Message;
+use tract_onnx::pb;
+
+fn fixtures() -> PathBuf {
+    if let Some(d) = std::env::var_os("MODELYARD_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let local = Path::new("fixtures");
+    if local.join("tutorial_repository").is_dir() {
+        return local.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Emulator,
+    Cuda,
+}
+
+fn targets() -> Vec<Target> {
+    let mut t = Vec::new();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    if std::process::Command::new(&cxx)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        t.push(Target::Emulator);
+    } else {
+        eprintln!("NOTICE: no C++ compiler ('{cxx}'): the kernel emulator is skipped");
+    }
+    match modelyard::gpu::probe() {
+        Ok(info) => {
+            eprintln!(
+                "CUDA: driver {} with {:?}",
+                info.driver_version, info.devices
+            );
+            t.push(Target::Cuda);
+        }
+        Err(why) => {
+            if std::env::var("MODELYARD_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("MODELYARD_REQUIRE_GPU=1 but no usable CUDA: {why}");
+            }
+            eprintln!("NOTICE: no GPU ({why}): the CUDA half of this test is skipped");
+        }
+    }
+    t
+}
+
+/// Copies model folder `src` into `repo` as `name`, with one instance group of `kind`.
+fn add_model(repo: &Path, src: &Path, name: &str, kind: &str) {
+    let dst = repo.join(name);
+    copy_dir(src, &dst);
+    let cfg = dst.join("config.pbtxt");
+    let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+    let mut kept: String = text
+        .lines()
+        .filter(|l| !l.contains("instance_group"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    kept = kept.replace(
+        &format!("name: \"{}\"", src.file_name().unwrap().to_str().unwrap()),
+        &format!("name: \"{name}\""),
+    );
+    kept.push_str(&format!(
+        "instance_group [ {{ count: 1, kind: {kind} }} ]\n"
+    ));
+    std::fs::write(cfg, kept).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &p);
+        } else {
+            std::fs::copy(e.path(), p).unwrap();
+        }
+    }
+}
+
+/// A repository with `cpu` (KIND_CPU) and `gpu` (KIND_GPU) copies of model folder `src`.
+fn cpu_and_gpu(src: &Path, target: Target) -> (tempfile::TempDir, Repository) {
+    let tmp = tempfile::tempdir().unwrap();
+    add_model(tmp.path(), src, "cpu", "KIND_CPU");
+    add_model(tmp.path(), src, "gpu", "KIND_GPU");
+    let repo = Repository::builder(tmp.path())
+        .cuda_emulator(target == Target::Emulator)
+        .load()
+        .unwrap();
+    (tmp, repo)
+}
+
+/// Deterministic values in [-1, 1).
+fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    ArrayD::from_shape_fn(shape, |_| {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+/// Runs `cpu` and `gpu` on the same inputs and compares every output.
+fn compare(
+    repo: &Repository,
+    inputs: &[(String, ArrayD<f32>)],
+    atol: f32,
+    rtol: f32,
+    what: &str,
+) -> Vec<(String, ArrayD<f32>)> {
+    let tensors: Vec<(String, Tensor)> = inputs
+        .iter()
+        .map(|(n, a)| (n.clone(), Tensor::from(a.clone())))
+        .collect();
+    let cpu = repo.model("cpu").unwrap().infer(tensors.clone()).unwrap();
+    let gpu = repo
+        .model("gpu")
+        .unwrap()
+        .infer(tensors)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut out = Vec::new();
+    for (name, c) in cpu.iter() {
+        let c = c.view::<f32>().unwrap();
+        let g = gpu.get(name).unwrap().view::<f32>().unwrap();
+        assert_eq!(c.shape(), g.shape(), "{what}: output '{name}' shape");
+        let mut worst = (0f32, 0usize);
+        for (i, (a, b)) in g.iter().zip(c.iter()).enumerate() {
+            let d = (a - b).abs();
+            assert!(
+                d <= atol + rtol * b.abs() && !a.is_nan(),
+                "{what}: output '{name}'[{i}] gpu {a} cpu {b} (tolerance {atol} + {rtol}|cpu|)"
+            );
+            if d > worst.0 {
+                worst = (d, i);
+            }
+        }
+        eprintln!(
+            "{what}: '{name}' {:?} max |gpu - cpu| = {:.2e}",
+            c.shape(),
+            worst.0
+        );
+        out.push((name.to_string(), g.to_owned()));
+    }
+    out
+}
+
+// ---- one-operator models -------------------------------------------------------------
+
+fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn attr_str(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, shape: Option<&[usize]>) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: shape.map(|s| pb::TensorShapeProto {
+                    dim: s
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(Value::DimValue(d as i64)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One operator: `inputs` fed at request time, `weights` as initializers, output "y".
+struct OneOp {
+    op: &'static str,
+    attrs: Vec<pb::AttributeProto>,
+    inputs: Vec<(&'static str, Vec<usize>)>,
+    weights: Vec<(&'static str, ArrayD<f32>)>,
+    /// i64 initializers (Resize sizes, Pad pads, Slice starts, Tile repeats).
+    ints: Vec<(&'static str, Vec<i64>)>,
+    /// Inputs of the node in order ("" for an absent optional input).
+    node_inputs: Vec<&'static str>,
+}
+
+impl OneOp {
+    fn new(op: &'static str, inputs: Vec<(&'static str, Vec<usize>)>) -> Self {
+        let node_inputs = inputs.iter().map(|(n, _)| *n).collect();
+        OneOp {
+            op,
+            attrs: vec![],
+            inputs,
+            weights: vec![],
+            ints: vec![],
+            node_inputs,
+        }
+    }
+    fn attr(mut self, a: pb::AttributeProto) -> Self {
+        self.attrs.push(a);
+        self
+    }
+    fn weight(mut self, name: &'static str, a: ArrayD<f32>) -> Self {
+        self.weights.push((name, a));
+        self.node_inputs.push(name);
+        self
+    }
+    fn ints(mut self, name: &'static str, v: Vec<i64>) -> Self {
+        self.ints.push((name, v));
+        self.node_inputs.push(name);
+        self
+    }
+    fn empty_input(mut self) -> Self {
+        self.node_inputs.push("");
+        self
+    }
+    /// Followed by a second operator (e.g. Relu after Conv, to test the fused epilogue).
+    fn bytes(&self, then: Option<&str>) -> Vec<u8> {
+        let mut nodes = vec![pb::NodeProto {
+            op_type: self.op.into(),
+            input: self.node_inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![if then.is_some() { "t" } else { "y" }.into()],
+            attribute: self.attrs.clone(),
+            name: "op".into(),
+            ..Default::default()
+        }];
+        if let Some(next) = then {
+            nodes.push(pb::NodeProto {
+                op_type: next.into(),
+                input: vec!["t".into()],
+                output: vec!["y".into()],
+                name: "then".into(),
+                ..Default::default()
+            });
+        }
+        let mut initializer: Vec<pb::TensorProto> = self
+            .weights
+            .iter()
+            .map(|(n, a)| pb::TensorProto {
+                name: n.to_string(),
+                dims: a.shape().iter().map(|&d| d as i64).collect(),
+                data_type: 1,
+                float_data: a.iter().copied().collect(),
+                ..Default::default()
+            })
+            .collect();
+        initializer.extend(self.ints.iter().map(|(n, v)| pb::TensorProto {
+            name: n.to_string(),
+            dims: vec![v.len() as i64],
+            data_type: 7,
+            int64_data: v.clone(),
+            ..Default::default()
+        }));
+        let graph = pb::GraphProto {
+            name: "g".into(),
+            node: nodes,
+            initializer,
+            input: self
+                .inputs
+                .iter()
+                .map(|(n, s)| value_info(n, Some(s)))
+                .collect(),
+            output: vec![value_info("y", None)],
+            ..Default::default()
+        };
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// A one-model folder (config with the inputs; outputs auto-completed from a CPU run).
+    fn folder(&self, then: Option<&str>, out_shape: &[usize]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("1")).unwrap();
+        std::fs::write(tmp.path().join("1/model.onnx"), self.bytes(then)).unwrap();
+        let mut cfg = String::from("backend: \"onnxruntime\"\nmax_batch_size: 0\n");
+        for (n, s) in &self.inputs {
+            cfg.push_str(&format!(
+                "input [ {{ name: \"{n}\" data_type: TYPE_FP32 dims: {s:?} }} ]\n"
+            ));
+        }
+        cfg.push_str(&format!(
+            "output [ {{ name: \"y\" data_type: TYPE_FP32 dims: {out_shape:?} }} ]\n"
+        ));
+        std::fs::write(tmp.path().join("config.pbtxt"), cfg).unwrap();
+        tmp
+    }
+}
+
+/// Runs `op` on the CPU and on `target`, compares, and checks no node fell back to the CPU.
+fn check_op(target: Target, what: &str, op: &OneOp, then: Option<&str>, out: &[usize]) {
+    let folder = op.folder(then, out);
+    let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+    let inputs: Vec<(String, ArrayD<f32>)> = op
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (n, s))| (n.to_string(), random(s, 7 + i as u64)))
+        .collect();
+    let what = format!("{what} on {target:?}");
+    compare(&repo, &inputs, 1e-4, 1e-4, &what);
+    let report = repo.model("gpu").unwrap().execution_report().unwrap();
+    assert!(
+        report.cpu_nodes.is_empty(),
+        "{what}: nodes fell back to the CPU: {:?}",
+        report.cpu_nodes
+    );
+    assert_eq!(report.intermediate_copies, 0, "{what}");
+    if op.op == "Conv" && then.is_some() {
+        assert_eq!(
+            report.fused_nodes, 1,
+            "{what}: activation not fused: {report:?}"
+        );
+    }
+}
+
+fn conv(
+    x: [usize; 4],
+    co: usize,
+    k: [usize; 2],
+    group: usize,
+    strides: [i64; 2],
+    pads: [i64; 4],
+    dil: [i64; 2],
+) -> (OneOp, Vec<usize>) {
+    let ci = x[1] / group;
+    let oh = (x[2] as i64 + pads[0] + pads[2] - dil[0] * (k[0] as i64 - 1) - 1) / strides[0] + 1;
+    let ow = (x[3] as i64 + pads[1] + pads[3] - dil[1] * (k[1] as i64 - 1) - 1) / strides[1] + 1;
+    let op = OneOp::new("Conv", vec![("x", x.to_vec())])
+        .weight("w", random(&[co, ci, k[0], k[1]], 11))
+        .weight("b", random(&[co], 13))
+        .attr(attr_ints("kernel_shape", &[k[0] as i64, k[1] as i64]))
+        .attr(attr_ints("strides", &strides))
+        .attr(attr_ints("pads", &pads))
+        .attr(attr_ints("dilations", &dil))
+        .attr(attr_int("group", group as i64));
+    (op, vec![x[0], co, oh as usize, ow as usize])
+}
+
+/// (what, input NCHW, out channels, kernel, group, strides, pads t l b r, dilations)
+type ConvCase = (
+    &'static str,
+    [usize; 4],
+    usize,
+    [usize; 2],
+    usize,
+    [i64; 2],
+    [i64; 4],
+    [i64; 2],
+);
+
+#[test]
+fn convolutions_match_the_cpu_path() {
+    for target in targets() {
+        let cases: Vec<ConvCase> = vec![
+            (
+                "3x3 same",
+                [1, 3, 9, 11],
+                8,
+                [3, 3],
+                1,
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+            ),
+            (
+                "7x7 stride 2 (EAST stem)",
+                [1, 3, 20, 18],
+                8,
+                [7, 7],
+                1,
+                [2, 2],
+                [3, 3, 2, 2],
+                [1, 1],
+            ),
+            (
+                "70 out channels, batch 2",
+                [2, 5, 6, 7],
+                70,
+                [3, 3],
+                1,
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+            ),
+            (
+                "1x1 fast path, 67 in channels",
+                [1, 67, 5, 9],
+                65,
+                [1, 1],
+                1,
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+            ),
+            (
+                "1x1 image",
+                [1, 4, 1, 1],
+                6,
+                [3, 3],
+                1,
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+            ),
+            (
+                "asymmetric padding",
+                [1, 2, 7, 6],
+                3,
+                [3, 2],
+                1,
+                [1, 2],
+                [0, 1, 2, 0],
+                [1, 1],
+            ),
+            (
+                "dilation 2",
+                [1, 3, 10, 10],
+                4,
+                [3, 3],
+                1,
+                [1, 1],
+                [2, 2, 2, 2],
+                [2, 2],
+            ),
+            (
+                "groups 2",
+                [1, 6, 8, 8],
+                4,
+                [3, 3],
+                2,
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+            ),
+            (
+                "depthwise",
+                [2, 16, 9, 9],
+                16,
+                [3, 3],
+                16,
+                [2, 2],
+                [1, 1, 1, 1],
+                [1, 1],
+            ),
+            (
+                "depthwise x2 multiplier",
+                [1, 4, 5, 5],
+                8,
+                [5, 5],
+                4,
+                [1, 1],
+                [2, 2, 2, 2],
+                [1, 1],
+            ),
+        ];
+        for (what, x, co, k, g, s, p, d) in cases {
+            let (op, out) = conv(x, co, k, g, s, p, d);
+            check_op(target, &format!("Conv {what}"), &op, None, &out);
+        }
+        let (op, out) = conv([1, 5, 8, 8], 9, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        check_op(target, "Conv + Relu fused", &op, Some("Relu"), &out);
+        for (what, k, s, p, out) in [
+            ("2x2 stride 2 (DB head)", 2, 2, 0, [2, 7, 10, 12]),
+            ("3x3 stride 2 pad 1", 3, 2, 1, [2, 7, 9, 11]),
+            ("3x3 stride 1", 3, 1, 0, [2, 7, 7, 8]),
+        ] {
+            let op = OneOp::new("ConvTranspose", vec![("x", vec![2, 3, 5, 6])])
+                .weight("w", random(&[3, 7, k, k], 17))
+                .weight("b", random(&[7], 18))
+                .attr(attr_ints("kernel_shape", &[k as i64, k as i64]))
+                .attr(attr_ints("strides", &[s, s]))
+                .attr(attr_ints("pads", &[p, p, p, p]));
+            check_op(target, &format!("ConvTranspose {what}"), &op, None, &out);
+        }
+        check_op(target, "Conv + Sigmoid fused", &op, Some("Sigmoid"), &out);
+    }
+}
+
+#[test]
+fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
+    for target in targets() {
+        let odd = vec![1usize, 3, 7, 5];
+        for op in ["Sigmoid", "Relu", "Tanh", "Exp", "Abs", "Neg"] {
+            check_op(
+                target,
+                op,
+                &OneOp::new(op, vec![("x", odd.clone())]),
+                None,
+                &odd,
+            );
+        }
+        let abs = OneOp::new("Abs", vec![("x", vec![1, 1, 1, 1])]);
+        check_op(
+            target,
+            "Abs then Sqrt, 1 element",
+            &abs,
+            Some("Sqrt"),
+            &[1, 1, 1, 1],
+        );
+        for op in ["Add", "Sub", "Mul", "Max", "Min"] {
+            let o =
+                OneOp::new(op, vec![("a", vec![2, 3, 4, 5])]).weight("b", random(&[1, 3, 1, 5], 3));
+            check_op(target, &format!("{op} broadcast"), &o, None, &[2, 3, 4, 5]);
+            let o = OneOp::new(op, vec![("a", vec![2, 3, 4, 5]), ("b", vec![2, 3, 4, 5])]);
+            check_op(target, &format!("{op} same shape"), &o, None, &[2, 3, 4, 5]);
+        }
+        let pool = |op: &'static str, k: i64, s: i64, p: i64| {
+            OneOp::new(op, vec![("x", vec![2, 3, 9, 8])])
+                .attr(attr_ints("kernel_shape", &[k, k]))
+                .attr(attr_ints("strides", &[s, s]))
+                .attr(attr_ints("pads", &[p, p, p, p]))
+        };
+        check_op(
+            target,
+            "MaxPool 3x3 s2",
+            &pool("MaxPool", 3, 2, 1),
+            None,
+            &[2, 3, 5, 4],
+        );
+        check_op(
+            target,
+            "MaxPool 2x2 s2",
+            &pool("MaxPool", 2, 2, 0),
+            None,
+            &[2, 3, 4, 4],
+        );
+        check_op(
+            target,
+            "AveragePool 3x3 s1",
+            &pool("AveragePool", 3, 1, 1),
+            None,
+            &[2, 3, 9, 8],
+        );
+        let gap = OneOp::new("GlobalAveragePool", vec![("x", vec![2, 5, 7, 3])]);
+        check_op(target, "GlobalAveragePool", &gap, None, &[2, 5, 1, 1]);
+        let rmean = OneOp::new("ReduceMean", vec![("x", vec![2, 5, 7, 3])])
+            .attr(attr_ints("axes", &[1]))
+            .attr(attr_int("keepdims", 1));
+        check_op(target, "ReduceMean axis 1", &rmean, None, &[2, 1, 7, 3]);
+        let rmax = OneOp::new("ReduceMax", vec![("x", vec![3, 4, 5])])
+            .attr(attr_ints("axes", &[0, 2]))
+            .attr(attr_int("keepdims", 1));
+        check_op(target, "ReduceMax axes 0, 2", &rmax, None, &[1, 4, 1]);
+        let sm = OneOp::new("Softmax", vec![("x", vec![2, 37, 26])]).attr(attr_int("axis", 1));
+        check_op(target, "Softmax axis 1", &sm, None, &[2, 37, 26]);
+        let sm = OneOp::new("Softmax", vec![("x", vec![3, 6625])]).attr(attr_int("axis", -1));
+        check_op(target, "Softmax last axis", &sm, None, &[3, 6625]);
+        let tr = OneOp::new("Transpose", vec![("x", vec![2, 3, 4, 5])])
+            .attr(attr_ints("perm", &[0, 2, 3, 1]));
+        check_op(target, "Transpose NCHW->NHWC", &tr, None, &[2, 4, 5, 3]);
+        let tr = OneOp::new("Transpose", vec![("x", vec![1, 6, 5, 3])])
+            .attr(attr_ints("perm", &[0, 3, 1, 2]));
+        check_op(target, "Transpose NHWC->NCHW", &tr, None, &[1, 3, 6, 5]);
+        let cat = OneOp::new(
+            "Concat",
+            vec![("a", vec![1, 3, 4, 5]), ("b", vec![1, 2, 4, 5])],
+        )
+        .attr(attr_int("axis", 1));
+        check_op(target, "Concat channels", &cat, None, &[1, 5, 4, 5]);
+        let cat = OneOp::new(
+            "Concat",
+            vec![("a", vec![1, 4, 5, 1]), ("b", vec![1, 4, 5, 4])],
+        )
+        .attr(attr_int("axis", 3));
+        check_op(target, "Concat last axis", &cat, None, &[1, 4, 5, 5]);
+        let mm =
+            OneOp::new("MatMul", vec![("a", vec![3, 7, 70])]).weight("b", random(&[70, 37], 5));
+        check_op(target, "MatMul with weights", &mm, None, &[3, 7, 37]);
+        let mm = OneOp::new("MatMul", vec![("a", vec![2, 5, 9]), ("b", vec![2, 9, 66])]);
+        check_op(target, "batched MatMul", &mm, None, &[2, 5, 66]);
+        let gemm = OneOp::new("Gemm", vec![("a", vec![4, 33])])
+            .weight("b", random(&[65, 33], 9))
+            .weight("c", random(&[65], 10))
+            .attr(attr_int("transB", 1));
+        check_op(target, "Gemm transB + bias", &gemm, None, &[4, 65]);
+        let rs = OneOp::new("Resize", vec![("x", vec![1, 3, 4, 6])])
+            .empty_input()
+            .empty_input()
+            .ints("sizes", vec![1, 3, 8, 12])
+            .attr(attr_str("mode", "linear"))
+            .attr(attr_str("coordinate_transformation_mode", "asymmetric"));
+        check_op(
+            target,
+            "Resize linear asymmetric x2 (EAST)",
+            &rs,
+            None,
+            &[1, 3, 8, 12],
+        );
+        let rs = OneOp::new("Resize", vec![("x", vec![1, 2, 3, 5])])
+            .empty_input()
+            .empty_input()
+            .ints("sizes", vec![1, 2, 7, 9])
+            .attr(attr_str("mode", "linear"))
+            .attr(attr_str("coordinate_transformation_mode", "align_corners"));
+        check_op(
+            target,
+            "Resize linear align_corners",
+            &rs,
+            None,
+            &[1, 2, 7, 9],
+        );
+        let pad = OneOp::new("Pad", vec![("x", vec![1, 2, 3, 4])])
+            .ints("pads", vec![0, 0, 1, 2, 0, 0, 2, 1]);
+        check_op(target, "Pad constant", &pad, None, &[1, 2, 6, 7]);
+        let tile =
+            OneOp::new("Tile", vec![("x", vec![1, 2, 3, 1])]).ints("repeats", vec![2, 1, 2, 3]);
+        check_op(target, "Tile", &tile, None, &[2, 2, 6, 3]);
+        let sl = OneOp::new("Slice", vec![("x", vec![2, 9, 5])])
+            .ints("starts", vec![2])
+            .ints("ends", vec![7])
+            .ints("axes", vec![1]);
+        check_op(target, "Slice", &sl, None, &[2, 5, 5]);
+    }
+}
+
+// ---- whole models ------------------------------------------------------------------------
+
+fn reference_inputs(key: &str) -> Vec<(String, ArrayD<f32>)> {
+    let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    manifest[key]["inputs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, v)| {
+            let shape: Vec<usize> = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let bytes = std::fs::read(
+                fixtures()
+                    .join("reference")
+                    .join(v["file"].as_str().unwrap()),
+            )
+            .unwrap();
+            let data = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name.clone(), ArrayD::from_shape_vec(shape, data).unwrap())
+        })
+        .collect()
+}
+
+fn whole_model(
+    target: Target,
+    folder: &str,
+    inputs: Vec<(String, ArrayD<f32>)>,
+    what: &str,
+) -> modelyard::gpu::ExecutionReport {
+    let (_tmp, repo) = cpu_and_gpu(&fixtures().join(folder), target);
+    compare(&repo, &inputs, 2e-3, 2e-3, &format!("{what} on {target:?}"));
+    let report = repo.model("gpu").unwrap().execution_report().unwrap();
+    eprintln!("{what} on {target:?}: {report:?}");
+    report
+}
+
+#[test]
+fn tutorial_east_and_str_run_entirely_on_the_gpu() {
+    for target in targets() {
+        for key in ["east_1x64x96", "east_2x96x128"] {
+            let r = whole_model(
+                target,
+                "tutorial_repository/text_detection",
+                reference_inputs(key),
+                key,
+            );
+            assert!(
+                r.cpu_nodes.is_empty(),
+                "{key}: CPU fallbacks {:?}",
+                r.cpu_nodes
+            );
+            assert_eq!(r.intermediate_copies, 0, "{key}");
+            assert_eq!(
+                (r.uploads, r.downloads),
+                (1, 2),
+                "{key}: one input, two outputs"
+            );
+            assert!(r.fused_nodes > 0, "{key}: no activation fused");
+        }
+        {
+            let key = "str_1x1x32x100";
+            let r = whole_model(
+                target,
+                "tutorial_repository/text_recognition",
+                reference_inputs(key),
+                key,
+            );
+            assert!(
+                r.cpu_nodes.is_empty(),
+                "{key}: CPU fallbacks {:?}",
+                r.cpu_nodes
+            );
+            assert_eq!(r.intermediate_copies, 0, "{key}");
+        }
+    }
+}
+
+#[test]
+fn paddleocr_models_match_the_cpu_path() {
+    for target in targets() {
+        // Small images on the emulator (it is slow); the recogniser at its real height.
+        let det_in = vec![("x".to_string(), random(&[1, 3, 64, 96], 21))];
+        let r = whole_model(
+            target,
+            "ocr_repository/text_detection",
+            det_in,
+            "PaddleOCR det 64x96",
+        );
+        assert!(r.cpu_nodes.is_empty(), "CPU fallbacks {:?}", r.cpu_nodes);
+        assert_eq!(r.intermediate_copies, 0);
+        let rec_in = vec![("x".to_string(), random(&[1, 3, 48, 160], 22))];
+        let r = whole_model(
+            target,
+            "ocr_repository/text_recognition",
+            rec_in,
+            "PaddleOCR rec 48x160",
+        );
+        assert!(r.cpu_nodes.is_empty(), "CPU fallbacks {:?}", r.cpu_nodes);
+        assert_eq!(r.intermediate_copies, 0);
+    }
+}
