@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 
 use modelyard::{Repository, Tensor};
 use ndarray::ArrayD;
-use prost_onnx::Message;
-use tract_onnx::pb;
+#[path = "common/onnx_builder.rs"]
+mod onnx_builder;
+
+use onnx_builder::{add_model, attr_int, attr_ints, attr_str, random, OneOp};
 
 fn fixtures() -> PathBuf {
     if let Some(d) = std::env::var_os("MODELYARD_FIXTURES") {
@@ -69,40 +71,6 @@ fn targets() -> Vec<Target> {
     t
 }
 
-/// Copies model folder `src` into `repo` as `name`, with one instance group of `kind`.
-fn add_model(repo: &Path, src: &Path, name: &str, kind: &str) {
-    let dst = repo.join(name);
-    copy_dir(src, &dst);
-    let cfg = dst.join("config.pbtxt");
-    let text = std::fs::read_to_string(&cfg).unwrap_or_default();
-    let mut kept: String = text
-        .lines()
-        .filter(|l| !l.contains("instance_group"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    kept = kept.replace(
-        &format!("name: \"{}\"", src.file_name().unwrap().to_str().unwrap()),
-        &format!("name: \"{name}\""),
-    );
-    kept.push_str(&format!(
-        "instance_group [ {{ count: 1, kind: {kind} }} ]\n"
-    ));
-    std::fs::write(cfg, kept).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &p);
-        } else {
-            std::fs::copy(e.path(), p).unwrap();
-        }
-    }
-}
-
 /// A repository with `cpu` (KIND_CPU) and `gpu` (KIND_GPU) copies of model folder `src`.
 fn cpu_and_gpu(src: &Path, target: Target) -> (tempfile::TempDir, Repository) {
     let tmp = tempfile::tempdir().unwrap();
@@ -113,17 +81,6 @@ fn cpu_and_gpu(src: &Path, target: Target) -> (tempfile::TempDir, Repository) {
         .load()
         .unwrap();
     (tmp, repo)
-}
-
-/// Deterministic values in [-1, 1).
-fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
-    let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    ArrayD::from_shape_fn(shape, |_| {
-        s = s
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    })
 }
 
 /// Runs `cpu` and `gpu` on the same inputs and compares every output.
@@ -168,180 +125,6 @@ fn compare(
         out.push((name.to_string(), g.to_owned()));
     }
     out
-}
-
-// ---- one-operator models -------------------------------------------------------------
-
-fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn attr_str(name: &str, v: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::String as i32,
-        s: v.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, shape: Option<&[usize]>) -> pb::ValueInfoProto {
-    use pb::tensor_shape_proto::{dimension::Value, Dimension};
-    pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: shape.map(|s| pb::TensorShapeProto {
-                    dim: s
-                        .iter()
-                        .map(|&d| Dimension {
-                            value: Some(Value::DimValue(d as i64)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// One operator: `inputs` fed at request time, `weights` as initializers, output "y".
-struct OneOp {
-    op: &'static str,
-    attrs: Vec<pb::AttributeProto>,
-    inputs: Vec<(&'static str, Vec<usize>)>,
-    weights: Vec<(&'static str, ArrayD<f32>)>,
-    /// i64 initializers (Resize sizes, Pad pads, Slice starts, Tile repeats).
-    ints: Vec<(&'static str, Vec<i64>)>,
-    /// Inputs of the node in order ("" for an absent optional input).
-    node_inputs: Vec<&'static str>,
-}
-
-impl OneOp {
-    fn new(op: &'static str, inputs: Vec<(&'static str, Vec<usize>)>) -> Self {
-        let node_inputs = inputs.iter().map(|(n, _)| *n).collect();
-        OneOp {
-            op,
-            attrs: vec![],
-            inputs,
-            weights: vec![],
-            ints: vec![],
-            node_inputs,
-        }
-    }
-    fn attr(mut self, a: pb::AttributeProto) -> Self {
-        self.attrs.push(a);
-        self
-    }
-    fn weight(mut self, name: &'static str, a: ArrayD<f32>) -> Self {
-        self.weights.push((name, a));
-        self.node_inputs.push(name);
-        self
-    }
-    fn ints(mut self, name: &'static str, v: Vec<i64>) -> Self {
-        self.ints.push((name, v));
-        self.node_inputs.push(name);
-        self
-    }
-    fn empty_input(mut self) -> Self {
-        self.node_inputs.push("");
-        self
-    }
-    /// Followed by a second operator (e.g. Relu after Conv, to test the fused epilogue).
-    fn bytes(&self, then: Option<&str>) -> Vec<u8> {
-        let mut nodes = vec![pb::NodeProto {
-            op_type: self.op.into(),
-            input: self.node_inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![if then.is_some() { "t" } else { "y" }.into()],
-            attribute: self.attrs.clone(),
-            name: "op".into(),
-            ..Default::default()
-        }];
-        if let Some(next) = then {
-            nodes.push(pb::NodeProto {
-                op_type: next.into(),
-                input: vec!["t".into()],
-                output: vec!["y".into()],
-                name: "then".into(),
-                ..Default::default()
-            });
-        }
-        let mut initializer: Vec<pb::TensorProto> = self
-            .weights
-            .iter()
-            .map(|(n, a)| pb::TensorProto {
-                name: n.to_string(),
-                dims: a.shape().iter().map(|&d| d as i64).collect(),
-                data_type: 1,
-                float_data: a.iter().copied().collect(),
-                ..Default::default()
-            })
-            .collect();
-        initializer.extend(self.ints.iter().map(|(n, v)| pb::TensorProto {
-            name: n.to_string(),
-            dims: vec![v.len() as i64],
-            data_type: 7,
-            int64_data: v.clone(),
-            ..Default::default()
-        }));
-        let graph = pb::GraphProto {
-            name: "g".into(),
-            node: nodes,
-            initializer,
-            input: self
-                .inputs
-                .iter()
-                .map(|(n, s)| value_info(n, Some(s)))
-                .collect(),
-            output: vec![value_info("y", None)],
-            ..Default::default()
-        };
-        pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(graph),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
-
-    /// A one-model folder (config with the inputs; outputs auto-completed from a CPU run).
-    fn folder(&self, then: Option<&str>, out_shape: &[usize]) -> tempfile::TempDir {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("1")).unwrap();
-        std::fs::write(tmp.path().join("1/model.onnx"), self.bytes(then)).unwrap();
-        let mut cfg = String::from("backend: \"onnxruntime\"\nmax_batch_size: 0\n");
-        for (n, s) in &self.inputs {
-            cfg.push_str(&format!(
-                "input [ {{ name: \"{n}\" data_type: TYPE_FP32 dims: {s:?} }} ]\n"
-            ));
-        }
-        cfg.push_str(&format!(
-            "output [ {{ name: \"y\" data_type: TYPE_FP32 dims: {out_shape:?} }} ]\n"
-        ));
-        std::fs::write(tmp.path().join("config.pbtxt"), cfg).unwrap();
-        tmp
-    }
 }
 
 /// Runs `op` on the CPU and on `target`, compares, and checks no node fell back to the CPU.
@@ -624,6 +407,14 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
         let mm =
             OneOp::new("MatMul", vec![("a", vec![3, 7, 70])]).weight("b", random(&[70, 37], 5));
         check_op(target, "MatMul with weights", &mm, None, &[3, 7, 37]);
+        check_op(target, "MatMul + Relu", &mm, Some("Relu"), &[3, 7, 37]);
+        check_op(
+            target,
+            "MatMul + Sigmoid",
+            &mm,
+            Some("Sigmoid"),
+            &[3, 7, 37],
+        );
         let mm = OneOp::new("MatMul", vec![("a", vec![2, 5, 9]), ("b", vec![2, 9, 66])]);
         check_op(target, "batched MatMul", &mm, None, &[2, 5, 66]);
         let gemm = OneOp::new("Gemm", vec![("a", vec![4, 33])])
@@ -674,32 +465,42 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
 // ---- whole models ------------------------------------------------------------------------
 
 fn reference_inputs(key: &str) -> Vec<(String, ArrayD<f32>)> {
+    reference_section(key, "inputs").unwrap()
+}
+
+fn reference_outputs(key: &str) -> Option<Vec<(String, ArrayD<f32>)>> {
+    reference_section(key, "outputs")
+}
+
+/// `fixtures/reference/manifest.json`: inputs and ONNX Runtime's outputs of a case.
+fn reference_section(key: &str, section: &str) -> Option<Vec<(String, ArrayD<f32>)>> {
     let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
-    manifest[key]["inputs"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, v)| {
-            let shape: Vec<usize> = v["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
-            let bytes = std::fs::read(
-                fixtures()
-                    .join("reference")
-                    .join(v["file"].as_str().unwrap()),
-            )
-            .unwrap();
-            let data = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name.clone(), ArrayD::from_shape_vec(shape, data).unwrap())
-        })
-        .collect()
+    let entries = manifest.get(key)?[section].as_object()?;
+    Some(
+        entries
+            .iter()
+            .map(|(name, v)| {
+                let shape: Vec<usize> = v["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                let bytes = std::fs::read(
+                    fixtures()
+                        .join("reference")
+                        .join(v["file"].as_str().unwrap()),
+                )
+                .unwrap();
+                let data = bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (name.clone(), ArrayD::from_shape_vec(shape, data).unwrap())
+            })
+            .collect(),
+    )
 }
 
 fn whole_model(
@@ -709,7 +510,24 @@ fn whole_model(
     what: &str,
 ) -> modelyard::gpu::ExecutionReport {
     let (_tmp, repo) = cpu_and_gpu(&fixtures().join(folder), target);
-    compare(&repo, &inputs, 2e-3, 2e-3, &format!("{what} on {target:?}"));
+    let got = compare(&repo, &inputs, 2e-3, 2e-3, &format!("{what} on {target:?}"));
+    // The independent reference where there is one: ONNX Runtime's outputs, committed.
+    if let Some(want) = reference_outputs(what) {
+        for (name, w) in want {
+            let g = &got.iter().find(|(n, _)| *n == name).unwrap().1;
+            let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = g
+                .iter()
+                .zip(w.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{what} on {target:?}: '{name}' vs ONNX Runtime: max diff {diff:.2e} (scale {scale})");
+            assert!(
+                diff <= 1e-3 * scale,
+                "{what} '{name}' vs ONNX Runtime: {diff} (scale {scale})"
+            );
+        }
+    }
     let report = repo.model("gpu").unwrap().execution_report().unwrap();
     eprintln!("{what} on {target:?}: {report:?}");
     report
@@ -778,5 +596,129 @@ fn paddleocr_models_match_the_cpu_path() {
         );
         assert!(r.cpu_nodes.is_empty(), "CPU fallbacks {:?}", r.cpu_nodes);
         assert_eq!(r.intermediate_copies, 0);
+    }
+}
+
+#[test]
+fn out_of_device_memory_is_an_error_and_the_models_keep_working() {
+    for target in targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let east = fixtures().join("tutorial_repository/text_detection");
+        add_model(tmp.path(), &east, "gpu", "KIND_GPU");
+        add_model(tmp.path(), &east, "other", "KIND_GPU");
+        let repo = Repository::builder(tmp.path())
+            .cuda_emulator(target == Target::Emulator)
+            .max_request_bytes(8 << 30)
+            .load()
+            .unwrap();
+        // The emulator has 1 GiB: a 6016x6016 image's activations do not fit. On an H200
+        // (139 GiB) 19968x19968 (4.8 GB in, ~15 GB of activations) may fit: then it must
+        // answer, else fail the same clear way.
+        let side = if target == Target::Emulator {
+            6016
+        } else {
+            19968
+        };
+        let big = Tensor::from(ndarray::Array4::<f32>::zeros((1, side, side, 3)));
+        match repo.model("gpu").unwrap().infer([("input_images:0", big)]) {
+            Ok(out) => assert_eq!(
+                target,
+                Target::Cuda,
+                "the emulator cannot hold it: {:?}",
+                out.get("feature_fusion/concat_3:0")
+                    .map(|t| t.shape().to_vec())
+            ),
+            Err(e) => {
+                let text = e.to_string();
+                assert_eq!(e.kind(), modelyard::ErrorKind::ResourceExhausted, "{text}");
+                assert!(
+                    text.contains("model 'gpu'") && text.contains("out of device memory"),
+                    "{text}"
+                );
+            }
+        }
+        // Both models still answer a normal request, the same way.
+        let small = random(&[1, 64, 96, 3], 3);
+        let run = |name: &str| {
+            let out = repo
+                .model(name)
+                .unwrap()
+                .infer([("input_images:0", Tensor::from(small.clone()))])
+                .unwrap();
+            out.get("feature_fusion/concat_3:0")
+                .unwrap()
+                .view::<f32>()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(run("gpu"), run("other"), "on {target:?}");
+    }
+}
+
+#[test]
+fn concurrent_callers_get_their_own_answers() {
+    for target in targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let east = fixtures().join("tutorial_repository/text_detection");
+        add_model(tmp.path(), &east, "gpu", "KIND_GPU");
+        std::fs::write(
+            tmp.path().join("gpu/config.pbtxt"),
+            std::fs::read_to_string(tmp.path().join("gpu/config.pbtxt"))
+                .unwrap()
+                .replace("count: 1", "count: 3"),
+        )
+        .unwrap();
+        let repo = Repository::builder(tmp.path())
+            .cuda_emulator(target == Target::Emulator)
+            .load()
+            .unwrap();
+        let model = repo.model("gpu").unwrap();
+        let run = |seed: u64| {
+            let x = Tensor::from(random(&[1, 32, 64, 3], seed));
+            let out = model.infer([("input_images:0", x)]).unwrap();
+            out.get("feature_fusion/concat_3:0")
+                .unwrap()
+                .view::<f32>()
+                .unwrap()
+                .to_owned()
+        };
+        let alone: Vec<_> = (0..6).map(run).collect();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6u64)
+                .map(|seed| {
+                    let run = &run;
+                    s.spawn(move || (0..3).map(|_| run(seed)).collect::<Vec<_>>())
+                })
+                .collect();
+            for (seed, h) in handles.into_iter().enumerate() {
+                for got in h.join().unwrap() {
+                    assert_eq!(got, alone[seed], "caller {seed} on {target:?}");
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn kernel_timing_for_benchmarks_runs_only_on_gpu_models() {
+    for target in targets() {
+        let op = OneOp::new("Sigmoid", vec![("x", vec![4096])]);
+        let folder = op.folder(None, &[4096]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let t = repo
+            .model("gpu")
+            .unwrap()
+            .time_gpu_kernels(&[vec![4096]], 3)
+            .unwrap();
+        assert!(
+            t.is_some_and(|t| t > std::time::Duration::ZERO),
+            "{target:?}"
+        );
+        let none = repo
+            .model("cpu")
+            .unwrap()
+            .time_gpu_kernels(&[vec![4096]], 3)
+            .unwrap();
+        assert!(none.is_none());
     }
 }

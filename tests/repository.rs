@@ -293,34 +293,92 @@ fn absurd_dims_are_rejected_at_load() {
     );
 }
 
+/// STR output for a deterministic input, from `repo`'s `text_recognition`.
+fn str_logits(repo: &Repository) -> ndarray::ArrayD<f32> {
+    let x = ndarray::Array::from_shape_fn((1, 1, 32, 100), |(_, _, y, x)| {
+        ((x * 7 + y * 3) % 11) as f32 / 11.0
+    });
+    let out = repo
+        .model("text_recognition")
+        .unwrap()
+        .infer([("input.1", modelyard::Tensor::from(x))])
+        .unwrap();
+    out.get("308").unwrap().view::<f32>().unwrap().to_owned()
+}
+
 #[test]
-fn tutorial_part2_gpu_group_fails_clearly_on_a_cpu_build() {
+fn tutorial_part2_gpu_group_runs_on_the_gpu_or_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("text_recognition");
     copy_dir(&fixtures().join("tutorial-configs/Part_2-improving_resource_utilization/model_repository/text_recognition"), &dir);
     std::fs::create_dir_all(dir.join("1")).unwrap();
-    let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    let want = match modelyard::gpu::probe() {
-        _ if !cfg!(feature = "cuda") => "instance group text_recognition_0 of model text_recognition has kind KIND_GPU but server does not support GPUs".to_string(),
-        Err(reason) => format!("model 'text_recognition' instance group 'text_recognition_0' requests KIND_GPU but no CUDA driver was found ({reason})"),
-        Ok(_) => "requests KIND_GPU: CUDA".to_string(),
-    };
-    assert!(e.contains(&want), "{e}");
-    // KIND_AUTO (no instance group) falls back to the CPU.
-    let config = std::fs::read_to_string(dir.join("config.pbtxt")).unwrap();
-    let cut = config.find("instance_group").unwrap();
-    std::fs::write(dir.join("config.pbtxt"), &config[..cut]).unwrap();
     std::fs::copy(
         fixtures().join("tutorial_repository_part2/text_recognition/1/model.onnx"),
         dir.join("1/model.onnx"),
     )
     .unwrap();
+    let loaded = Repository::load(tmp.path());
+    let want = match modelyard::gpu::probe() {
+        _ if !cfg!(feature = "cuda") => Some("instance group text_recognition_0 of model text_recognition has kind KIND_GPU but server does not support GPUs".to_string()),
+        Err(reason) => Some(format!("model 'text_recognition' instance group 'text_recognition_0' requests KIND_GPU but no CUDA driver was found ({reason})")),
+        Ok(_) => None,
+    };
+    let gpu_answer = match (want, loaded) {
+        (Some(want), Err(e)) => {
+            assert!(e.to_string().contains(&want), "{e}");
+            None
+        }
+        (None, Ok(repo)) => {
+            let logits = str_logits(&repo);
+            let report = repo
+                .model("text_recognition")
+                .unwrap()
+                .execution_report()
+                .unwrap();
+            assert!(report.cpu_nodes.is_empty(), "{report:?}");
+            Some(logits)
+        }
+        (want, loaded) => panic!("expected {want:?}, got {:?}", loaded.err()),
+    };
+    // KIND_AUTO (no instance group): the CPU without a GPU, the GPU with one, as in Triton;
+    // the emulator counts as a GPU.
+    let config = std::fs::read_to_string(dir.join("config.pbtxt")).unwrap();
+    let cut = config.find("instance_group").unwrap();
+    std::fs::write(dir.join("config.pbtxt"), &config[..cut]).unwrap();
     let repo = Repository::load(tmp.path()).unwrap();
     let m = repo.model("text_recognition").unwrap();
+    let auto = if modelyard::gpu::probe().is_ok() {
+        "KIND_GPU"
+    } else {
+        "KIND_CPU"
+    };
+    assert_eq!(m.config().instance_group[0].kind().as_str_name(), auto);
+    let cpu_or_gpu = str_logits(&repo);
+    let emulated = Repository::builder(tmp.path())
+        .cuda_emulator(true)
+        .load()
+        .unwrap();
+    let m = emulated.model("text_recognition").unwrap();
     assert_eq!(
         m.config().instance_group[0].kind().as_str_name(),
-        "KIND_CPU"
+        "KIND_GPU"
     );
+    let on_emulator = str_logits(&emulated);
+    assert!(m.execution_report().unwrap().device.contains("emulator"));
+    for other in [Some(&on_emulator), gpu_answer.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let diff = other
+            .iter()
+            .zip(cpu_or_gpu.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 2e-3,
+            "GPU path differs from the first load by {diff}"
+        );
+    }
 }
 
 #[test]

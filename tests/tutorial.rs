@@ -14,7 +14,15 @@ fn repo() -> Repository {
 
 fn check(repo: &Repository, model: &str, key: &str, tol: f32) {
     let r = reference(key);
-    let out = repo.model(model).unwrap().infer(r.input_tensors()).unwrap();
+    let m = repo.model(model).unwrap();
+    let out = m.infer(r.input_tensors()).unwrap();
+    // On a GPU (KIND_AUTO takes it when there is one) the kernels sum in another order:
+    // tests/gpu.rs states that tolerance.
+    let tol = if m.execution_report().is_some() {
+        tol.max(1e-3)
+    } else {
+        tol
+    };
     for (name, expected) in &r.outputs {
         let got = out
             .get(name)

@@ -58,6 +58,16 @@ pub(crate) trait Executable: Send + Sync {
         None
     }
 
+    /// For a model on a GPU: the time of `iters` rounds of its kernels at these input shapes,
+    /// without host copies (benchmarks).
+    fn time_kernels(
+        &self,
+        _shapes: &[Vec<usize>],
+        _iters: u32,
+    ) -> Option<Result<std::time::Duration>> {
+        None
+    }
+
     /// For an ensemble: the composing model versions of its steps, in step order.
     fn steps(&self) -> Vec<crate::model::Model> {
         Vec::new()

@@ -231,6 +231,18 @@ impl Model {
         self.inner.exec.execution_report()
     }
 
+    /// For benchmarks of a model on a GPU instance group: the time of `iters` rounds of all
+    /// its kernels at these input shapes (in the order of the model's inputs), device-side
+    /// only (no uploads, downloads or scheduling), synchronised before the clock stops.
+    /// `Ok(None)` for a model that does not run on a GPU.
+    pub fn time_gpu_kernels(
+        &self,
+        shapes: &[Vec<usize>],
+        iters: u32,
+    ) -> Result<Option<std::time::Duration>> {
+        self.inner.exec.time_kernels(shapes, iters).transpose()
+    }
+
     /// A metadata value stored in the model file (ONNX `metadata_props`), e.g. PaddleOCR's
     /// recogniser dictionary under `character`.
     pub fn metadata(&self, key: &str) -> Option<&str> {

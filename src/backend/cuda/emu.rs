@@ -16,6 +16,10 @@ use super::kernels::{self, Kernel};
 
 const PRELUDE: &str = include_str!("../../../kernels/emu/prelude.h");
 
+/// The emulated device's memory: like a GPU's, fixed, so that running out of it is an
+/// error that can be tested.
+pub(crate) const MEMORY: usize = 1 << 30;
+
 type LaunchFn = unsafe extern "C" fn(*const u8, u32, u32, u32, u32, u32, u32);
 type SizeFn = unsafe extern "C" fn() -> u32;
 
@@ -107,18 +111,25 @@ impl EmuDevice {
 
 impl Device for EmuDevice {
     fn describe(&self) -> String {
-        "emulator (kernels compiled for the host CPU)".into()
+        "emulator (kernels compiled for the host CPU, 1 GiB)".into()
     }
 
     fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
         let layout =
             std::alloc::Layout::from_size_align(bytes.max(256), 256).map_err(|e| e.to_string())?;
+        let mut allocations = self.allocations.lock();
+        let used: usize = allocations.values().map(|l| l.size()).sum();
+        if used + layout.size() > MEMORY {
+            return Err(format!(
+                "out of device memory ({bytes} bytes requested, {used} of {MEMORY} in use)"
+            ));
+        }
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
             return Err(format!("out of device memory ({bytes} bytes requested)"));
         }
-        self.allocations.lock().insert(p as u64, layout);
+        allocations.insert(p as u64, layout);
         Ok(p as u64)
     }
 

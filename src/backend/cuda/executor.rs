@@ -192,6 +192,53 @@ impl GpuExecutable {
         Ok(plan)
     }
 
+    /// Times the kernels of the plan for `shapes` alone (no host copies): one full run on
+    /// zero inputs first, then `iters` rounds of every launch, synchronised at the end.
+    pub(crate) fn time_kernels(
+        &self,
+        shapes: &[TVec<usize>],
+        iters: u32,
+    ) -> Result<std::time::Duration> {
+        let m = self.plans.model_name();
+        let plan = self.plan_for(shapes)?;
+        let inst = plan
+            .instance()
+            .map_err(|e| device_error(m, self.device, "preparing an instance", e))?;
+        let zeros: Vec<TValue> = shapes
+            .iter()
+            .map(|s| Tensor::zero::<f32>(s).map(|t| t.into_tvalue()))
+            .collect::<TractResult<_>>()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        let timed = (|| {
+            plan.run(&inst, &zeros)?;
+            let started = std::time::Instant::now();
+            for _ in 0..iters {
+                for step in &plan.program.steps {
+                    if let Step::Launch {
+                        kernel,
+                        grid,
+                        block,
+                        params,
+                        fixups,
+                    } = step
+                    {
+                        let mut bytes = params.clone();
+                        for (at, v) in fixups {
+                            let ptr = plan.ptr(&inst, *v)?;
+                            bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
+                        }
+                        self.device
+                            .launch(inst.stream, *kernel, *grid, *block, &bytes)?;
+                    }
+                }
+            }
+            self.device.sync(inst.stream)?;
+            Ok::<_, String>(started.elapsed())
+        })();
+        plan.pool.lock().push(inst);
+        timed.map_err(|e| device_error(m, self.device, "timing the kernels", e))
+    }
+
     /// The report of the plan used last.
     pub(crate) fn report(&self) -> Option<ExecutionReport> {
         self.last_report.lock().clone()
@@ -374,6 +421,15 @@ impl Executable for GpuExecutable {
 
     fn execution_report(&self) -> Option<ExecutionReport> {
         self.report()
+    }
+
+    fn time_kernels(
+        &self,
+        shapes: &[Vec<usize>],
+        iters: u32,
+    ) -> Option<Result<std::time::Duration>> {
+        let shapes: Vec<TVec<usize>> = shapes.iter().map(|s| s.iter().copied().collect()).collect();
+        Some(GpuExecutable::time_kernels(self, &shapes, iters))
     }
 
     fn execute(

@@ -607,7 +607,8 @@ impl Lowering<'_> {
                 .map(|l| (vec![l], fused)));
         }
         if let Some(e) = op.downcast_ref::<EinSum>() {
-            let fused = self.fusable_after(id);
+            // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
+            let fused = self.fusable_after(id).filter(|f| f.act != act::CLIP);
             return Ok(self
                 .einsum(node, e, &oshape, fused.as_ref())?
                 .map(|l| (vec![l], fused)));
@@ -1205,15 +1206,9 @@ impl Lowering<'_> {
             scb: bs[2] as i32,
             scm: ms[2] as i32,
             scn: ns[2] as i32,
-            act: fused
-                .map(|f| if f.act == act::CLIP { -1 } else { f.act })
-                .unwrap_or(act::NONE),
+            act: fused.map(|f| f.act).unwrap_or(act::NONE),
             ..Default::default()
         };
-        if params.act < 0 {
-            // The GEMM epilogue has no clamp bounds.
-            return Ok(None);
-        }
         let operand = |i: usize| match self.konst(node.inputs[i]) {
             Some(t) => Operand::Const(
                 t.cast_to::<f32>()
