@@ -17,14 +17,17 @@ struct ConvParams {
     float a, b;
 };
 
-#define CONV_BM 64
-#define CONV_BN 64
+// Tile shapes: BM output channels x BN pixels per block of 256 threads, each thread TM x TN
+// outputs (rows ty*TM + i, columns tx + j*(BN/TN): neighbouring threads take neighbouring
+// pixels, so shared-memory reads are conflict-free and stores coalesce). 64x64 (4x4 per
+// thread) for wide layers; 16x256 (1x16) when a group has at most 16 output channels (EAST's
+// 8-32 channel layers would leave most of a 64-row tile idle).
 #define CONV_BK 16
 
-template <bool ONE_BY_ONE>
+template <int BM, int BN, int TM, int TN, bool ONE_BY_ONE>
 __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
-    __shared__ float As[CONV_BK][CONV_BM];
-    __shared__ float Bs[CONV_BK][CONV_BN];
+    __shared__ float As[CONV_BK][BM];
+    __shared__ float Bs[CONV_BK][BN];
     const int tid = threadIdx.x;
     const int g = blockIdx.z;
     const int cg = p.c / p.group;
@@ -33,12 +36,13 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
     const int K = cg * khw;
     const int opix = p.oh * p.ow;
     const int npix = p.n * opix;
-    const int m0 = blockIdx.y * CONV_BM;
-    const int n0 = blockIdx.x * CONV_BN;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
 
-    // B loader: one output pixel per thread, 4 consecutive k rows.
-    const int bcol = tid & 63;
-    const int brow = (tid >> 6) * 4;
+    // B loader: one output pixel per thread, B_ROWS consecutive k rows.
+    const int B_ROWS = CONV_BK * BN / 256;
+    const int bcol = tid % BN;
+    const int brow = (tid / BN) * B_ROWS;
     const int pix = n0 + bcol;
     const bool pix_ok = pix < npix;
     int bn = 0, br = 0, boh = 0, bow = 0;
@@ -52,24 +56,27 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
     const int iw0 = bow * p.sw - p.pl;
     const float* xb = p.x + ((long long)bn * p.c + (long long)g * cg) * p.h * p.w;
 
-    // A loader: one output channel per thread, 4 consecutive k columns.
-    const int arow = tid >> 2;
-    const int acol = (tid & 3) * 4;
+    // A loader: one output channel per thread, A_COLS consecutive k columns.
+    const int A_COLS = CONV_BK * BM / 256;
+    const int per_row = CONV_BK / A_COLS;
+    const int arow = tid / per_row;
+    const int acol = (tid % per_row) * A_COLS;
     const int am = m0 + arow;
     const float* wrow = p.wt + ((long long)g * mg + am) * K;
 
-    const int tx = tid & 15;
-    const int ty = tid >> 4;
-    float acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    const int NT = BN / TN;
+    const int tx = tid % NT;
+    const int ty = tid / NT;
+    float acc[TM][TN];
+    for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
     for (int k0 = 0; k0 < K; k0 += CONV_BK) {
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < A_COLS; ++j) {
             int k = k0 + acol + j;
             As[acol + j][arow] = (am < mg && k < K) ? wrow[k] : 0.0f;
         }
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < B_ROWS; ++j) {
             int k = k0 + brow + j;
             float v = 0.0f;
             if (pix_ok && k < K) {
@@ -90,22 +97,22 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
         }
         __syncthreads();
         for (int kk = 0; kk < CONV_BK; ++kk) {
-            float av[4], bv[4];
-            for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
-            for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+            float av[TM], bv[TN];
+            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
+            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * NT];
+            for (int i = 0; i < TM; ++i)
+                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
         }
         __syncthreads();
     }
 
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + ty * TM + i;
         if (m >= mg) continue;
         int oc = g * mg + m;
         float bias = p.bias ? p.bias[oc] : 0.0f;
-        for (int j = 0; j < 4; ++j) {
-            int q = n0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            int q = n0 + tx + j * NT;
             if (q >= npix) continue;
             int nb = q / opix;
             int r = q - nb * opix;
@@ -116,12 +123,17 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
 
 // grid (ceil(n*oh*ow / 64), ceil(co/group / 64), group), block 256.
 extern "C" __global__ void __launch_bounds__(256) conv2d_f32(const ConvParams p) {
-    my_conv_tile<false>(p);
+    my_conv_tile<64, 64, 4, 4, false>(p);
 }
 
-// 1x1 kernel, stride 1, no padding: the B tile is a plain strided read.
+// 1x1 kernel, stride 1, no padding: the B tile is a plain strided read. Same grid.
 extern "C" __global__ void __launch_bounds__(256) conv2d_1x1_f32(const ConvParams p) {
-    my_conv_tile<true>(p);
+    my_conv_tile<64, 64, 4, 4, true>(p);
+}
+
+// At most 16 output channels per group: grid (ceil(n*oh*ow / 256), ceil(co/group / 16), group).
+extern "C" __global__ void __launch_bounds__(256) conv2d_narrow_f32(const ConvParams p) {
+    my_conv_tile<16, 256, 1, 16, false>(p);
 }
 
 // One input channel per group (depthwise and its channel multipliers): direct, one output

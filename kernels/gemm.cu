@@ -13,54 +13,71 @@ struct GemmParams {
     int act;
 };
 
-// grid (ceil(n / 64), ceil(m / 64), batch), block 256.
-extern "C" __global__ void __launch_bounds__(256) gemm_f32(const GemmParams p) {
-    __shared__ float As[16][64];
-    __shared__ float Bs[16][64];
+// BM x BN tile per block of 256 threads, TM x TN per thread (columns strided by BN / TN, as
+// in conv.cu). 64x64 in general; 256x16 when n <= 16 (a 1x1 convolution with few output
+// channels: m = pixels, n = channels).
+template <int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void my_gemm_tile(const GemmParams& p) {
+    __shared__ float As[16][BM];
+    __shared__ float Bs[16][BN];
     const int tid = threadIdx.x;
     const int bz = blockIdx.z;
-    const int m0 = blockIdx.y * 64;
-    const int n0 = blockIdx.x * 64;
+    const int m0 = blockIdx.y * BM;
+    const int n0 = blockIdx.x * BN;
     const float* a = p.a + (long long)bz * p.sab;
     const float* b = p.b + (long long)bz * p.sbb;
-    const int arow = tid >> 2;
-    const int acol = (tid & 3) * 4;
-    const int bcol = tid & 63;
-    const int brow = (tid >> 6) * 4;
-    const int tx = tid & 15;
-    const int ty = tid >> 4;
-    float acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    const int A_COLS = 16 * BM / 256;
+    const int per_row = 16 / A_COLS;
+    const int arow = tid / per_row;
+    const int acol = (tid % per_row) * A_COLS;
+    const int B_ROWS = 16 * BN / 256;
+    const int bcol = tid % BN;
+    const int brow = (tid / BN) * B_ROWS;
+    const int NT = BN / TN;
+    const int tx = tid % NT;
+    const int ty = tid / NT;
+    float acc[TM][TN];
+    for (int i = 0; i < TM; ++i)
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
     for (int k0 = 0; k0 < p.k; k0 += 16) {
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < A_COLS; ++j) {
             int k = k0 + acol + j;
             int m = m0 + arow;
             As[acol + j][arow] = (m < p.m && k < p.k) ? a[(long long)m * p.sam + (long long)k * p.sak] : 0.0f;
         }
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < B_ROWS; ++j) {
             int k = k0 + brow + j;
             int n = n0 + bcol;
             Bs[brow + j][bcol] = (n < p.n && k < p.k) ? b[(long long)k * p.sbk + (long long)n * p.sbn] : 0.0f;
         }
         __syncthreads();
         for (int kk = 0; kk < 16; ++kk) {
-            float av[4], bv[4];
-            for (int i = 0; i < 4; ++i) av[i] = As[kk][ty * 4 + i];
-            for (int j = 0; j < 4; ++j) bv[j] = Bs[kk][tx * 4 + j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+            float av[TM], bv[TN];
+            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
+            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * NT];
+            for (int i = 0; i < TM; ++i)
+                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
         }
         __syncthreads();
     }
     float* c = p.c + (long long)bz * p.scb;
-    for (int i = 0; i < 4; ++i) {
-        int m = m0 + ty * 4 + i;
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + ty * TM + i;
         if (m >= p.m) continue;
-        for (int j = 0; j < 4; ++j) {
-            int n = n0 + tx * 4 + j;
+        for (int j = 0; j < TN; ++j) {
+            int n = n0 + tx + j * NT;
             if (n >= p.n) continue;
             c[(long long)m * p.scm + (long long)n * p.scn] = my_act(acc[i][j], p.act, 0.0f, 0.0f);
         }
     }
+}
+
+// grid (ceil(n / 64), ceil(m / 64), batch), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemm_f32(const GemmParams p) {
+    my_gemm_tile<64, 64, 4, 4>(p);
+}
+
+// n <= 16: grid (ceil(n / 16), ceil(m / 256), batch), block 256.
+extern "C" __global__ void __launch_bounds__(256) gemm_narrow_f32(const GemmParams p) {
+    my_gemm_tile<256, 16, 16, 1>(p);
 }

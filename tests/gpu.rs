@@ -408,6 +408,15 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
             OneOp::new("MatMul", vec![("a", vec![3, 7, 70])]).weight("b", random(&[70, 37], 5));
         check_op(target, "MatMul with weights", &mm, None, &[3, 7, 37]);
         check_op(target, "MatMul + Relu", &mm, Some("Relu"), &[3, 7, 37]);
+        let narrow =
+            OneOp::new("MatMul", vec![("a", vec![2, 300, 19])]).weight("b", random(&[19, 5], 6));
+        check_op(
+            target,
+            "MatMul with 5 columns (narrow tile)",
+            &narrow,
+            None,
+            &[2, 300, 5],
+        );
         check_op(
             target,
             "MatMul + Sigmoid",

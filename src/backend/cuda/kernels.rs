@@ -50,9 +50,11 @@ pub(crate) enum Kernel {
     Pad,
     Conv,
     Conv1x1,
+    ConvNarrow,
     ConvDepthwise,
     Deconv,
     Gemm,
+    GemmNarrow,
     Pool,
     Resize,
     Reduce,
@@ -60,7 +62,7 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    pub(crate) const ALL: [Kernel; 14] = [
+    pub(crate) const ALL: [Kernel; 16] = [
         Kernel::Unary,
         Kernel::Binary,
         Kernel::BinarySame,
@@ -68,9 +70,11 @@ impl Kernel {
         Kernel::Pad,
         Kernel::Conv,
         Kernel::Conv1x1,
+        Kernel::ConvNarrow,
         Kernel::ConvDepthwise,
         Kernel::Deconv,
         Kernel::Gemm,
+        Kernel::GemmNarrow,
         Kernel::Pool,
         Kernel::Resize,
         Kernel::Reduce,
@@ -86,9 +90,11 @@ impl Kernel {
             Kernel::Pad => "pad_f32",
             Kernel::Conv => "conv2d_f32",
             Kernel::Conv1x1 => "conv2d_1x1_f32",
+            Kernel::ConvNarrow => "conv2d_narrow_f32",
             Kernel::ConvDepthwise => "conv2d_depthwise_f32",
             Kernel::Deconv => "deconv2d_f32",
             Kernel::Gemm => "gemm_f32",
+            Kernel::GemmNarrow => "gemm_narrow_f32",
             Kernel::Pool => "pool2d_f32",
             Kernel::Resize => "resize2d_f32",
             Kernel::Reduce => "reduce_f32",
@@ -132,7 +138,9 @@ pub(crate) fn entries(src: &str) -> Vec<Entry> {
         // The body up to its closing brace; a kernel that calls a template uses its syncs.
         let body_end = matching_brace(body).unwrap_or(body.len());
         let text = &body[..body_end];
-        let uses_sync = text.contains("__syncthreads") || text.contains("my_conv_tile");
+        let uses_sync = text.contains("__syncthreads")
+            || text.contains("my_conv_tile")
+            || text.contains("my_gemm_tile");
         out.push(Entry {
             name: name.trim().to_string(),
             param_type,

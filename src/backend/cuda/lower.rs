@@ -979,18 +979,22 @@ impl Lowering<'_> {
             (Kernel::ConvDepthwise, grid_1d(n * co * oh * ow))
         } else {
             let npix = n * oh * ow;
-            let gy = (co / group).div_ceil(64);
+            let mg = co / group;
+            // Few output channels per group: the 16 x 256 tile.
+            let (kern, bm, bn) = if mg <= 16 && !one_by_one {
+                (Kernel::ConvNarrow, 16, 256)
+            } else if one_by_one {
+                (Kernel::Conv1x1, 64, 64)
+            } else {
+                (Kernel::Conv, 64, 64)
+            };
+            let gy = mg.div_ceil(bm);
             if gy > 65_535 || group > 65_535 {
                 return Ok(None);
             }
-            let kern = if one_by_one {
-                Kernel::Conv1x1
-            } else {
-                Kernel::Conv
-            };
             (
                 kern,
-                [npix.div_ceil(64).max(1) as u32, gy as u32, group as u32],
+                [npix.div_ceil(bn).max(1) as u32, gy as u32, group as u32],
             )
         };
         let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(kernel))];
@@ -1217,9 +1221,18 @@ impl Lowering<'_> {
             ),
             None => Operand::Input(i),
         };
+        // Few columns (a 1x1 convolution's output channels): the 256 x 16 tile.
+        let (kernel, bm, bn) = if nsz <= 16 {
+            (Kernel::GemmNarrow, 256, 16)
+        } else {
+            (Kernel::Gemm, 64, 64)
+        };
+        if msz.div_ceil(bm) > 65_535 {
+            return Ok(None);
+        }
         Ok(Some(LaunchSpec {
-            kernel: Kernel::Gemm,
-            grid: [nsz.div_ceil(64) as u32, msz.div_ceil(64) as u32, bsz as u32],
+            kernel,
+            grid: [nsz.div_ceil(bn) as u32, msz.div_ceil(bm) as u32, bsz as u32],
             block: B256,
             params: bytes_of(&params),
             fixups: vec![(0, operand(0)), (8, operand(1)), (16, Operand::Output)],

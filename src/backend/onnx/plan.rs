@@ -225,11 +225,13 @@ impl Plans {
     }
 
     /// The model's name.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn model_name(&self) -> &str {
         &self.model_name
     }
 
     /// The graph outputs, in order.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn output_names(&self) -> &[String] {
         &self.outputs
     }
