@@ -731,3 +731,21 @@ fn kernel_timing_for_benchmarks_runs_only_on_gpu_models() {
         assert!(none.is_none());
     }
 }
+
+#[test]
+fn a_model_with_fixed_shapes_is_planned_at_load() {
+    for target in targets() {
+        let str_dir = fixtures().join("tutorial_repository/text_recognition");
+        let (_tmp, repo) = cpu_and_gpu(&str_dir, target);
+        let r = repo
+            .model("gpu")
+            .unwrap()
+            .execution_report()
+            .expect("STR's dims are fixed: planned at load");
+        assert!(r.cpu_nodes.is_empty(), "{r:?}");
+        // EAST's input dims are all -1: planned by its first request.
+        let east_dir = fixtures().join("tutorial_repository/text_detection");
+        let (_tmp, repo) = cpu_and_gpu(&east_dir, target);
+        assert!(repo.model("gpu").unwrap().execution_report().is_none());
+    }
+}

@@ -192,6 +192,42 @@ impl GpuExecutable {
         Ok(plan)
     }
 
+    /// Builds the plan for the input shapes the config fixes (batch 1 for a batching model),
+    /// if it fixes them all: the load then uploads the weights, logs the nodes that fall back
+    /// to the CPU, and fails on a model too large for the device.
+    pub(crate) fn prepare(&self, config: &crate::config::ModelConfig) -> Result<()> {
+        let mut shapes = Vec::new();
+        for name in self.plans.input_names() {
+            let Some(input) = config.input.iter().find(|i| &i.name == name) else {
+                return Ok(());
+            };
+            let dims = input
+                .reshape
+                .as_ref()
+                .map(|r| r.shape.clone())
+                .unwrap_or_else(|| input.dims.clone());
+            let batch = (config.max_batch_size > 0).then_some(1i64);
+            let full: Vec<i64> = batch.into_iter().chain(dims).collect();
+            if full.iter().any(|&d| d < 0) {
+                return Ok(());
+            }
+            shapes.push(full.iter().map(|&d| d as usize).collect::<TVec<usize>>());
+        }
+        match self.plan_for(&shapes) {
+            Ok(_) => Ok(()),
+            // Too large for the device: the load fails, naming the model.
+            Err(e) if e.kind() == ErrorKind::ResourceExhausted => Err(e),
+            // Anything else is reported by the requests that hit it.
+            Err(e) => {
+                tracing::warn!(
+                    "model '{}': no GPU plan at load: {e}",
+                    self.plans.model_name()
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Times the kernels of the plan for `shapes` alone (no host copies): one full run on
     /// zero inputs first, then `iters` rounds of every launch, synchronised at the end.
     pub(crate) fn time_kernels(

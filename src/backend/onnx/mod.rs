@@ -57,11 +57,10 @@ impl Backend for OnnxBackend {
         let plans = plan::Plans::new(config, proto, dir.as_deref(), opts)?;
         #[cfg(feature = "cuda")]
         if let Some(device) = super::cuda::device_for(config, opts)? {
-            return Ok(Arc::new(super::cuda::executor::GpuExecutable::new(
-                plans,
-                device,
-                opts.plan_cache_capacity,
-            )));
+            let exec =
+                super::cuda::executor::GpuExecutable::new(plans, device, opts.plan_cache_capacity);
+            exec.prepare(config)?;
+            return Ok(Arc::new(exec));
         }
         Ok(Arc::new(plans))
     }

@@ -230,6 +230,12 @@ impl Plans {
         &self.model_name
     }
 
+    /// The graph inputs (initializers excluded), in order.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
     /// The graph outputs, in order.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn output_names(&self) -> &[String] {
