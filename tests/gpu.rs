@@ -127,8 +127,15 @@ fn compare(
     out
 }
 
-/// Runs `op` on the CPU and on `target`, compares, and checks no node fell back to the CPU.
-fn check_op(target: Target, what: &str, op: &OneOp, then: Option<&str>, out: &[usize]) {
+/// Runs `op` on the CPU and on `target`, compares, and checks no node fell back to the CPU;
+/// returns the launches by kernel.
+fn check_op(
+    target: Target,
+    what: &str,
+    op: &OneOp,
+    then: Option<&str>,
+    out: &[usize],
+) -> std::collections::BTreeMap<String, usize> {
     let folder = op.folder(then, out);
     let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
     let inputs: Vec<(String, ArrayD<f32>)> = op
@@ -152,6 +159,7 @@ fn check_op(target: Target, what: &str, op: &OneOp, then: Option<&str>, out: &[u
             "{what}: activation not fused: {report:?}"
         );
     }
+    report.kernels
 }
 
 fn conv(
@@ -293,10 +301,47 @@ fn convolutions_match_the_cpu_path() {
                 [2, 2, 2, 2],
                 [1, 1],
             ),
+            // Grouped 1x1 convolutions stay convolutions (tract turns plain ones into EinSum).
+            (
+                "grouped 1x1",
+                [1, 8, 5, 7],
+                12,
+                [1, 1],
+                2,
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+            ),
+            (
+                "grouped 1x1, 66 per group",
+                [2, 6, 4, 5],
+                132,
+                [1, 1],
+                2,
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+            ),
         ];
         for (what, x, co, k, g, s, p, d) in cases {
             let (op, out) = conv(x, co, k, g, s, p, d);
-            check_op(target, &format!("Conv {what}"), &op, None, &out);
+            let kernels = check_op(target, &format!("Conv {what}"), &op, None, &out);
+            // Each shape class goes to its kernel.
+            let want = if x[1] == g && g > 1 {
+                "conv2d_depthwise_f32"
+            } else if k == [1, 1] && g > 1 {
+                "conv2d_1x1_f32"
+            } else if k == [1, 1] {
+                "gemm" // tract turns an ungrouped 1x1 convolution into an EinSum
+            } else if co / g <= 16 {
+                "conv2d_narrow_f32"
+            } else {
+                "conv2d_f32"
+            };
+            assert!(
+                kernels.keys().any(|n| n.starts_with(want)),
+                "Conv {what}: {kernels:?}"
+            );
         }
         let (op, out) = conv([1, 5, 8, 8], 9, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
         check_op(target, "Conv + Relu fused", &op, Some("Relu"), &out);

@@ -61,7 +61,10 @@ impl EmuDevice {
         let unit = translation_unit();
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
         let key = kernels::fnv1a(&[unit.as_bytes(), cxx.as_bytes()]);
-        let dir = cache_dir();
+        // The cache directory, or the temporary one where it cannot be created.
+        let dir = Some(cache_dir())
+            .filter(|d| std::fs::create_dir_all(d).is_ok())
+            .unwrap_or_else(|| std::env::temp_dir().join("modelyard"));
         let lib_path = dir.join(format!("emu-{key:016x}.so"));
         if !lib_path.exists() {
             let cpp = dir.join(format!("emu-{key:016x}.{}.cpp", std::process::id()));

@@ -205,10 +205,12 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
     } = l;
     let mut values = values;
     let arena_bytes = layout_arena(&mut values, &mut steps, &outputs);
-    report.launches = steps
-        .iter()
-        .filter(|s| matches!(s, Step::Launch { .. }))
-        .count();
+    for s in &steps {
+        if let Step::Launch { kernel, .. } = s {
+            report.launches += 1;
+            *report.kernels.entry(kernel.name().to_string()).or_default() += 1;
+        }
+    }
     let up = steps
         .iter()
         .filter(|s| matches!(s, Step::Upload { .. }))

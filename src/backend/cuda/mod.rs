@@ -37,6 +37,8 @@ pub struct ExecutionReport {
     pub fused_nodes: usize,
     /// Kernel launches per inference.
     pub launches: usize,
+    /// Launches per inference by kernel name (`conv2d_narrow_f32`, `gemm_f32`, …).
+    pub kernels: std::collections::BTreeMap<String, usize>,
     /// Host→device copies per inference, model inputs included.
     pub uploads: usize,
     /// Device→host copies per inference, model outputs included.
