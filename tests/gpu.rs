@@ -794,3 +794,37 @@ fn a_model_with_fixed_shapes_is_planned_at_load() {
         assert!(repo.model("gpu").unwrap().execution_report().is_none());
     }
 }
+
+#[test]
+fn a_new_input_shape_reuses_the_weights_on_the_device() {
+    for target in targets() {
+        let east = fixtures().join("tutorial_repository/text_detection");
+        let (_tmp, repo) = cpu_and_gpu(&east, target);
+        let model = repo.model("gpu").unwrap();
+        let mut reports = Vec::new();
+        for shape in [[1, 64, 96, 3], [1, 96, 128, 3], [2, 32, 32, 3]] {
+            let x = Tensor::from(random(&shape, 1));
+            model.infer([("input_images:0", x)]).unwrap();
+            reports.push(model.execution_report().unwrap());
+        }
+        let first = &reports[0];
+        // Identical constants are stored once, even within one plan.
+        assert!(
+            first.uploaded_weight_bytes <= first.weight_bytes,
+            "{first:?}"
+        );
+        assert!(
+            first.uploaded_weight_bytes * 10 > first.weight_bytes * 9,
+            "{first:?}"
+        );
+        for r in &reports[1..] {
+            // Only shape-dependent constants (if any) are new; the convolution weights are not.
+            assert!(
+                r.uploaded_weight_bytes * 10 < r.weight_bytes,
+                "{} of {} weight bytes uploaded again on {target:?}",
+                r.uploaded_weight_bytes,
+                r.weight_bytes
+            );
+        }
+    }
+}

@@ -27,6 +27,19 @@ pub(crate) struct GpuExecutable {
     /// (clock, plans by input shapes with the tick they were last used)
     cache: Mutex<(u64, PlanCache)>,
     last_report: Mutex<Option<ExecutionReport>>,
+    /// Weights on the device by (content hash, bytes), shared by the plans of every shape
+    /// (a new input shape uploads only the constants that differ).
+    weights: Mutex<HashMap<(u64, usize), DevPtr>>,
+}
+
+impl Drop for GpuExecutable {
+    fn drop(&mut self) {
+        // The plans (and their arenas) go with the cache; no execution runs while `self` drops.
+        self.cache.get_mut().1.clear();
+        for (_, p) in self.weights.get_mut().drain() {
+            self.device.free(p);
+        }
+    }
 }
 
 struct Instance {
@@ -41,6 +54,7 @@ unsafe impl Send for Instance {}
 struct GpuPlan {
     program: Program,
     device: &'static dyn Device,
+    /// Device addresses of `program.weights` (owned by the executable's weight cache).
     weights: Vec<DevPtr>,
     /// Staging offset of each copy step.
     staging: HashMap<usize, usize>,
@@ -50,9 +64,6 @@ struct GpuPlan {
 
 impl Drop for GpuPlan {
     fn drop(&mut self) {
-        for w in &self.weights {
-            self.device.free(*w);
-        }
         for i in self.pool.get_mut().drain(..) {
             self.device.free(i.arena);
             self.device.free_host(i.staging, self.staging_bytes);
@@ -81,6 +92,7 @@ impl GpuExecutable {
             capacity: capacity.max(1),
             cache: Mutex::new((0, HashMap::new())),
             last_report: Mutex::new(None),
+            weights: Mutex::new(HashMap::new()),
         }
     }
 
@@ -127,11 +139,21 @@ impl GpuExecutable {
             );
         }
         let mut weights = Vec::with_capacity(program.weights.len());
-        let upload_weights = |weights: &mut Vec<DevPtr>| -> std::result::Result<(), String> {
-            let stream = self.device.new_stream()?;
+        let mut uploaded = 0usize;
+        {
+            let mut cache = self.weights.lock();
+            let stream = self
+                .device
+                .new_stream()
+                .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
             let mut result = Ok(());
             for w in &program.weights {
                 let bytes = w.as_bytes();
+                let key = (super::kernels::fnv1a(&[bytes]), bytes.len());
+                if let Some(p) = cache.get(&key) {
+                    weights.push(*p);
+                    continue;
+                }
                 let p = match self.device.alloc(bytes.len()) {
                     Ok(p) => p,
                     Err(e) => {
@@ -139,7 +161,9 @@ impl GpuExecutable {
                         break;
                     }
                 };
+                cache.insert(key, p);
                 weights.push(p);
+                uploaded += bytes.len();
                 if let Err(e) = self.device.upload(stream, p, bytes.as_ptr(), bytes.len()) {
                     result = Err(e);
                     break;
@@ -147,14 +171,12 @@ impl GpuExecutable {
             }
             let synced = self.device.sync(stream);
             self.device.free_stream(stream);
-            result.and(synced)
-        };
-        if let Err(e) = upload_weights(&mut weights) {
-            for w in weights {
-                self.device.free(w);
-            }
-            return Err(device_error(m, self.device, "uploading the weights", e));
+            // What was uploaded stays in the cache (freed with the executable), even on error.
+            result
+                .and(synced)
+                .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
         }
+        report.uploaded_weight_bytes = uploaded;
         let mut staging = HashMap::new();
         let mut staging_bytes = 0usize;
         for (i, s) in program.steps.iter().enumerate() {

@@ -45,8 +45,11 @@ pub struct ExecutionReport {
     pub downloads: usize,
     /// Copies between the input upload and the output download (CPU fallbacks cause them).
     pub intermediate_copies: usize,
-    /// Bytes of weights on the device.
+    /// Bytes of weights the plan reads on the device.
     pub weight_bytes: usize,
+    /// Bytes of weights uploaded when this plan was built (the others were already there
+    /// for another input shape).
+    pub uploaded_weight_bytes: usize,
     /// Bytes of the activation arena each instance holds.
     pub arena_bytes: usize,
 }
