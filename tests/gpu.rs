@@ -5,7 +5,8 @@
 //! Each test runs on every target this machine has: the emulator (the same `kernels/*.cu`
 //! compiled for the host CPU, needs a C++ compiler) and CUDA (when `gpu::probe` finds a
 //! driver and a device). Without CUDA the CUDA half prints a notice and passes, unless
-//! `MODELYARD_REQUIRE_GPU=1`, which makes it fail. Fixtures are found through
+//! `MODELYARD_REQUIRE_GPU=1`, which makes it fail (and skips the emulator half, which CI ran:
+//! GPU machine time is for the GPU). Fixtures are found through
 //! `MODELYARD_FIXTURES`, then `./fixtures`, then the source tree, so the binary can be
 //! shipped to a GPU machine.
 //!
@@ -44,7 +45,11 @@ enum Target {
 fn targets() -> Vec<Target> {
     let mut t = Vec::new();
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if std::process::Command::new(&cxx)
+    let require_gpu = std::env::var("MODELYARD_REQUIRE_GPU").as_deref() == Ok("1");
+    if require_gpu {
+        // On a GPU machine, the device time is for the GPU: the emulator ran in CI.
+        eprintln!("NOTICE: MODELYARD_REQUIRE_GPU=1: the emulator half is skipped");
+    } else if std::process::Command::new(&cxx)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
@@ -62,7 +67,7 @@ fn targets() -> Vec<Target> {
             t.push(Target::Cuda);
         }
         Err(why) => {
-            if std::env::var("MODELYARD_REQUIRE_GPU").as_deref() == Ok("1") {
+            if require_gpu {
                 panic!("MODELYARD_REQUIRE_GPU=1 but no usable CUDA: {why}");
             }
             eprintln!("NOTICE: no GPU ({why}): the CUDA half of this test is skipped");
@@ -824,6 +829,45 @@ fn a_new_input_shape_reuses_the_weights_on_the_device() {
                 "{} of {} weight bytes uploaded again on {target:?}",
                 r.uploaded_weight_bytes,
                 r.weight_bytes
+            );
+        }
+    }
+}
+
+/// The whole OCR pipeline (PaddleOCR det + rec through `OcrPipeline`) reads the same lines on
+/// the GPU path as on the CPU.
+#[cfg(feature = "ocr")]
+#[test]
+fn the_ocr_pipeline_reads_the_same_text_on_the_gpu() {
+    use modelyard::ocr::{OcrOptions, OcrPipeline};
+    let img = image::open(fixtures().join("images/word_640x480.png"))
+        .unwrap()
+        .to_rgb8();
+    let read = |repo: &Repository| {
+        let ocr = OcrPipeline::from_repository(repo, OcrOptions::default()).unwrap();
+        let (lines, _) = ocr.run(&img).unwrap();
+        lines.into_iter().map(|l| l.text).collect::<Vec<_>>()
+    };
+    let dir = fixtures().join("ocr_repository");
+    let cpu = read(&Repository::builder(&dir).load().unwrap());
+    assert!(!cpu.is_empty());
+    let tmp = tempfile::tempdir().unwrap();
+    for m in ["text_detection", "text_recognition", "text_classification"] {
+        add_model(tmp.path(), &dir.join(m), m, "KIND_GPU");
+    }
+    for target in targets() {
+        let repo = Repository::builder(tmp.path())
+            .cuda_emulator(target == Target::Emulator)
+            .load()
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(read(&repo), cpu, "on {target:?}");
+        eprintln!("OCR on {target:?}: {:?}", started.elapsed());
+        for m in ["text_detection", "text_recognition"] {
+            let r = repo.model(m).unwrap().execution_report().unwrap();
+            assert!(
+                r.cpu_nodes.is_empty() && r.intermediate_copies == 0,
+                "{m}: {r:?}"
             );
         }
     }
