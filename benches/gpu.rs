@@ -10,27 +10,19 @@
 //! something on a GPU. On a GPU machine: `../shared/gpu/make-bundle.sh --bench gpu`, then
 //! `bash .gpu-bundle/run.sh` there (FEATURES="cuda,bench-tract-cuda" for the tract-cuda rows).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "../tests/common/onnx_builder.rs"]
 mod onnx_builder;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::fixtures;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use modelyard::{Repository, Tensor};
 use ndarray::ArrayD;
 use onnx_builder::{add_model, attr_int, attr_ints, random, OneOp};
-
-fn fixtures() -> PathBuf {
-    if let Some(d) = std::env::var_os("MODELYARD_FIXTURES") {
-        return PathBuf::from(d);
-    }
-    let local = Path::new("fixtures");
-    if local.join("tutorial_repository").is_dir() {
-        return local.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
 
 fn gpu_present() -> bool {
     match modelyard::gpu::probe() {

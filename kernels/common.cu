@@ -96,3 +96,18 @@ __device__ __forceinline__ int my_offset(int idx, int rank, const int* dims, con
     }
     return off;
 }
+
+// One K-step of a register-blocked tile: thread (tx, ty) accumulates rows ty*TM + i of As and
+// columns tx + j*(BN/TN) of Bs (shared by the convolution and GEMM tiles).
+template <int BK, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void my_tile_fma(const float (*As)[BM], const float (*Bs)[BN],
+                                            float (*acc)[TN], int tx, int ty) {
+    const int NT = BN / TN;
+    for (int kk = 0; kk < BK; ++kk) {
+        float av[TM], bv[TN];
+        for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
+        for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * NT];
+        for (int i = 0; i < TM; ++i)
+            for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
+    }
+}

@@ -96,13 +96,7 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
             Bs[brow + j][bcol] = v;
         }
         __syncthreads();
-        for (int kk = 0; kk < CONV_BK; ++kk) {
-            float av[TM], bv[TN];
-            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
-            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * NT];
-            for (int i = 0; i < TM; ++i)
-                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
-        }
+        my_tile_fma<CONV_BK, BM, BN, TM, TN>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
 

@@ -51,13 +51,7 @@ __device__ __forceinline__ void my_gemm_tile(const GemmParams& p) {
             Bs[brow + j][bcol] = (n < p.n && k < p.k) ? b[(long long)k * p.sbk + (long long)n * p.sbn] : 0.0f;
         }
         __syncthreads();
-        for (int kk = 0; kk < 16; ++kk) {
-            float av[TM], bv[TN];
-            for (int i = 0; i < TM; ++i) av[i] = As[kk][ty * TM + i];
-            for (int j = 0; j < TN; ++j) bv[j] = Bs[kk][tx + j * NT];
-            for (int i = 0; i < TM; ++i)
-                for (int j = 0; j < TN; ++j) acc[i][j] += av[i] * bv[j];
-        }
+        my_tile_fma<16, BM, BN, TM, TN>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
     float* c = p.c + (long long)bz * p.scb;

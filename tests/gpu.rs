@@ -16,25 +16,17 @@
 //! whole models (30+ layers, the errors compound; the EAST and STR outputs are sigmoids and
 //! logits of order 1..30).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use modelyard::{Repository, Tensor};
 use ndarray::ArrayD;
+mod common;
 #[path = "common/onnx_builder.rs"]
 mod onnx_builder;
 
-use onnx_builder::{add_model, attr_int, attr_ints, attr_str, random, OneOp};
+use common::{fixtures, reference};
 
-fn fixtures() -> PathBuf {
-    if let Some(d) = std::env::var_os("MODELYARD_FIXTURES") {
-        return PathBuf::from(d);
-    }
-    let local = Path::new("fixtures");
-    if local.join("tutorial_repository").is_dir() {
-        return local.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
+use onnx_builder::{add_model, attr_int, attr_ints, attr_str, random, OneOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -523,56 +515,19 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
 
 // ---- whole models ------------------------------------------------------------------------
 
-fn reference_inputs(key: &str) -> Vec<(String, ArrayD<f32>)> {
-    reference_section(key, "inputs").unwrap()
-}
-
-fn reference_outputs(key: &str) -> Option<Vec<(String, ArrayD<f32>)>> {
-    reference_section(key, "outputs")
-}
-
-/// `fixtures/reference/manifest.json`: inputs and ONNX Runtime's outputs of a case.
-fn reference_section(key: &str, section: &str) -> Option<Vec<(String, ArrayD<f32>)>> {
-    let text = std::fs::read_to_string(fixtures().join("reference/manifest.json")).unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let entries = manifest.get(key)?[section].as_object()?;
-    Some(
-        entries
-            .iter()
-            .map(|(name, v)| {
-                let shape: Vec<usize> = v["shape"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| d.as_u64().unwrap() as usize)
-                    .collect();
-                let bytes = std::fs::read(
-                    fixtures()
-                        .join("reference")
-                        .join(v["file"].as_str().unwrap()),
-                )
-                .unwrap();
-                let data = bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                (name.clone(), ArrayD::from_shape_vec(shape, data).unwrap())
-            })
-            .collect(),
-    )
-}
-
+/// `folder`'s model on the CPU and on `target`: outputs compared, and compared with ONNX
+/// Runtime's committed outputs when `reference` names a case of `fixtures/reference`.
 fn whole_model(
     target: Target,
     folder: &str,
     inputs: Vec<(String, ArrayD<f32>)>,
     what: &str,
+    reference_key: Option<&str>,
 ) -> modelyard::gpu::ExecutionReport {
     let (_tmp, repo) = cpu_and_gpu(&fixtures().join(folder), target);
     let got = compare(&repo, &inputs, 2e-3, 2e-3, &format!("{what} on {target:?}"));
-    // The independent reference where there is one: ONNX Runtime's outputs, committed.
-    if let Some(want) = reference_outputs(what) {
-        for (name, w) in want {
+    if let Some(want) = reference_key.map(reference) {
+        for (name, w) in want.outputs {
             let g = &got.iter().find(|(n, _)| *n == name).unwrap().1;
             let scale = w.iter().fold(1f32, |m, v| m.max(v.abs()));
             let diff = g
@@ -599,8 +554,9 @@ fn tutorial_east_and_str_run_entirely_on_the_gpu() {
             let r = whole_model(
                 target,
                 "tutorial_repository/text_detection",
-                reference_inputs(key),
+                reference(key).inputs,
                 key,
+                Some(key),
             );
             assert!(
                 r.cpu_nodes.is_empty(),
@@ -620,8 +576,9 @@ fn tutorial_east_and_str_run_entirely_on_the_gpu() {
             let r = whole_model(
                 target,
                 "tutorial_repository/text_recognition",
-                reference_inputs(key),
+                reference(key).inputs,
                 key,
+                Some(key),
             );
             assert!(
                 r.cpu_nodes.is_empty(),
@@ -643,6 +600,7 @@ fn paddleocr_models_match_the_cpu_path() {
             "ocr_repository/text_detection",
             det_in,
             "PaddleOCR det 64x96",
+            None,
         );
         assert!(r.cpu_nodes.is_empty(), "CPU fallbacks {:?}", r.cpu_nodes);
         assert_eq!(r.intermediate_copies, 0);
@@ -652,6 +610,7 @@ fn paddleocr_models_match_the_cpu_path() {
             "ocr_repository/text_recognition",
             rec_in,
             "PaddleOCR rec 48x160",
+            None,
         );
         assert!(r.cpu_nodes.is_empty(), "CPU fallbacks {:?}", r.cpu_nodes);
         assert_eq!(r.intermediate_copies, 0);

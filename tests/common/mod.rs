@@ -7,7 +7,16 @@ use std::sync::Arc;
 use modelyard::Tensor;
 use ndarray::ArrayD;
 
+/// `MODELYARD_FIXTURES`, else `./fixtures`, else the source tree's: a test binary shipped to
+/// another machine (the GPU bundle) finds the fixtures of the working tree it runs in.
 pub fn fixtures() -> PathBuf {
+    if let Some(d) = std::env::var_os("MODELYARD_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let local = Path::new("fixtures");
+    if local.join("tutorial_repository").is_dir() {
+        return local.to_path_buf();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 

@@ -195,7 +195,7 @@ impl OneOp {
 /// Copies model folder `src` into `repo` as `name`, with one instance group of `kind`.
 pub fn add_model(repo: &Path, src: &Path, name: &str, kind: &str) {
     let dst = repo.join(name);
-    copy_dir(src, &dst);
+    crate::common::copy_dir(src, &dst);
     let cfg = dst.join("config.pbtxt");
     let text = std::fs::read_to_string(&cfg).unwrap_or_default();
     let mut kept: String = text
@@ -211,17 +211,4 @@ pub fn add_model(repo: &Path, src: &Path, name: &str, kind: &str) {
         "instance_group [ {{ count: 1, kind: {kind} }} ]\n"
     ));
     std::fs::write(cfg, kept).unwrap();
-}
-
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &p);
-        } else {
-            std::fs::copy(e.path(), p).unwrap();
-        }
-    }
 }

@@ -920,26 +920,8 @@ impl Lowering<'_> {
             [a] => (0, before[*a]),
             _ => (0, 0),
         };
-        let bias = match node.inputs.get(2) {
-            None => None,
-            Some(b) => {
-                let Some(t) = self.konst(*b) else {
-                    return Ok(None);
-                };
-                let t = t.cast_to::<f32>()?.into_owned();
-                if t.len() == 1 {
-                    let v = t.as_slice::<f32>()?[0];
-                    if v == 0.0 {
-                        None
-                    } else {
-                        Some(Arc::new(tensor1(&vec![v; co])))
-                    }
-                } else if t.len() == co {
-                    Some(Arc::new(t.into_shape(&[co])?))
-                } else {
-                    return Ok(None);
-                }
-            }
+        let Some(bias) = self.conv_bias(node, co)? else {
+            return Ok(None);
         };
         let group = c.group;
         if group == 0
@@ -999,18 +981,25 @@ impl Lowering<'_> {
                 [npix.div_ceil(bn).max(1) as u32, gy as u32, group as u32],
             )
         };
-        let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(kernel))];
-        if let Some(b) = bias {
-            fixups.push((16, Operand::Const(b)));
-        }
-        fixups.push((24, Operand::Output));
-        Ok(Some(LaunchSpec {
-            kernel: kern,
-            grid,
-            block: B256,
-            params: bytes_of(&params),
-            fixups,
-        }))
+        Ok(Some(conv_launch(kern, grid, &params, kernel, bias)))
+    }
+
+    /// A convolution's bias input as `co` floats: `Some(None)` when there is none (or it is a
+    /// zero scalar), `None` when it is not a constant of a usable shape.
+    fn conv_bias(&self, node: &TypedNode, co: usize) -> TractResult<Option<Option<Arc<Tensor>>>> {
+        let Some(b) = node.inputs.get(2) else {
+            return Ok(Some(None));
+        };
+        let Some(t) = self.konst(*b) else {
+            return Ok(None);
+        };
+        let t = t.cast_to::<f32>()?.into_owned();
+        Ok(match t.len() {
+            1 if t.as_slice::<f32>()?[0] == 0.0 => Some(None),
+            1 => Some(Some(Arc::new(tensor1(&vec![t.as_slice::<f32>()?[0]; co])))),
+            l if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
+            _ => None,
+        })
     }
 
     /// ConvTranspose: 2-D, NCHW, one group, explicit padding.
@@ -1045,17 +1034,8 @@ impl Lowering<'_> {
         {
             return Ok(None);
         }
-        let bias = match node.inputs.get(2).map(|b| self.konst(*b)) {
-            None => None,
-            Some(None) => return Ok(None),
-            Some(Some(t)) => {
-                let t = t.cast_to::<f32>()?.into_owned();
-                match t.len() {
-                    1 => Some(Arc::new(tensor1(&vec![t.as_slice::<f32>()?[0]; co]))),
-                    l if l == co => Some(Arc::new(t.into_shape(&[co])?)),
-                    _ => return Ok(None),
-                }
-            }
+        let Some(bias) = self.conv_bias(node, co)? else {
+            return Ok(None);
         };
         let strides = spec.strides();
         let dil = spec.dilations();
@@ -1084,19 +1064,14 @@ impl Lowering<'_> {
             b,
             ..Default::default()
         };
-        let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(kernel))];
-        if let Some(b) = bias {
-            fixups.push((16, Operand::Const(b)));
-        }
-        fixups.push((24, Operand::Output));
         let n = oshape.iter().product::<usize>();
-        Ok(Some(LaunchSpec {
-            kernel: Kernel::Deconv,
-            grid: grid_1d(n),
-            block: B256,
-            params: bytes_of(&params),
-            fixups,
-        }))
+        Ok(Some(conv_launch(
+            Kernel::Deconv,
+            grid_1d(n),
+            &params,
+            kernel,
+            bias,
+        )))
     }
 
     fn einsum(
@@ -1414,6 +1389,28 @@ impl Lowering<'_> {
             &params,
             vec![Operand::Input(0), Operand::Output],
         )))
+    }
+}
+
+/// A convolution-family launch: input, weights, optional bias, output (`ConvParams` order).
+fn conv_launch(
+    kernel: Kernel,
+    grid: [u32; 3],
+    params: &k::ConvParams,
+    weights: Arc<Tensor>,
+    bias: Option<Arc<Tensor>>,
+) -> LaunchSpec {
+    let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(weights))];
+    if let Some(b) = bias {
+        fixups.push((16, Operand::Const(b)));
+    }
+    fixups.push((24, Operand::Output));
+    LaunchSpec {
+        kernel,
+        grid,
+        block: B256,
+        params: bytes_of(params),
+        fixups,
     }
 }
 

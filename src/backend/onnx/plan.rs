@@ -193,19 +193,7 @@ impl Plans {
         }
         let span = tracing::debug_span!("compile", model = %self.model_name, shapes = ?shapes);
         let _enter = span.enter();
-        let plan = guarded(
-            &format!(
-                "failed to compile model '{}' for input shapes {shapes:?}",
-                self.model_name
-            ),
-            || {
-                let mut m = self.model.clone();
-                for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
-                    m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
-                }
-                m.into_optimized()?.into_runnable()
-            },
-        )?;
+        let plan = self.compile(shapes, |m| m.into_optimized()?.into_runnable())?;
         let plan = Arc::new(plan);
         let mut cache = self.cache.lock();
         cache.tick += 1;
@@ -246,19 +234,26 @@ impl Plans {
     /// what the GPU executor lowers.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn decluttered(&self, shapes: &[TVec<usize>]) -> Result<TypedModel> {
-        guarded(
-            &format!(
-                "failed to compile model '{}' for input shapes {shapes:?}",
-                self.model_name
-            ),
-            || {
-                let mut m = self.model.clone();
-                for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
-                    m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
-                }
-                m.into_typed()?.into_decluttered()
-            },
-        )
+        self.compile(shapes, |m| m.into_typed()?.into_decluttered())
+    }
+
+    /// The graph with concrete input shapes, turned into `T` by `f` (panics caught).
+    fn compile<T>(
+        &self,
+        shapes: &[TVec<usize>],
+        f: impl FnOnce(InferenceModel) -> TractResult<T>,
+    ) -> Result<T> {
+        let what = format!(
+            "failed to compile model '{}' for input shapes {shapes:?}",
+            self.model_name
+        );
+        guarded(&what, || {
+            let mut m = self.model.clone();
+            for (i, (shape, dt)) in shapes.iter().zip(&self.input_types).enumerate() {
+                m.set_input_fact(i, InferenceFact::dt_shape(*dt, shape.as_slice()))?;
+            }
+            f(m)
+        })
     }
 
     /// The request's inputs in the graph's order, with their shapes; refuses overridden
