@@ -831,3 +831,23 @@ fn the_ocr_pipeline_reads_the_same_text_on_the_gpu() {
         }
     }
 }
+
+#[test]
+fn nodes_without_a_kernel_run_as_one_cpu_island() {
+    for target in targets() {
+        // Neg (GPU) -> Sign, Acos (no kernels: CPU) -> Sigmoid (GPU).
+        let op = OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
+            .then("Sign")
+            .then("Acos")
+            .then("Sigmoid");
+        let folder = op.folder(None, &[2, 3, 5]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = vec![("x".to_string(), random(&[2, 3, 5], 4))];
+        compare(&repo, &x, 1e-6, 1e-6, &format!("island on {target:?}"));
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.cpu_nodes.len(), 2, "{r:?}");
+        assert_eq!(r.cpu_islands, 1, "{r:?}");
+        // One download into the island, one upload out of it.
+        assert_eq!(r.intermediate_copies, 2, "{r:?}");
+    }
+}

@@ -80,6 +80,8 @@ pub struct OneOp {
     ints: Vec<(&'static str, Vec<i64>)>,
     /// Inputs of the node in order ("" for an absent optional input).
     node_inputs: Vec<&'static str>,
+    /// One-input operators applied after it, in order.
+    after: Vec<&'static str>,
 }
 
 impl OneOp {
@@ -92,7 +94,13 @@ impl OneOp {
             weights: vec![],
             ints: vec![],
             node_inputs,
+            after: vec![],
         }
+    }
+    /// Appends a one-input operator to the chain.
+    pub fn then(mut self, op: &'static str) -> Self {
+        self.after.push(op);
+        self
     }
     pub fn attr(mut self, a: pb::AttributeProto) -> Self {
         self.attrs.push(a);
@@ -114,20 +122,28 @@ impl OneOp {
     }
     /// Followed by a second operator (e.g. Relu after Conv, to test the fused epilogue).
     pub fn bytes(&self, then: Option<&str>) -> Vec<u8> {
+        let chain: Vec<&str> = then.into_iter().chain(self.after.iter().copied()).collect();
+        let wire = |i: usize| {
+            if i == chain.len() {
+                "y".to_string()
+            } else {
+                format!("t{i}")
+            }
+        };
         let mut nodes = vec![pb::NodeProto {
             op_type: self.op.into(),
             input: self.node_inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![if then.is_some() { "t" } else { "y" }.into()],
+            output: vec![wire(0)],
             attribute: self.attrs.clone(),
             name: "op".into(),
             ..Default::default()
         }];
-        if let Some(next) = then {
+        for (i, next) in chain.iter().enumerate() {
             nodes.push(pb::NodeProto {
-                op_type: next.into(),
-                input: vec!["t".into()],
-                output: vec!["y".into()],
-                name: "then".into(),
+                op_type: next.to_string(),
+                input: vec![wire(i)],
+                output: vec![wire(i + 1)],
+                name: format!("then{i}"),
                 ..Default::default()
             });
         }

@@ -411,6 +411,27 @@ impl GpuPlan {
                     }
                     dev.launch(inst.stream, *kernel, *grid, *block, &bytes)?;
                 }
+                Step::CpuIsland {
+                    plan: island,
+                    inputs: ins,
+                    outputs: outs,
+                } => {
+                    flush(&mut pending, &mut host)?;
+                    let args = ins
+                        .iter()
+                        .map(|v| {
+                            host[*v]
+                                .clone()
+                                .ok_or("a CPU island input was not computed")
+                        })
+                        .collect::<std::result::Result<TVec<_>, _>>()?;
+                    let res = catch_unwind(AssertUnwindSafe(|| island.run(args)))
+                        .map_err(|_| "a CPU island panicked".to_string())?
+                        .map_err(|e| format!("CPU island: {e:#}"))?;
+                    for (v, t) in outs.iter().zip(res) {
+                        host[*v] = Some(t);
+                    }
+                }
                 Step::Cpu {
                     node,
                     inputs: ins,

@@ -95,6 +95,12 @@ pub(crate) enum Step {
         inputs: Vec<ValueId>,
         outputs: Vec<ValueId>,
     },
+    /// Consecutive CPU nodes compiled together as one optimised tract sub-model.
+    CpuIsland {
+        plan: Arc<TypedRunnableModel<TypedModel>>,
+        inputs: Vec<ValueId>,
+        outputs: Vec<ValueId>,
+    },
 }
 
 pub(crate) struct Program {
@@ -204,6 +210,9 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         ..
     } = l;
     let mut values = values;
+    let (islanded, islands) = form_islands(&model, steps, &values, &outputs);
+    steps = islanded;
+    report.cpu_islands = islands;
     let arena_bytes = layout_arena(&mut values, &mut steps, &outputs);
     for s in &steps {
         if let Step::Launch { kernel, .. } = s {
@@ -242,6 +251,131 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         arena_bytes,
         report,
     })
+}
+
+/// Runs of two or more CPU steps (with the downloads between them, which move before the
+/// run: the values they read were computed before it) become one tract sub-model, optimised
+/// as tract optimises a whole CPU model. A run that does not compile stays node by node.
+/// Returns the new steps and the number of islands.
+fn form_islands(
+    model: &TypedModel,
+    steps: Vec<Step>,
+    values: &[Value],
+    outputs: &[ValueId],
+) -> (Vec<Step>, usize) {
+    let reads = |s: &Step| -> Vec<ValueId> {
+        match s {
+            Step::Launch { fixups, .. } => fixups.iter().map(|(_, v)| *v).collect(),
+            Step::Upload { value } | Step::Download { value } => vec![*value],
+            Step::Cpu { inputs, .. } | Step::CpuIsland { inputs, .. } => inputs.clone(),
+            _ => vec![],
+        }
+    };
+    let mut out = Vec::with_capacity(steps.len());
+    let mut islands = 0;
+    let mut i = 0;
+    while i < steps.len() {
+        if !matches!(steps[i], Step::Cpu { .. }) {
+            out.push(steps[i].clone());
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < steps.len() && matches!(steps[end], Step::Cpu { .. } | Step::Download { .. }) {
+            end += 1;
+        }
+        while matches!(steps[end - 1], Step::Download { .. }) {
+            end -= 1;
+        }
+        let run = &steps[i..end];
+        let cpu: Vec<&Step> = run
+            .iter()
+            .filter(|s| matches!(s, Step::Cpu { .. }))
+            .collect();
+        let island = if cpu.len() >= 2 {
+            let later: std::collections::HashSet<ValueId> = steps[end..]
+                .iter()
+                .flat_map(reads)
+                .chain(outputs.iter().copied())
+                .collect();
+            compile_island(model, &cpu, values, &later)
+        } else {
+            None
+        };
+        match island {
+            Some(step) => {
+                out.extend(
+                    run.iter()
+                        .filter(|s| matches!(s, Step::Download { .. }))
+                        .cloned(),
+                );
+                out.push(step);
+                islands += 1;
+            }
+            None => out.extend(run.iter().cloned()),
+        }
+        i = end;
+    }
+    (out, islands)
+}
+
+/// The CPU steps `cpu` as one optimised tract model: its inputs are the values they read that
+/// none of them produces, its outputs those of their values read in `later`.
+fn compile_island(
+    model: &TypedModel,
+    cpu: &[&Step],
+    values: &[Value],
+    later: &std::collections::HashSet<ValueId>,
+) -> Option<Step> {
+    let build = || -> TractResult<Step> {
+        let mut sub = TypedModel::default();
+        let mut outlet: HashMap<ValueId, OutletId> = HashMap::new();
+        let mut inputs = Vec::new();
+        let mut produced = Vec::new();
+        for s in cpu {
+            let Step::Cpu {
+                node,
+                inputs: ins,
+                outputs: outs,
+            } = s
+            else {
+                continue;
+            };
+            let mut wires = TVec::new();
+            for v in ins {
+                if !outlet.contains_key(v) {
+                    let val = &values[*v];
+                    let fact = TypedFact::dt_shape(val.dt, val.shape.as_slice());
+                    let o = sub.add_source(format!("island_input_{v}"), fact)?;
+                    outlet.insert(*v, o);
+                    inputs.push(*v);
+                }
+                wires.push(outlet[v]);
+            }
+            let n = model.node(*node);
+            let wired = sub.wire_node(n.name.clone(), n.op.clone(), &wires)?;
+            for (v, o) in outs.iter().zip(wired) {
+                outlet.insert(*v, o);
+                produced.push(*v);
+            }
+        }
+        let outputs: Vec<ValueId> = produced.into_iter().filter(|v| later.contains(v)).collect();
+        sub.set_output_outlets(&outputs.iter().map(|v| outlet[v]).collect::<Vec<_>>())?;
+        let plan = sub.into_optimized()?.into_runnable()?;
+        Ok(Step::CpuIsland {
+            plan: Arc::new(plan),
+            inputs,
+            outputs,
+        })
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)) {
+        Ok(Ok(step)) => Some(step),
+        Ok(Err(e)) => {
+            tracing::debug!("CPU island not compiled, node by node instead: {e:#}");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Gives every arena root an offset: values are placed when first written and their space is

@@ -33,6 +33,8 @@ pub struct ExecutionReport {
     pub gpu_nodes: usize,
     /// Nodes that ran on the CPU, as "name (operator)".
     pub cpu_nodes: Vec<String>,
+    /// Runs of consecutive CPU nodes compiled together as one optimised tract sub-model.
+    pub cpu_islands: usize,
     /// Activations fused into the convolution or GEMM before them.
     pub fused_nodes: usize,
     /// Kernel launches per inference.
