@@ -851,3 +851,40 @@ fn nodes_without_a_kernel_run_as_one_cpu_island() {
         assert_eq!(r.intermediate_copies, 2, "{r:?}");
     }
 }
+
+/// Resize, linear, half_pixel: the GPU follows ONNX (ONNX Runtime clamps the source
+/// coordinate to the image); tract's CPU Resize extrapolates at the borders instead, so here
+/// the reference is ONNX Runtime's known answer, not the CPU path.
+#[test]
+fn half_pixel_resize_follows_onnx_runtime() {
+    for target in targets() {
+        let rs = OneOp::new("Resize", vec![("x", vec![1, 1, 2, 2])])
+            .empty_input()
+            .empty_input()
+            .ints("sizes", vec![1, 1, 4, 4])
+            .attr(attr_str("mode", "linear"));
+        let folder = rs.folder(None, &[1, 1, 4, 4]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = ndarray::arr2(&[[1f32, 2.], [3., 4.]])
+            .into_shape_with_order((1, 1, 2, 2))
+            .unwrap();
+        let out = repo
+            .model("gpu")
+            .unwrap()
+            .infer([("x", Tensor::from(x))])
+            .unwrap();
+        let got: Vec<f32> = out
+            .get("y")
+            .unwrap()
+            .view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        // onnxruntime.InferenceSession(...).run(None, {"x": [[[[1, 2], [3, 4]]]]}), 4x4 output.
+        let want = [
+            1.0, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0,
+        ];
+        assert_eq!(got, want, "on {target:?}");
+    }
+}
