@@ -888,3 +888,49 @@ fn half_pixel_resize_follows_onnx_runtime() {
         assert_eq!(got, want, "on {target:?}");
     }
 }
+
+#[test]
+fn an_int_model_runs_on_the_cpu_side_of_a_gpu_group() {
+    // add_sub on int32: no kernel takes it; the whole graph is one CPU island, same answers.
+    for target in targets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("1")).unwrap();
+        std::fs::copy(
+            fixtures().join("generated/add_sub_int32_batch.onnx"),
+            dir.path().join("1/model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("config.pbtxt"),
+            "backend: \"onnxruntime\"\n",
+        )
+        .unwrap();
+        let (_tmp, repo) = cpu_and_gpu(dir.path(), target);
+        let a = Tensor::from(ndarray::Array2::<i32>::from_shape_fn((2, 16), |(i, j)| {
+            (i * 16 + j) as i32
+        }));
+        let b = Tensor::from(ndarray::Array2::<i32>::from_elem((2, 16), 7));
+        let run = |m: &str| {
+            let out = repo
+                .model(m)
+                .unwrap()
+                .infer([("INPUT0", a.clone()), ("INPUT1", b.clone())])
+                .unwrap();
+            (
+                out.get("OUTPUT0")
+                    .unwrap()
+                    .view::<i32>()
+                    .unwrap()
+                    .to_owned(),
+                out.get("OUTPUT1")
+                    .unwrap()
+                    .view::<i32>()
+                    .unwrap()
+                    .to_owned(),
+            )
+        };
+        assert_eq!(run("gpu"), run("cpu"), "on {target:?}");
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!((r.launches, r.cpu_islands), (0, 1), "{r:?}");
+    }
+}

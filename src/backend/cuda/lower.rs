@@ -253,9 +253,10 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
     })
 }
 
-/// Runs of two or more CPU steps (with the downloads between them, which move before the
-/// run: the values they read were computed before it) become one tract sub-model, optimised
-/// as tract optimises a whole CPU model. A run that does not compile stays node by node.
+/// Runs of CPU steps (with the downloads between them, which move before the run: the values
+/// they read were computed before it) become one tract sub-model, optimised as tract
+/// optimises a whole CPU model (a single node too: some tract ops only run inside a plan). A
+/// run that does not compile stays node by node.
 /// Returns the new steps and the number of islands.
 fn form_islands(
     model: &TypedModel,
@@ -292,7 +293,7 @@ fn form_islands(
             .iter()
             .filter(|s| matches!(s, Step::Cpu { .. }))
             .collect();
-        let island = if cpu.len() >= 2 {
+        let island = if !cpu.is_empty() {
             let later: std::collections::HashSet<ValueId> = steps[end..]
                 .iter()
                 .flat_map(reads)
