@@ -21,7 +21,7 @@ mod backend;
 pub mod config;
 /// What CUDA devices this machine has ([`gpu::probe`]; never panics without CUDA).
 pub mod gpu {
-    pub use crate::backend::cuda::{probe, ExecutionReport, GpuDevice, GpuInfo};
+    pub use crate::backend::cuda::{emulator, probe, ExecutionReport, GpuDevice, GpuInfo};
 }
 mod error;
 pub mod model;

@@ -56,6 +56,16 @@ pub struct ExecutionReport {
     pub arena_bytes: usize,
 }
 
+/// Whether the kernel emulator ([`crate::RepositoryBuilder::cuda_emulator`]) can run here:
+/// it compiles `kernels/*.cu` with the host C++ compiler (`$CXX` or `c++`, Linux: it uses
+/// `ucontext`) on first use and caches the library. `Err` says why not.
+pub fn emulator() -> std::result::Result<(), String> {
+    #[cfg(feature = "cuda")]
+    return emu::shared().map(|_| ());
+    #[cfg(not(feature = "cuda"))]
+    Err("modelyard was built without the `cuda` feature".into())
+}
+
 /// GPUs the instance groups may use: the emulator counts as one.
 pub(crate) fn gpu_count(opts: &LoadOptions) -> usize {
     if opts.cuda_emulator && cfg!(feature = "cuda") {
