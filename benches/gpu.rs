@@ -4,7 +4,9 @@
 //! upload to output download) for the tutorial EAST at 1x480x640x3, STR at 1x1x32x100 and
 //! PaddleOCR det (1x3x480x640) / rec (1x3x48x320): modelyard on the GPU, tract on the CPU
 //! (modelyard KIND_CPU) and, with `--features bench-tract-cuda`, tract-cuda 0.23 (its CUDA
-//! runtime on the same decluttered model; cuDNN convolutions) as the anchor.
+//! runtime on the same decluttered model; cuDNN convolutions) as the anchor, and with
+//! `--features bench-cudnn` cuDNN's own fp32 convolution on each conv shape (kernel only, the
+//! anchor of the "conv >= 50 % of cuDNN" target).
 //!
 //! Without a GPU it prints a notice and measures nothing: absolute GPU times only mean
 //! something on a GPU. On a GPU machine: `../shared/gpu/make-bundle.sh --bench gpu`, then
@@ -79,6 +81,140 @@ mod tract_cuda_rows {
     }
 }
 
+#[cfg(feature = "bench-cudnn")]
+mod cudnn_rows {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use cudarc::cudnn::{
+        sys, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor, TensorDescriptor,
+    };
+    use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+
+    /// One cuDNN convolution (fp32, FMA math: no TF32 tensor cores, like our kernels), its
+    /// buffers and the algorithm cuDNN's heuristics pick.
+    pub struct Conv {
+        stream: Arc<CudaStream>,
+        _cudnn: Arc<Cudnn>,
+        xd: TensorDescriptor<f32>,
+        wd: FilterDescriptor<f32>,
+        yd: TensorDescriptor<f32>,
+        conv: ConvDescriptor<f32>,
+        x: CudaSlice<f32>,
+        w: CudaSlice<f32>,
+        y: CudaSlice<f32>,
+        ws: Option<CudaSlice<u8>>,
+        algo: sys::cudnnConvolutionFwdAlgo_t,
+    }
+
+    fn e(what: &str, err: impl std::fmt::Debug) -> String {
+        format!("{what}: {err:?}")
+    }
+
+    impl Conv {
+        pub fn new(x: [usize; 4], co: usize, k: usize, s: i64, p: i64) -> Result<Conv, String> {
+            // SAFETY: only tries to open the library.
+            if !unsafe { cudarc::cudnn::sys::is_culib_present() } {
+                return Err("libcudnn not found (add its folder to LD_LIBRARY_PATH)".into());
+            }
+            let i = |v: usize| v as i32;
+            let oh = (x[2] as i64 + 2 * p - k as i64) / s + 1;
+            let ow = (x[3] as i64 + 2 * p - k as i64) / s + 1;
+            let ctx = CudaContext::new(0).map_err(|err| e("context", err))?;
+            let stream = ctx.default_stream();
+            let cudnn = Cudnn::new(stream.clone()).map_err(|err| e("cudnn", err))?;
+            let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+            let xd = cudnn
+                .create_4d_tensor::<f32>(nchw, [i(x[0]), i(x[1]), i(x[2]), i(x[3])])
+                .map_err(|err| e("x", err))?;
+            let wd = cudnn
+                .create_4d_filter::<f32>(nchw, [i(co), i(x[1]), i(k), i(k)])
+                .map_err(|err| e("w", err))?;
+            let yd = cudnn
+                .create_4d_tensor::<f32>(nchw, [i(x[0]), i(co), oh as i32, ow as i32])
+                .map_err(|err| e("y", err))?;
+            let mut conv = cudnn
+                .create_conv2d::<f32>(
+                    [p as i32, p as i32],
+                    [s as i32, s as i32],
+                    [1, 1],
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                )
+                .map_err(|err| e("conv", err))?;
+            conv.set_math_type(sys::cudnnMathType_t::CUDNN_FMA_MATH)
+                .map_err(|err| e("math", err))?;
+            let alloc = |n: usize| stream.alloc_zeros::<f32>(n).map_err(|err| e("alloc", err));
+            let xs = alloc(x.iter().product())?;
+            let ws_ = alloc(co * x[1] * k * k)?;
+            let ys = alloc(x[0] * co * (oh * ow) as usize)?;
+            let op = ConvForward {
+                conv: &conv,
+                x: &xd,
+                w: &wd,
+                y: &yd,
+            };
+            let algo = op.pick_algorithm().map_err(|err| e("algorithm", err))?;
+            let bytes = op
+                .get_workspace_size(algo)
+                .map_err(|err| e("workspace", err))?;
+            let ws = if bytes > 0 {
+                Some(
+                    stream
+                        .alloc_zeros::<u8>(bytes)
+                        .map_err(|err| e("workspace", err))?,
+                )
+            } else {
+                None
+            };
+            Ok(Conv {
+                stream,
+                _cudnn: cudnn,
+                xd,
+                wd,
+                yd,
+                conv,
+                x: xs,
+                w: ws_,
+                y: ys,
+                ws,
+                algo,
+            })
+        }
+
+        /// `iters` convolutions, the stream synchronised before the clock stops.
+        pub fn time(&mut self, iters: u64) -> Result<Duration, String> {
+            let Conv {
+                stream,
+                xd,
+                wd,
+                yd,
+                conv,
+                x,
+                w,
+                y,
+                ws,
+                algo,
+                ..
+            } = self;
+            let op = ConvForward {
+                conv,
+                x: xd,
+                w: wd,
+                y: yd,
+            };
+            stream.synchronize().map_err(|err| e("sync", err))?;
+            let started = Instant::now();
+            for _ in 0..iters {
+                // SAFETY: the buffers match the descriptors they were sized from.
+                unsafe { op.launch(*algo, ws.as_mut(), (1.0, 0.0), x, w, y) }
+                    .map_err(|err| e("launch", err))?;
+            }
+            stream.synchronize().map_err(|err| e("sync", err))?;
+            Ok(started.elapsed())
+        }
+    }
+}
+
 /// (name, input NCHW, output channels, kernel, stride, padding)
 type Layer = (&'static str, [usize; 4], usize, usize, i64, i64);
 
@@ -124,6 +260,16 @@ fn conv_kernels(c: &mut Criterion) {
                     .unwrap()
             })
         });
+        #[cfg(feature = "bench-cudnn")]
+        match std::panic::catch_unwind(|| cudnn_rows::Conv::new(x, co, k, s, p)) {
+            Ok(Ok(mut conv)) => {
+                g.bench_function(BenchmarkId::new("cudnn fp32", name), |b| {
+                    b.iter_custom(|iters| conv.time(iters).unwrap())
+                });
+            }
+            Ok(Err(why)) => eprintln!("cuDNN row skipped for {name}: {why}"),
+            Err(_) => eprintln!("cuDNN row skipped for {name}: cudarc panicked"),
+        }
         let input = Tensor::from(random(&x, 3));
         let cpu = repo.model("cpu").unwrap();
         g.bench_function(BenchmarkId::new("tract cpu", name), |b| {
