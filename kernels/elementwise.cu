@@ -154,3 +154,52 @@ extern "C" __global__ void __launch_bounds__(256) pad_f32(const PadParams p) {
         p.y[i] = inside ? p.x[ox] : p.value;
     }
 }
+
+// A fused chain of element-wise operators: up to 8 input tensors, each read through its own
+// broadcast view of the output shape, and up to 16 operators over registers (0-7: the inputs,
+// 8 + i: the result of operator i; the last one is stored). Operator i is binary
+// (code = BIN_*) on registers a[i] and b[i], or an activation (code = 100 + ACT_*, params
+// ca[i], cb[i]) of register a[i]. Folded batch norms, bias adds and hard-swish chains become
+// one pass over memory instead of one launch per node.
+#define PW_MAX_IN 8
+#define PW_MAX_OPS 16
+
+struct PointwiseParams {
+    const float* in[PW_MAX_IN];
+    float* y;
+    int n;
+    int rank;
+    int n_in;
+    int n_ops;
+    int dims[MY_MAX_RANK];
+    MyView views[PW_MAX_IN];
+    int code[PW_MAX_OPS];
+    int a[PW_MAX_OPS];
+    int b[PW_MAX_OPS];
+    float ca[PW_MAX_OPS];
+    float cb[PW_MAX_OPS];
+};
+
+extern "C" __global__ void __launch_bounds__(256) pointwise_f32(const PointwiseParams p) {
+    int step = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {
+        int coord[MY_MAX_RANK];
+        int idx = i;
+        for (int d = p.rank - 1; d >= 0; --d) {
+            coord[d] = idx % p.dims[d];
+            idx /= p.dims[d];
+        }
+        float r[PW_MAX_IN + PW_MAX_OPS];
+        for (int k = 0; k < p.n_in; ++k) {
+            int off = p.views[k].offset;
+            for (int d = 0; d < p.rank; ++d) off += coord[d] * p.views[k].strides[d];
+            r[k] = p.in[k][off];
+        }
+        for (int o = 0; o < p.n_ops; ++o) {
+            int c = p.code[o];
+            float x = r[p.a[o]];
+            r[PW_MAX_IN + o] = c >= 100 ? my_act(x, c - 100, p.ca[o], p.cb[o]) : my_bin(x, r[p.b[o]], c);
+        }
+        p.y[i] = r[PW_MAX_IN + p.n_ops - 1];
+    }
+}

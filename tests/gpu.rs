@@ -933,3 +933,32 @@ fn an_int_model_runs_on_the_cpu_side_of_a_gpu_group() {
         assert_eq!((r.launches, r.cpu_islands), (0, 1), "{r:?}");
     }
 }
+
+#[test]
+fn element_wise_chains_are_one_launch() {
+    for target in targets() {
+        // A folded batch norm and a hard-swish-like tail: x*s + t, then relu, then * x again
+        // (x read twice), then sigmoid: one pointwise launch, x read once per element.
+        let op = OneOp::new("Mul", vec![("x", vec![2, 3, 4, 5])])
+            .weight("s", random(&[1, 3, 1, 1], 8))
+            .extra_weight("t", random(&[1, 3, 1, 1], 9))
+            .then_with("Add", "t")
+            .then("Relu")
+            .then_with("Mul", "x")
+            .then("Sigmoid");
+        let folder = op.folder(None, &[2, 3, 4, 5]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = vec![("x".to_string(), random(&[2, 3, 4, 5], 10))];
+        compare(
+            &repo,
+            &x,
+            1e-6,
+            1e-6,
+            &format!("pointwise chain on {target:?}"),
+        );
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.launches, 1, "{r:?}");
+        assert_eq!(r.kernels.get("pointwise_f32"), Some(&1), "{r:?}");
+        assert_eq!(r.fused_nodes, 4, "{r:?}");
+    }
+}

@@ -80,8 +80,9 @@ pub struct OneOp {
     ints: Vec<(&'static str, Vec<i64>)>,
     /// Inputs of the node in order ("" for an absent optional input).
     node_inputs: Vec<&'static str>,
-    /// One-input operators applied after it, in order.
-    after: Vec<&'static str>,
+    /// Operators applied after it, in order: each takes the previous output, and a second
+    /// input (a graph input or weight name) when one is given.
+    after: Vec<(&'static str, Option<&'static str>)>,
 }
 
 impl OneOp {
@@ -99,7 +100,17 @@ impl OneOp {
     }
     /// Appends a one-input operator to the chain.
     pub fn then(mut self, op: &'static str) -> Self {
-        self.after.push(op);
+        self.after.push((op, None));
+        self
+    }
+    /// Appends a two-input operator: (previous output, `other`).
+    pub fn then_with(mut self, op: &'static str, other: &'static str) -> Self {
+        self.after.push((op, Some(other)));
+        self
+    }
+    /// A weight that only later operators read (not an input of the first one).
+    pub fn extra_weight(mut self, name: &'static str, a: ArrayD<f32>) -> Self {
+        self.weights.push((name, a));
         self
     }
     pub fn attr(mut self, a: pb::AttributeProto) -> Self {
@@ -122,7 +133,11 @@ impl OneOp {
     }
     /// Followed by a second operator (e.g. Relu after Conv, to test the fused epilogue).
     pub fn bytes(&self, then: Option<&str>) -> Vec<u8> {
-        let chain: Vec<&str> = then.into_iter().chain(self.after.iter().copied()).collect();
+        let chain: Vec<(&str, Option<&str>)> = then
+            .map(|t| (t, None))
+            .into_iter()
+            .chain(self.after.iter().copied())
+            .collect();
         let wire = |i: usize| {
             if i == chain.len() {
                 "y".to_string()
@@ -138,10 +153,12 @@ impl OneOp {
             name: "op".into(),
             ..Default::default()
         }];
-        for (i, next) in chain.iter().enumerate() {
+        for (i, (next, other)) in chain.iter().enumerate() {
             nodes.push(pb::NodeProto {
                 op_type: next.to_string(),
-                input: vec![wire(i)],
+                input: std::iter::once(wire(i))
+                    .chain(other.map(str::to_string))
+                    .collect(),
                 output: vec![wire(i + 1)],
                 name: format!("then{i}"),
                 ..Default::default()

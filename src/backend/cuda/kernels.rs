@@ -44,6 +44,7 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
     Unary,
+    Pointwise,
     Binary,
     BinarySame,
     Copy,
@@ -62,8 +63,9 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    pub(crate) const ALL: [Kernel; 16] = [
+    pub(crate) const ALL: [Kernel; 17] = [
         Kernel::Unary,
+        Kernel::Pointwise,
         Kernel::Binary,
         Kernel::BinarySame,
         Kernel::Copy,
@@ -84,6 +86,7 @@ impl Kernel {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kernel::Unary => "unary_f32",
+            Kernel::Pointwise => "pointwise_f32",
             Kernel::Binary => "binary_f32",
             Kernel::BinarySame => "binary_same_f32",
             Kernel::Copy => "copy_f32",
@@ -224,6 +227,28 @@ pub(crate) struct UnaryParams {
     pub b: f32,
     pub vec4: i32,
     pub _pad: i32,
+}
+
+/// Inputs and operators of one `pointwise_f32` launch.
+pub(crate) const PW_MAX_IN: usize = 8;
+pub(crate) const PW_MAX_OPS: usize = 16;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PointwiseParams {
+    pub inputs: [u64; PW_MAX_IN],
+    pub y: u64,
+    pub n: i32,
+    pub rank: i32,
+    pub n_in: i32,
+    pub n_ops: i32,
+    pub dims: [i32; MAX_RANK],
+    pub views: [View; PW_MAX_IN],
+    pub code: [i32; PW_MAX_OPS],
+    pub a: [i32; PW_MAX_OPS],
+    pub b: [i32; PW_MAX_OPS],
+    pub ca: [f32; PW_MAX_OPS],
+    pub cb: [f32; PW_MAX_OPS],
 }
 
 #[repr(C)]
@@ -430,6 +455,7 @@ pub(crate) struct SoftmaxParams {
 /// initialised.
 pub(crate) trait Params: Copy {}
 impl Params for UnaryParams {}
+impl Params for PointwiseParams {}
 impl Params for BinaryParams {}
 impl Params for BinarySameParams {}
 impl Params for CopyParams {}
@@ -481,6 +507,7 @@ mod tests {
         // its C twin, or implicit padding, changes them.
         assert_eq!(std::mem::size_of::<View>(), 28);
         assert_eq!(std::mem::size_of::<UnaryParams>(), 40);
+        assert_eq!(std::mem::size_of::<PointwiseParams>(), 656);
         assert_eq!(std::mem::size_of::<BinaryParams>(), 120);
         assert_eq!(std::mem::size_of::<BinarySameParams>(), 40);
         assert_eq!(std::mem::size_of::<CopyParams>(), 128);
