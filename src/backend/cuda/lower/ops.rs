@@ -1,0 +1,849 @@
+//! Node by node: the launches (kernel, grid, parameters) for each operator a kernel takes.
+
+use super::*;
+
+impl Lowering<'_> {
+    /// The launches for node `id`, or `None` when no kernel takes it.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn plan(
+        &self,
+        id: usize,
+    ) -> TractResult<Option<(Vec<LaunchSpec>, Option<Fusable>)>> {
+        let node = self.model.node(id);
+        let out = OutletId::new(id, 0);
+        if node.outputs.len() != 1 || !self.is_f32(out) {
+            return Ok(None);
+        }
+        let (oshape, _) = self.fact_shape(out)?;
+        let n = oshape.iter().product::<usize>();
+        if !fits_i32(n) || oshape.len() > MAX_RANK {
+            return Ok(None);
+        }
+        let op = &node.op;
+        if let Some(c) = op.downcast_ref::<Conv>() {
+            let fused = self.fusable_after(id);
+            return Ok(self
+                .conv(node, c, &oshape, fused.as_ref())?
+                .map(|l| (vec![l], fused)));
+        }
+        if let Some(d) = op.downcast_ref::<Deconv>() {
+            let fused = self.fusable_after(id);
+            return Ok(self
+                .deconv(node, d, &oshape, fused.as_ref())?
+                .map(|l| (vec![l], fused)));
+        }
+        if let Some(e) = op.downcast_ref::<EinSum>() {
+            // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
+            let fused = self.fusable_after(id).filter(|f| f.act != act::CLIP);
+            return Ok(self
+                .einsum(node, e, &oshape, fused.as_ref())?
+                .map(|l| (vec![l], fused)));
+        }
+        if op.name() == "Resize" && self.is_f32(node.inputs[0]) {
+            // Its other inputs (roi, scales, sizes) are constants read at load.
+            return Ok(self.resize(node, &oshape)?.map(|l| (vec![l], None)));
+        }
+        // Every other kernel reads f32 inputs only.
+        if !node.inputs.iter().all(|i| self.is_f32(*i)) {
+            return Ok(None);
+        }
+        let one = |l: Option<LaunchSpec>| l.map(|l| (vec![l], None));
+        if let Some(e) = op.downcast_ref::<ElementWiseOp>() {
+            return Ok(one(unary(e, n)));
+        }
+        if let Some(b) = op.downcast_ref::<TypedBinOp>() {
+            return Ok(one(self.binary(node, b, &oshape)?));
+        }
+        if let Some(AxisOp::Move(from, to)) = op.downcast_ref::<AxisOp>() {
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            let mut axes: Vec<usize> = (0..ishape.len()).collect();
+            let a = axes.remove(*from);
+            axes.insert(*to, a);
+            let istr = strides_of(&ishape);
+            let xs: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
+            return Ok(one(Some(copy(
+                &oshape,
+                &oshape,
+                view(0, &xs),
+                view(0, &strides_of(&oshape)),
+            ))));
+        }
+        if let Some(c) = op.downcast_ref::<TypedConcat>() {
+            let ostr = strides_of(&oshape);
+            let mut at = 0usize;
+            let mut launches = Vec::new();
+            for (i, input) in node.inputs.iter().enumerate() {
+                let (ishape, _) = self.fact_shape(*input)?;
+                if ishape.iter().product::<usize>() > 0 {
+                    let mut l = copy(
+                        &ishape,
+                        &ishape,
+                        view(0, &strides_of(&ishape)),
+                        view(at * ostr[c.axis], &ostr),
+                    );
+                    l.fixups[0].1 = Operand::Input(i);
+                    launches.push(l);
+                }
+                at += ishape[c.axis];
+            }
+            return Ok(Some((launches, None)));
+        }
+        if let Some(s) = op.downcast_ref::<Slice>() {
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            let start = s.start.to_i64()? as usize;
+            let istr = strides_of(&ishape);
+            return Ok(one(Some(copy(
+                &oshape,
+                &oshape,
+                view(start * istr[s.axis], &istr),
+                view(0, &strides_of(&oshape)),
+            ))));
+        }
+        if let Some(d) = op.downcast_ref::<Downsample>() {
+            if d.stride <= 0 {
+                return Ok(None);
+            }
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            let mut istr = strides_of(&ishape);
+            let offset = d.modulo * istr[d.axis];
+            istr[d.axis] *= d.stride as usize;
+            return Ok(one(Some(copy(
+                &oshape,
+                &oshape,
+                view(offset, &istr),
+                view(0, &strides_of(&oshape)),
+            ))));
+        }
+        if op.downcast_ref::<MultiBroadcastTo>().is_some() {
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            let xs = broadcast_strides(&ishape, &oshape);
+            return Ok(one(Some(copy(
+                &oshape,
+                &oshape,
+                view(0, &xs),
+                view(0, &strides_of(&oshape)),
+            ))));
+        }
+        if op.downcast_ref::<Tile>().is_some() {
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            if ishape.len() != oshape.len() {
+                return Ok(None);
+            }
+            return Ok(one(Some(copy(
+                &oshape,
+                &ishape,
+                view(0, &strides_of(&ishape)),
+                view(0, &strides_of(&oshape)),
+            ))));
+        }
+        if let Some(p) = op.downcast_ref::<Pad>() {
+            let PadMode::Constant(value) = &p.mode else {
+                return Ok(None);
+            };
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            let params = k::PadParams {
+                n: n as i32,
+                rank: oshape.len() as i32,
+                value: value.cast_to_scalar::<f32>()?,
+                dims: dims6(&oshape),
+                x_dims: dims6(&ishape),
+                before: dims6(&p.pads.iter().map(|(b, _)| *b).collect::<Vec<_>>()),
+                ..Default::default()
+            };
+            return Ok(one(Some(launch(
+                Kernel::Pad,
+                grid_1d(n),
+                &params,
+                vec![Operand::Input(0), Operand::Output],
+            ))));
+        }
+        if let Some(p) = op.downcast_ref::<MaxPool>() {
+            if p.with_index_outputs.is_some() {
+                return Ok(None);
+            }
+            return Ok(one(self.pool(
+                node,
+                &p.pool_spec,
+                k::pool::MAX,
+                false,
+                &oshape,
+            )?));
+        }
+        if let Some(p) = op.downcast_ref::<SumPool>() {
+            let mode = if p.normalize {
+                k::pool::AVG
+            } else {
+                k::pool::SUM
+            };
+            return Ok(one(self.pool(
+                node,
+                &p.pool_spec,
+                mode,
+                p.count_include_pad,
+                &oshape,
+            )?));
+        }
+        if let Some(r) = op.downcast_ref::<Reduce>() {
+            return Ok(one(self.reduce(node, r, &oshape)?));
+        }
+        if let Some(s) = op.downcast_ref::<Softmax>() {
+            if s.axes.len() != 1 || s.quant_output_dt.is_some() {
+                return Ok(None);
+            }
+            let a = s.axes[0];
+            let params = k::SoftmaxParams {
+                outer: oshape[..a].iter().product::<usize>() as i32,
+                axis: oshape[a] as i32,
+                inner: oshape[a + 1..].iter().product::<usize>() as i32,
+                ..Default::default()
+            };
+            let rows = n / oshape[a].max(1);
+            return Ok(one(Some(launch(
+                Kernel::Softmax,
+                grid_1d(rows),
+                &params,
+                vec![Operand::Input(0), Operand::Output],
+            ))));
+        }
+        Ok(None)
+    }
+
+    fn binary(
+        &self,
+        node: &TypedNode,
+        b: &TypedBinOp,
+        oshape: &[usize],
+    ) -> TractResult<Option<LaunchSpec>> {
+        if node.inputs.len() != 2 {
+            return Ok(None);
+        }
+        let Some((code, swap)) = bin_of(b) else {
+            return Ok(None);
+        };
+        let (ia, ib) = if swap { (1, 0) } else { (0, 1) };
+        let (sa, _) = self.fact_shape(node.inputs[ia])?;
+        let (sb, _) = self.fact_shape(node.inputs[ib])?;
+        let n = oshape.iter().product::<usize>();
+        if sa == oshape && sb == oshape {
+            let params = k::BinarySameParams {
+                n: n as i32,
+                op: code,
+                act: act::NONE,
+                vec4: 1,
+                ..Default::default()
+            };
+            return Ok(Some(launch(
+                Kernel::BinarySame,
+                grid_1d(n.div_ceil(4)),
+                &params,
+                vec![Operand::Input(ia), Operand::Input(ib), Operand::Output],
+            )));
+        }
+        let params = k::BinaryParams {
+            n: n as i32,
+            rank: oshape.len() as i32,
+            op: code,
+            act: act::NONE,
+            dims: dims6(oshape),
+            va: view(0, &broadcast_strides(&sa, oshape)),
+            vb: view(0, &broadcast_strides(&sb, oshape)),
+            ..Default::default()
+        };
+        Ok(Some(launch(
+            Kernel::Binary,
+            grid_1d(n),
+            &params,
+            vec![Operand::Input(ia), Operand::Input(ib), Operand::Output],
+        )))
+    }
+
+    fn conv(
+        &self,
+        node: &TypedNode,
+        c: &Conv,
+        oshape: &[usize],
+        fused: Option<&Fusable>,
+    ) -> TractResult<Option<LaunchSpec>> {
+        let spec = &c.pool_spec;
+        let has_n = match spec.data_format {
+            DataFormat::NCHW => true,
+            DataFormat::CHW => false,
+            _ => return Ok(None),
+        };
+        if c.q_params.is_some() || spec.kernel_shape.is_empty() || !self.is_f32(node.inputs[0]) {
+            return Ok(None);
+        }
+        let Some(kernel) = self.konst(node.inputs[1]) else {
+            return Ok(None);
+        };
+        if kernel.datum_type() != DatumType::F32 {
+            return Ok(None);
+        }
+        let (ishape, _) = self.fact_shape(node.inputs[0])?;
+        let (n, c_in, spatial) = if has_n {
+            (ishape[0], ishape[1], &ishape[2..])
+        } else {
+            (1, ishape[0], &ishape[1..])
+        };
+        let out_spatial = if has_n { &oshape[2..] } else { &oshape[1..] };
+        let co = if has_n { oshape[1] } else { oshape[0] };
+        let full_rank = spatial.len();
+        let kernel = match c.kernel_fmt {
+            KernelFormat::OIHW => kernel,
+            KernelFormat::HWIO => {
+                let mut axes = vec![full_rank + 1, full_rank];
+                axes.extend(0..full_rank);
+                Arc::new(kernel.as_ref().clone().permute_axes(&axes)?)
+            }
+            KernelFormat::OHWI => {
+                let mut axes = vec![0, full_rank + 1];
+                axes.extend(1..=full_rank);
+                Arc::new(kernel.as_ref().clone().permute_axes(&axes)?)
+            }
+        };
+        // Spatial axes of size 1 everywhere (tract's declutter sometimes adds one, making a
+        // 3-D convolution of a 2-D one) are dropped; at most two may remain.
+        let pads = spec.computed_padding(spatial);
+        let strides = spec.strides();
+        let dil = spec.dilations();
+        let keep: Vec<usize> = (0..full_rank)
+            .filter(|&a| {
+                !(spatial[a] == 1
+                    && out_spatial[a] == 1
+                    && spec.kernel_shape[a] == 1
+                    && pads[a].pad_before == 0
+                    && pads[a].pad_after == 0)
+            })
+            .collect();
+        if keep.len() > 2 {
+            return Ok(None);
+        }
+        let pick = |v: &[usize]| -> (usize, usize) {
+            match keep.as_slice() {
+                [a, b] => (v[*a], v[*b]),
+                [a] => (1, v[*a]),
+                _ => (1, 1),
+            }
+        };
+        let (h, w) = pick(spatial);
+        let (oh, ow) = pick(out_spatial);
+        let (kh, kw) = pick(&spec.kernel_shape);
+        let (sh, sw) = pick(&strides);
+        let (dh, dw) = pick(&dil);
+        let before: Vec<usize> = pads.iter().map(|p| p.pad_before).collect();
+        let (pt, pl) = match keep.as_slice() {
+            [a, b] => (before[*a], before[*b]),
+            [a] => (0, before[*a]),
+            _ => (0, 0),
+        };
+        let Some(bias) = self.conv_bias(node, co)? else {
+            return Ok(None);
+        };
+        let group = c.group;
+        if group == 0
+            || c_in % group != 0
+            || co % group != 0
+            || kernel.len() != co * (c_in / group) * kh * kw
+        {
+            return Ok(None);
+        }
+        let (act, a, b) = fused
+            .map(|f| (f.act, f.a, f.b))
+            .unwrap_or((act::NONE, 0.0, 0.0));
+        let params = k::ConvParams {
+            n: n as i32,
+            c: c_in as i32,
+            h: h as i32,
+            w: w as i32,
+            co: co as i32,
+            oh: oh as i32,
+            ow: ow as i32,
+            kh: kh as i32,
+            kw: kw as i32,
+            sh: sh as i32,
+            sw: sw as i32,
+            dh: dh as i32,
+            dw: dw as i32,
+            pt: pt as i32,
+            pl: pl as i32,
+            group: group as i32,
+            act,
+            a,
+            b,
+            ..Default::default()
+        };
+        let cg = c_in / group;
+        let one_by_one =
+            kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && oh == h && ow == w;
+        let (kern, grid) = if cg == 1 && group > 1 {
+            (Kernel::ConvDepthwise, grid_1d(n * co * oh * ow))
+        } else {
+            let npix = n * oh * ow;
+            let mg = co / group;
+            // Few output channels per group: the 16 x 256 tile.
+            let (kern, bm, bn) = if mg <= 16 && !one_by_one {
+                (Kernel::ConvNarrow, 16, 256)
+            } else if one_by_one {
+                (Kernel::Conv1x1, 64, 64)
+            } else {
+                (Kernel::Conv, 64, 64)
+            };
+            let gy = mg.div_ceil(bm);
+            if gy > 65_535 || group > 65_535 {
+                return Ok(None);
+            }
+            (
+                kern,
+                [npix.div_ceil(bn).max(1) as u32, gy as u32, group as u32],
+            )
+        };
+        Ok(Some(conv_launch(kern, grid, &params, kernel, bias)))
+    }
+
+    /// A convolution's bias input as `co` floats: `Some(None)` when there is none (or it is a
+    /// zero scalar), `None` when it is not a constant of a usable shape.
+    fn conv_bias(&self, node: &TypedNode, co: usize) -> TractResult<Option<Option<Arc<Tensor>>>> {
+        let Some(b) = node.inputs.get(2) else {
+            return Ok(Some(None));
+        };
+        let Some(t) = self.konst(*b) else {
+            return Ok(None);
+        };
+        let t = t.cast_to::<f32>()?.into_owned();
+        Ok(match t.len() {
+            1 if t.as_slice::<f32>()?[0] == 0.0 => Some(None),
+            1 => Some(Some(Arc::new(tensor1(&vec![t.as_slice::<f32>()?[0]; co])))),
+            l if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
+            _ => None,
+        })
+    }
+
+    /// ConvTranspose: 2-D, NCHW, one group, explicit padding.
+    fn deconv(
+        &self,
+        node: &TypedNode,
+        d: &Deconv,
+        oshape: &[usize],
+        fused: Option<&Fusable>,
+    ) -> TractResult<Option<LaunchSpec>> {
+        let spec = &d.pool_spec;
+        let before = match &spec.padding {
+            PaddingSpec::Valid => vec![0, 0],
+            PaddingSpec::Explicit(b, _) => b.to_vec(),
+            _ => return Ok(None),
+        };
+        if spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || d.group != 1
+            || d.kernel_format != KernelFormat::OIHW
+            || !self.is_f32(node.inputs[0])
+        {
+            return Ok(None);
+        }
+        let Some(kernel) = self.konst(node.inputs[1]) else {
+            return Ok(None);
+        };
+        let (ishape, _) = self.fact_shape(node.inputs[0])?;
+        let (co, c) = (oshape[1], ishape[1]);
+        if kernel.datum_type() != DatumType::F32
+            || kernel.shape() != [co, c, spec.kernel_shape[0], spec.kernel_shape[1]]
+        {
+            return Ok(None);
+        }
+        let Some(bias) = self.conv_bias(node, co)? else {
+            return Ok(None);
+        };
+        let strides = spec.strides();
+        let dil = spec.dilations();
+        let (act, a, b) = fused
+            .map(|f| (f.act, f.a, f.b))
+            .unwrap_or((act::NONE, 0.0, 0.0));
+        let params = k::ConvParams {
+            n: ishape[0] as i32,
+            c: c as i32,
+            h: ishape[2] as i32,
+            w: ishape[3] as i32,
+            co: co as i32,
+            oh: oshape[2] as i32,
+            ow: oshape[3] as i32,
+            kh: spec.kernel_shape[0] as i32,
+            kw: spec.kernel_shape[1] as i32,
+            sh: strides[0] as i32,
+            sw: strides[1] as i32,
+            dh: dil[0] as i32,
+            dw: dil[1] as i32,
+            pt: before[0] as i32,
+            pl: before[1] as i32,
+            group: 1,
+            act,
+            a,
+            b,
+            ..Default::default()
+        };
+        let n = oshape.iter().product::<usize>();
+        Ok(Some(conv_launch(
+            Kernel::Deconv,
+            grid_1d(n),
+            &params,
+            kernel,
+            bias,
+        )))
+    }
+
+    fn einsum(
+        &self,
+        node: &TypedNode,
+        e: &EinSum,
+        oshape: &[usize],
+        fused: Option<&Fusable>,
+    ) -> TractResult<Option<LaunchSpec>> {
+        if node.inputs.len() != 2 || e.q_params.is_some() || e.operating_dt != DatumType::F32 {
+            return Ok(None);
+        }
+        if !node.inputs.iter().all(|i| self.is_f32(*i)) {
+            return Ok(None);
+        }
+        let (sa, _) = self.fact_shape(node.inputs[0])?;
+        let (sb, _) = self.fact_shape(node.inputs[1])?;
+        let (ta, tb, tc) = (strides_of(&sa), strides_of(&sb), strides_of(oshape));
+        // (size, stride in a, in b, in c, order key)
+        type Ax = (usize, usize, usize, usize, usize);
+        let (mut batch, mut m, mut nn, mut kk): (Vec<Ax>, Vec<Ax>, Vec<Ax>, Vec<Ax>) =
+            Default::default();
+        for axis in e.axes.iter_all_axes() {
+            if axis.inputs.len() != 2
+                || axis.outputs.len() != 1
+                || axis.inputs.iter().chain(&axis.outputs).any(|p| p.len() > 1)
+            {
+                return Ok(None);
+            }
+            let (pa, pb, pc) = (
+                axis.inputs[0].first(),
+                axis.inputs[1].first(),
+                axis.outputs[0].first(),
+            );
+            let size = pa
+                .map(|&p| sa[p])
+                .or(pb.map(|&p| sb[p]))
+                .or(pc.map(|&p| oshape[p]))
+                .unwrap_or(1);
+            if size == 1 {
+                continue;
+            }
+            let st = |p: Option<&usize>, t: &[usize]| p.map(|&p| t[p]).unwrap_or(0);
+            let ax = (size, st(pa, &ta), st(pb, &tb), st(pc, &tc), 0);
+            match (pa, pb, pc) {
+                (Some(_), Some(_), Some(&c)) => batch.push((ax.0, ax.1, ax.2, ax.3, c)),
+                (Some(_), None, Some(&c)) => m.push((ax.0, ax.1, ax.2, ax.3, c)),
+                (None, Some(_), Some(&c)) => nn.push((ax.0, ax.1, ax.2, ax.3, c)),
+                (Some(&a), Some(_), None) => kk.push((ax.0, ax.1, ax.2, ax.3, a)),
+                _ => return Ok(None),
+            }
+        }
+        // Each group must flatten into one index with one stride per tensor.
+        fn flatten(mut g: Vec<Ax>, uses: [bool; 3]) -> Option<(usize, [usize; 3])> {
+            g.sort_by_key(|a| a.4);
+            let Some(last) = g.last() else {
+                return Some((1, [0, 0, 0]));
+            };
+            let inner = [last.1, last.2, last.3];
+            for w in g.windows(2) {
+                let (o, i) = (w[0], w[1]);
+                let so = [o.1, o.2, o.3];
+                let si = [i.1, i.2, i.3];
+                for t in 0..3 {
+                    let absent = so[t] == 0 && si[t] == 0;
+                    if uses[t] && !absent && so[t] != si[t] * i.0 {
+                        return None;
+                    }
+                }
+            }
+            Some((g.iter().map(|a| a.0).product(), inner))
+        }
+        // An m (or n) group that does not flatten (the batch axis of "NIHW,OI->NOHW" in front
+        // of H, W) gives its outer axes to the GEMM batch, with stride 0 in the other operand.
+        for (group, uses) in [
+            (&mut m, [true, false, true]),
+            (&mut nn, [false, true, true]),
+        ] {
+            group.sort_by_key(|a| a.4);
+            while group.len() > 1 && flatten(group.clone(), uses).is_none() {
+                batch.push(group.remove(0));
+            }
+        }
+        let Some((msz, ms)) = flatten(m, [true, false, true]) else {
+            return Ok(None);
+        };
+        let Some((nsz, ns)) = flatten(nn, [false, true, true]) else {
+            return Ok(None);
+        };
+        let Some((bsz, bs)) = flatten(batch, [true, true, true]) else {
+            return Ok(None);
+        };
+        let Some((ksz, ks)) = flatten(kk, [true, true, false]) else {
+            return Ok(None);
+        };
+        if bsz > 65_535
+            || msz.div_ceil(64) > 65_535
+            || [bsz, msz, nsz, ksz].iter().any(|&s| !fits_i32(s))
+        {
+            return Ok(None);
+        }
+        let params = k::GemmParams {
+            batch: bsz as i32,
+            m: msz as i32,
+            n: nsz as i32,
+            k: ksz as i32,
+            sab: bs[0] as i32,
+            sam: ms[0] as i32,
+            sak: ks[0] as i32,
+            sbb: bs[1] as i32,
+            sbk: ks[1] as i32,
+            sbn: ns[1] as i32,
+            scb: bs[2] as i32,
+            scm: ms[2] as i32,
+            scn: ns[2] as i32,
+            act: fused.map(|f| f.act).unwrap_or(act::NONE),
+            ..Default::default()
+        };
+        let operand = |i: usize| match self.konst(node.inputs[i]) {
+            Some(t) => Operand::Const(
+                t.cast_to::<f32>()
+                    .map(|t| Arc::new(t.into_owned()))
+                    .unwrap_or(t),
+            ),
+            None => Operand::Input(i),
+        };
+        // Few columns (a 1x1 convolution's output channels): the 256 x 16 tile.
+        let (kernel, bm, bn) = if nsz <= 16 {
+            (Kernel::GemmNarrow, 256, 16)
+        } else {
+            (Kernel::Gemm, 64, 64)
+        };
+        if msz.div_ceil(bm) > 65_535 {
+            return Ok(None);
+        }
+        Ok(Some(LaunchSpec {
+            kernel,
+            grid: [nsz.div_ceil(bn) as u32, msz.div_ceil(bm) as u32, bsz as u32],
+            block: B256,
+            params: bytes_of(&params),
+            fixups: vec![(0, operand(0)), (8, operand(1)), (16, Operand::Output)],
+        }))
+    }
+
+    fn pool(
+        &self,
+        node: &TypedNode,
+        spec: &tract_onnx::tract_core::ops::cnn::PoolSpec,
+        mode: i32,
+        count_pad: bool,
+        oshape: &[usize],
+    ) -> TractResult<Option<LaunchSpec>> {
+        let has_n = match spec.data_format {
+            DataFormat::NCHW => true,
+            DataFormat::CHW => false,
+            _ => return Ok(None),
+        };
+        let (ishape, _) = self.fact_shape(node.inputs[0])?;
+        let split = if has_n { 2 } else { 1 };
+        let spatial = &ishape[split..];
+        let out_spatial = &oshape[split..];
+        if spatial.len() != 2 || spec.kernel_shape.len() != 2 {
+            return Ok(None);
+        }
+        if matches!(spec.padding, PaddingSpec::ExplicitOnnxPool(_, _, true)) && mode != k::pool::MAX
+        {
+            // ceil_mode average pooling divides by a clipped window: not written.
+            return Ok(None);
+        }
+        let pads = spec.computed_padding(spatial);
+        let strides = spec.strides();
+        let dil = spec.dilations();
+        let nc: usize = ishape[..split].iter().product();
+        let params = k::PoolParams {
+            nc: nc as i32,
+            h: spatial[0] as i32,
+            w: spatial[1] as i32,
+            oh: out_spatial[0] as i32,
+            ow: out_spatial[1] as i32,
+            kh: spec.kernel_shape[0] as i32,
+            kw: spec.kernel_shape[1] as i32,
+            sh: strides[0] as i32,
+            sw: strides[1] as i32,
+            dh: dil[0] as i32,
+            dw: dil[1] as i32,
+            pt: pads[0].pad_before as i32,
+            pl: pads[1].pad_before as i32,
+            mode,
+            count_pad: count_pad as i32,
+            ..Default::default()
+        };
+        let n = oshape.iter().product::<usize>();
+        Ok(Some(launch(
+            Kernel::Pool,
+            grid_1d(n),
+            &params,
+            vec![Operand::Input(0), Operand::Output],
+        )))
+    }
+
+    fn reduce(
+        &self,
+        node: &TypedNode,
+        r: &Reduce,
+        oshape: &[usize],
+    ) -> TractResult<Option<LaunchSpec>> {
+        let (ishape, _) = self.fact_shape(node.inputs[0])?;
+        if ishape.len() != oshape.len() || r.axes.len() > MAX_RANK {
+            return Ok(None);
+        }
+        let count: usize = r.axes.iter().map(|&a| ishape[a]).product();
+        let (op, scale) = match r.reducer {
+            Reducer::Sum => (k::red::SUM, 1.0),
+            Reducer::Max => (k::red::MAX, 1.0),
+            Reducer::Min => (k::red::MIN, 1.0),
+            Reducer::Prod => (k::red::PROD, 1.0),
+            Reducer::MeanOfSquares => (k::red::SUM_SQUARES, 1.0 / count.max(1) as f32),
+            _ => return Ok(None),
+        };
+        let istr = strides_of(&ishape);
+        let kept: Vec<usize> = (0..ishape.len())
+            .map(|a| if r.axes.contains(&a) { 0 } else { istr[a] })
+            .collect();
+        let mut axes = r.axes.to_vec();
+        axes.sort_unstable();
+        let red_dims: Vec<usize> = axes.iter().map(|&a| ishape[a]).collect();
+        let red_strides: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
+        let n = oshape.iter().product::<usize>();
+        let params = k::ReduceParams {
+            n_out: n as i32,
+            rank: oshape.len() as i32,
+            out_dims: dims6(oshape),
+            vout: view(0, &kept),
+            red_rank: axes.len() as i32,
+            red_dims: dims6(&red_dims),
+            red_strides: view(0, &red_strides).strides,
+            op,
+            scale,
+            ..Default::default()
+        };
+        Ok(Some(launch(
+            Kernel::Reduce,
+            grid_1d(n),
+            &params,
+            vec![Operand::Input(0), Operand::Output],
+        )))
+    }
+
+    /// tract-onnx's Resize is private: its settings are read from its `Debug` text
+    /// ("coord_transformer: Asymmetric, interpolator: Linear, nearest: Floor, ...").
+    fn resize(&self, node: &TypedNode, oshape: &[usize]) -> TractResult<Option<LaunchSpec>> {
+        let text = format!("{:?}", node.op);
+        let field = |name: &str| -> Option<String> {
+            let at = text.find(&format!("{name}: "))? + name.len() + 2;
+            let rest = &text[at..];
+            let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        };
+        let coord = match field("coord_transformer").as_deref() {
+            Some("HalfPixel") => k::resize::HALF_PIXEL,
+            Some("Asymmetric") => k::resize::ASYMMETRIC,
+            Some("AlignCorners") => k::resize::ALIGN_CORNERS,
+            _ => return Ok(None),
+        };
+        let linear = match field("interpolator").as_deref() {
+            Some("Linear") => 1,
+            Some("Nearest") => 0,
+            _ => return Ok(None),
+        };
+        let nearest = match field("nearest").as_deref() {
+            Some("Floor") => k::resize::FLOOR,
+            Some("Ceil") => k::resize::CEIL,
+            Some("RoundPreferFloor") => k::resize::ROUND_PREFER_FLOOR,
+            Some("RoundPreferCeil") => k::resize::ROUND_PREFER_CEIL,
+            _ => return Ok(None),
+        };
+        let (ishape, _) = self.fact_shape(node.inputs[0])?;
+        if ishape.len() != 4 || ishape[..2] != oshape[..2] {
+            return Ok(None);
+        }
+        // Scales as given (a constant input), else output / input as tract does.
+        let mut scale_h = oshape[2] as f32 / ishape[2] as f32;
+        let mut scale_w = oshape[3] as f32 / ishape[3] as f32;
+        if let Some(Ok(ix)) = field("optional_scales_input").map(|s| {
+            s.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .parse::<usize>()
+        }) {
+            if let Some(t) = node.inputs.get(ix).and_then(|i| self.konst(*i)) {
+                if let Ok(s) = t.as_slice::<f32>() {
+                    if s.len() == 4 {
+                        scale_h = s[2];
+                        scale_w = s[3];
+                    }
+                }
+            }
+        }
+        let params = k::ResizeParams {
+            nc: (ishape[0] * ishape[1]) as i32,
+            h: ishape[2] as i32,
+            w: ishape[3] as i32,
+            oh: oshape[2] as i32,
+            ow: oshape[3] as i32,
+            scale_h,
+            scale_w,
+            coord,
+            linear,
+            nearest,
+            ..Default::default()
+        };
+        let n = oshape.iter().product::<usize>();
+        Ok(Some(launch(
+            Kernel::Resize,
+            grid_1d(n),
+            &params,
+            vec![Operand::Input(0), Operand::Output],
+        )))
+    }
+}
+
+/// A convolution-family launch: input, weights, optional bias, output (`ConvParams` order).
+fn conv_launch(
+    kernel: Kernel,
+    grid: [u32; 3],
+    params: &k::ConvParams,
+    weights: Arc<Tensor>,
+    bias: Option<Arc<Tensor>>,
+) -> LaunchSpec {
+    let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(weights))];
+    if let Some(b) = bias {
+        fixups.push((16, Operand::Const(b)));
+    }
+    fixups.push((24, Operand::Output));
+    LaunchSpec {
+        kernel,
+        grid,
+        block: B256,
+        params: bytes_of(params),
+        fixups,
+    }
+}
+
+fn unary(e: &ElementWiseOp, n: usize) -> Option<LaunchSpec> {
+    let (code, a, b) = act_of(e)?;
+    let params = k::UnaryParams {
+        n: n as i32,
+        act: code,
+        a,
+        b,
+        vec4: 1,
+        ..Default::default()
+    };
+    Some(launch(
+        Kernel::Unary,
+        grid_1d(n.div_ceil(4)),
+        &params,
+        vec![Operand::Input(0), Operand::Output],
+    ))
+}
