@@ -962,3 +962,24 @@ fn element_wise_chains_are_one_launch() {
         assert_eq!(r.fused_nodes, 4, "{r:?}");
     }
 }
+
+#[test]
+fn an_lstm_runs_as_a_cpu_island_between_gpu_nodes() {
+    // tract turns an ONNX LSTM into a Scan, which keeps state: no kernel, and it only runs
+    // inside a tract plan. Sigmoid after it stays on the GPU.
+    for target in targets() {
+        let op = OneOp::new("LSTM", vec![("x", vec![5, 2, 3])])
+            .weight("w", random(&[1, 16, 3], 1))
+            .weight("r", random(&[1, 16, 4], 2))
+            .weight("b", random(&[1, 32], 3))
+            .attr(attr_int("hidden_size", 4))
+            .then("Sigmoid");
+        let folder = op.folder(None, &[5, 1, 2, 4]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = vec![("x".to_string(), random(&[5, 2, 3], 4))];
+        compare(&repo, &x, 1e-5, 1e-5, &format!("LSTM on {target:?}"));
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert!(r.cpu_islands >= 1 && !r.cpu_nodes.is_empty(), "{r:?}");
+        assert!(r.launches >= 1, "{r:?}");
+    }
+}

@@ -517,7 +517,22 @@ impl Executable for GpuExecutable {
         outputs: &[String],
     ) -> Result<Vec<(String, MyTensor)>> {
         let (shapes, values) = self.plans.ordered_inputs(&inputs)?;
-        let plan = self.plan_for(&shapes)?;
+        let plan = match self.plan_for(&shapes) {
+            Ok(plan) => plan,
+            // A graph the lowering refuses (an operator that keeps state, a shape only known
+            // while running) runs on tract's CPU plan instead, with a warning; device errors
+            // (memory, compilation) stay errors.
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                tracing::warn!("{e}; running on the CPU");
+                *self.last_report.lock() = Some(ExecutionReport {
+                    device: "cpu".into(),
+                    cpu_nodes: vec![format!("the whole model ({e})")],
+                    ..Default::default()
+                });
+                return self.plans.execute(inputs, outputs);
+            }
+            Err(e) => return Err(e),
+        };
         let m = self.plans.model_name();
         let inst = plan
             .instance()

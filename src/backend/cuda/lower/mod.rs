@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{bail, format_err};
+use tract_onnx::tract_core::internal::format_err;
 use tract_onnx::tract_core::ops::array::{
     MultiBroadcastTo, Pad, PadMode, Slice, Tile, TypedConcat,
 };
@@ -221,7 +221,7 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         ..
     } = l;
     let mut values = values;
-    let (islanded, islands) = form_islands(&model, steps, &values, &outputs);
+    let (islanded, islands) = form_islands(&model, steps, &values, &outputs)?;
     steps = islanded;
     report.cpu_islands = islands;
     let arena_bytes = layout_arena(&mut values, &steps, &outputs);
@@ -550,15 +550,10 @@ impl Lowering<'_> {
         }
         Ok(())
     }
+    /// A CPU step (an island of its own at least: stateful operators such as the Scan an
+    /// LSTM becomes only run inside a tract plan).
     fn cpu(&mut self, id: usize) -> TractResult<()> {
         let node = self.model.node(id);
-        if !node.op.is_stateless() {
-            bail!(
-                "node '{}' ({}) keeps state between runs",
-                node.name,
-                node.op.name()
-            );
-        }
         let mut inputs = Vec::new();
         for i in &node.inputs {
             let v = self.value_of(*i)?;

@@ -12,7 +12,7 @@ pub(super) fn form_islands(
     steps: Vec<Step>,
     values: &[Value],
     outputs: &[ValueId],
-) -> (Vec<Step>, usize) {
+) -> TractResult<(Vec<Step>, usize)> {
     let reads = |s: &Step| -> Vec<ValueId> {
         match s {
             Step::Launch { fixups, .. } => fixups.iter().map(|(_, v)| *v).collect(),
@@ -62,11 +62,24 @@ pub(super) fn form_islands(
                 out.push(step);
                 islands += 1;
             }
-            None => out.extend(run.iter().cloned()),
+            // Node by node; a stateful operator cannot run that way.
+            None => {
+                if let Some(Step::Cpu { node, .. }) = cpu.iter().find(
+                    |s| matches!(s, Step::Cpu { node, .. } if !model.node(*node).op.is_stateless()),
+                ) {
+                    let n = model.node(*node);
+                    return Err(format_err!(
+                        "node '{}' ({}) keeps state and its CPU island did not compile",
+                        n.name,
+                        n.op.name()
+                    ));
+                }
+                out.extend(run.iter().cloned())
+            }
         }
         i = end;
     }
-    (out, islands)
+    Ok((out, islands))
 }
 
 /// The CPU steps `cpu` as one optimised tract model: its inputs are the values they read that
