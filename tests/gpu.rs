@@ -251,6 +251,16 @@ fn convolutions_match_the_cpu_path() {
     }
 }
 
+/// A linear Resize of `x` to `sizes` with coordinate mode `coord`.
+fn resize(x: &[usize], sizes: &[i64], coord: &str) -> OneOp {
+    OneOp::new("Resize", vec![("x", x.to_vec())])
+        .empty_input()
+        .empty_input()
+        .ints("sizes", sizes.to_vec())
+        .attr(attr_str("mode", "linear"))
+        .attr(attr_str("coordinate_transformation_mode", coord))
+}
+
 #[test]
 fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
     for target in targets() {
@@ -365,12 +375,7 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
             .weight("c", random(&[65], 10))
             .attr(attr_int("transB", 1));
         check_op(target, "Gemm transB + bias", &gemm, None, &[4, 65]);
-        let rs = OneOp::new("Resize", vec![("x", vec![1, 3, 4, 6])])
-            .empty_input()
-            .empty_input()
-            .ints("sizes", vec![1, 3, 8, 12])
-            .attr(attr_str("mode", "linear"))
-            .attr(attr_str("coordinate_transformation_mode", "asymmetric"));
+        let rs = resize(&[1, 3, 4, 6], &[1, 3, 8, 12], "asymmetric");
         check_op(
             target,
             "Resize linear asymmetric x2 (EAST)",
@@ -378,12 +383,7 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
             None,
             &[1, 3, 8, 12],
         );
-        let rs = OneOp::new("Resize", vec![("x", vec![1, 2, 3, 5])])
-            .empty_input()
-            .empty_input()
-            .ints("sizes", vec![1, 2, 7, 9])
-            .attr(attr_str("mode", "linear"))
-            .attr(attr_str("coordinate_transformation_mode", "align_corners"));
+        let rs = resize(&[1, 2, 3, 5], &[1, 2, 7, 9], "align_corners");
         check_op(
             target,
             "Resize linear align_corners",
@@ -750,11 +750,7 @@ fn nodes_without_a_kernel_run_as_one_cpu_island() {
 #[test]
 fn half_pixel_resize_follows_onnx_runtime() {
     for target in targets() {
-        let rs = OneOp::new("Resize", vec![("x", vec![1, 1, 2, 2])])
-            .empty_input()
-            .empty_input()
-            .ints("sizes", vec![1, 1, 4, 4])
-            .attr(attr_str("mode", "linear"));
+        let rs = resize(&[1, 1, 2, 2], &[1, 1, 4, 4], "half_pixel");
         let folder = rs.folder(None, &[1, 1, 4, 4]);
         let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
         let x = ndarray::arr2(&[[1f32, 2.], [3., 4.]])

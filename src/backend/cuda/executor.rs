@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tract_onnx::prelude::*;
 
 use super::device::{DevPtr, Device};
+use super::kernels::Kernel;
 use super::lower::{self, Program, Step, Storage, ValueId};
 use super::ExecutionReport;
 use crate::backend::onnx::plan::Plans;
@@ -46,6 +47,9 @@ struct Instance {
     arena: DevPtr,
     stream: u64,
     staging: *mut u8,
+    /// The parameter bytes of each launch of the program, in order, with this instance's
+    /// device addresses patched in (they never change while the instance lives).
+    params: Vec<Vec<u8>>,
 }
 
 // SAFETY: an instance is used by one execution at a time (taken out of the pool).
@@ -56,18 +60,16 @@ struct GpuPlan {
     device: &'static dyn Device,
     /// Device addresses of `program.weights` (owned by the executable's weight cache).
     weights: Vec<DevPtr>,
-    /// Staging offset of each copy step.
-    staging: HashMap<usize, usize>,
+    /// Staging offset of each step (used by the copy steps only).
+    staging: Vec<usize>,
     staging_bytes: usize,
     pool: Mutex<Vec<Instance>>,
 }
 
 impl Drop for GpuPlan {
     fn drop(&mut self) {
-        for i in self.pool.get_mut().drain(..) {
-            self.device.free(i.arena);
-            self.device.free_host(i.staging, self.staging_bytes);
-            self.device.free_stream(i.stream);
+        for i in std::mem::take(self.pool.get_mut()) {
+            self.free_instance(i);
         }
     }
 }
@@ -177,7 +179,7 @@ impl GpuExecutable {
                 .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
         }
         report.uploaded_weight_bytes = uploaded;
-        let mut staging = HashMap::new();
+        let mut staging = vec![0; program.steps.len()];
         let mut staging_bytes = 0usize;
         for (i, s) in program.steps.iter().enumerate() {
             let v = match s {
@@ -186,7 +188,7 @@ impl GpuExecutable {
                 | Step::Download { value } => *value,
                 _ => continue,
             };
-            staging.insert(i, staging_bytes);
+            staging[i] = staging_bytes;
             staging_bytes += program.values[v].bytes().div_ceil(64) * 64;
         }
         *self.last_report.lock() = Some(report);
@@ -271,23 +273,9 @@ impl GpuExecutable {
             plan.run(&inst, &zeros)?;
             let started = std::time::Instant::now();
             for _ in 0..iters {
-                for step in &plan.program.steps {
-                    if let Step::Launch {
-                        kernel,
-                        grid,
-                        block,
-                        params,
-                        fixups,
-                    } = step
-                    {
-                        let mut bytes = params.clone();
-                        for (at, v) in fixups {
-                            let ptr = plan.ptr(&inst, *v)?;
-                            bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
-                        }
-                        self.device
-                            .launch(inst.stream, *kernel, *grid, *block, &bytes)?;
-                    }
+                for (kernel, grid, block, params) in plan.launches(&inst) {
+                    self.device
+                        .launch(inst.stream, kernel, grid, block, params)?;
                 }
             }
             self.device.sync(inst.stream)?;
@@ -308,7 +296,7 @@ impl GpuPlan {
         if let Some(i) = self.pool.lock().pop() {
             return Ok(i);
         }
-        let arena = self.device.alloc(self.program.arena_bytes)?;
+        let arena = self.device.alloc(self.program.report.arena_bytes)?;
         let staging = match self.device.alloc_host(self.staging_bytes) {
             Ok(s) => s,
             Err(e) => {
@@ -324,11 +312,56 @@ impl GpuPlan {
                 return Err(e);
             }
         };
-        Ok(Instance {
+        let mut inst = Instance {
             arena,
             stream,
             staging,
-        })
+            params: Vec::new(),
+        };
+        for step in &self.program.steps {
+            if let Step::Launch { params, fixups, .. } = step {
+                let mut bytes = params.clone();
+                for (at, v) in fixups {
+                    let ptr = match self.ptr(&inst, *v) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.free_instance(inst);
+                            return Err(e);
+                        }
+                    };
+                    bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
+                }
+                inst.params.push(bytes);
+            }
+        }
+        Ok(inst)
+    }
+
+    /// The program's launches with `inst`'s parameter bytes.
+    fn launches<'a>(
+        &'a self,
+        inst: &'a Instance,
+    ) -> impl Iterator<Item = (Kernel, [u32; 3], [u32; 3], &'a [u8])> + 'a {
+        self.program
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Launch {
+                    kernel,
+                    grid,
+                    block,
+                    ..
+                } => Some((*kernel, *grid, *block)),
+                _ => None,
+            })
+            .zip(&inst.params)
+            .map(|((k, g, b), p)| (k, g, b, p.as_slice()))
+    }
+
+    fn free_instance(&self, inst: Instance) {
+        self.device.free(inst.arena);
+        self.device.free_host(inst.staging, self.staging_bytes);
+        self.device.free_stream(inst.stream);
     }
 
     fn ptr(&self, inst: &Instance, v: ValueId) -> std::result::Result<DevPtr, String> {
@@ -372,6 +405,7 @@ impl GpuPlan {
             }
             Ok(())
         };
+        let mut launch = 0;
         for (i, step) in p.steps.iter().enumerate() {
             match step {
                 Step::UploadInput { input, value } | Step::HostInput { input, value }
@@ -390,7 +424,7 @@ impl GpuPlan {
                     self.stage_upload(inst, i, *value, &t)?;
                 }
                 Step::Download { value } => {
-                    let off = self.staging[&i];
+                    let off = self.staging[i];
                     let bytes = p.values[*value].bytes();
                     // SAFETY: the slot has room for the value (laid out above).
                     let dst = unsafe { inst.staging.add(off) };
@@ -401,15 +435,10 @@ impl GpuPlan {
                     kernel,
                     grid,
                     block,
-                    params,
-                    fixups,
+                    ..
                 } => {
-                    let mut bytes = params.clone();
-                    for (at, v) in fixups {
-                        let ptr = self.ptr(inst, *v)?;
-                        bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
-                    }
-                    dev.launch(inst.stream, *kernel, *grid, *block, &bytes)?;
+                    dev.launch(inst.stream, *kernel, *grid, *block, &inst.params[launch])?;
+                    launch += 1;
                 }
                 Step::CpuIsland {
                     plan: island,
@@ -481,7 +510,7 @@ impl GpuPlan {
             ));
         }
         let bytes = t.as_bytes();
-        let off = self.staging[&step];
+        let off = self.staging[step];
         // SAFETY: the slot was sized for this value; the staging buffer outlives the copy
         // (the stream is synchronised before the instance is reused or freed).
         unsafe {
@@ -553,9 +582,7 @@ impl Executable for GpuExecutable {
             Err(e) => {
                 // The instance may hold work that failed: synchronise and drop it.
                 let _ = self.device.sync(inst.stream);
-                self.device.free(inst.arena);
-                self.device.free_host(inst.staging, plan.staging_bytes);
-                self.device.free_stream(inst.stream);
+                plan.free_instance(inst);
                 Err(device_error(m, self.device, "execution failed", e))
             }
         }

@@ -117,7 +117,6 @@ pub(crate) struct Program {
     pub host_consts: Vec<(ValueId, Arc<Tensor>)>,
     /// Weight tensors (f32, contiguous) to upload once.
     pub weights: Vec<Arc<Tensor>>,
-    pub arena_bytes: usize,
     pub report: ExecutionReport,
 }
 
@@ -224,7 +223,7 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
     let (islanded, islands) = form_islands(&model, steps, &values, &outputs)?;
     steps = islanded;
     report.cpu_islands = islands;
-    let arena_bytes = layout_arena(&mut values, &steps, &outputs);
+    report.arena_bytes = layout_arena(&mut values, &steps, &outputs);
     for s in &steps {
         if let Step::Launch { kernel, .. } = s {
             report.launches += 1;
@@ -251,7 +250,6 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
     report.downloads = down;
     report.intermediate_copies = up + down - output_downloads;
     report.weight_bytes = weights.iter().map(|w| w.len() * 4).sum();
-    report.arena_bytes = arena_bytes;
     Ok(Program {
         model: model.clone(),
         values,
@@ -259,7 +257,6 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         outputs,
         host_consts,
         weights,
-        arena_bytes,
         report,
     })
 }

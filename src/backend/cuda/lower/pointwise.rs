@@ -80,9 +80,8 @@ impl Lowering<'_> {
             group_of.insert(id, g);
         }
         let mut out = HashMap::new();
+        let pos: HashMap<usize, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         for mut members in groups.into_iter().filter(|g| g.len() >= 2) {
-            let pos: HashMap<usize, usize> =
-                order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
             members.sort_by_key(|m| pos[m]);
             if self.pointwise_inputs(&members).len() > k::PW_MAX_IN {
                 continue;
