@@ -50,14 +50,14 @@ fn repo_of(src: &Path) -> (tempfile::TempDir, Repository) {
 
 #[cfg(feature = "bench-tract-cuda")]
 mod tract_cuda_rows {
-    use tract_onnx_023::prelude::*;
+    use tract_onnx::prelude::*;
 
-    /// tract-cuda 0.23's runtime on the model at `path`, decluttered at `shape`.
+    /// tract-cuda's runtime on the model at `path`, decluttered at `shape`.
     pub fn runnable(path: &std::path::Path, shape: &[usize]) -> Option<Box<dyn Runnable>> {
         // Links tract-cuda in, so that its runtime registers itself.
         let _ = std::any::type_name::<tract_cuda::CudaTransform>();
         let go = || -> TractResult<Box<dyn Runnable>> {
-            let mut m = tract_onnx_023::onnx().model_for_path(path)?;
+            let mut m = tract_onnx::onnx().model_for_path(path)?;
             m.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))?;
             let typed = m.into_typed()?.into_decluttered()?;
             let rt = runtime_for_name("cuda")?.ok_or_else(|| TractError::msg("no cuda runtime"))?;

@@ -13,7 +13,7 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn direct_plan(model: &Path, shapes: &[&[usize]]) -> TypedRunnableModel<TypedModel> {
+fn direct_plan(model: &Path, shapes: &[&[usize]]) -> std::sync::Arc<TypedRunnableModel> {
     let mut m = tract_onnx::onnx().model_for_path(model).unwrap();
     for (i, s) in shapes.iter().enumerate() {
         m.set_input_fact(i, f32::fact(*s).into()).unwrap();

@@ -29,6 +29,8 @@
 #define ACT_COS 19
 #define ACT_SIN 20
 #define ACT_ROUND 21
+#define ACT_SILU 22      // x * sigmoid(x) (tract fuses the pair into one op)
+#define ACT_RSQRT_ADD 23 // 1 / sqrt(x + a) (RmsNorm: a is epsilon)
 
 __device__ __forceinline__ float my_act(float v, int act, float a, float b) {
     switch (act) {
@@ -53,6 +55,8 @@ __device__ __forceinline__ float my_act(float v, int act, float a, float b) {
     case ACT_COS: return cosf(v);
     case ACT_SIN: return sinf(v);
     case ACT_ROUND: return rintf(v);
+    case ACT_SILU: return v / (1.0f + expf(-v));
+    case ACT_RSQRT_ADD: return 1.0f / sqrtf(v + a);
     default: return v;
     }
 }

@@ -127,7 +127,11 @@ impl Tensor {
         // Check the type first: a failed `as_slice` builds an error (and, with
         // RUST_BACKTRACE set, a backtrace), which cost ~12 µs per call.
         if self.inner.datum_type() == DatumType::Blob {
-            if let Ok(items) = self.inner.as_slice::<Blob>() {
+            if let Ok(items) = self
+                .inner
+                .try_as_plain_ram()
+                .and_then(|v| v.as_slice::<Blob>())
+            {
                 return items.iter().map(|b| 4 + b.len()).sum();
             }
         }
@@ -147,15 +151,20 @@ impl Tensor {
             ));
         }
         self.inner
-            .to_array_view::<T>()
+            .try_as_plain_ram()
+            .and_then(|v| v.to_array_view::<T>())
             .map_err(|e| Error::new(ErrorKind::DataType, e.to_string()))
     }
 
     /// The elements of a BYTES tensor, row-major.
     pub fn bytes(&self) -> Result<Vec<&[u8]>> {
-        match self.inner.as_slice::<Blob>() {
+        let plain = self
+            .inner
+            .try_as_plain_ram()
+            .map_err(|e| Error::new(ErrorKind::DataType, e.to_string()))?;
+        match plain.as_slice::<Blob>() {
             Ok(items) => Ok(items.iter().map(|b| b.as_bytes()).collect()),
-            Err(_) => match self.inner.as_slice::<String>() {
+            Err(_) => match plain.as_slice::<String>() {
                 Ok(items) => Ok(items.iter().map(|s| s.as_bytes()).collect()),
                 Err(_) => Err(Error::new(
                     ErrorKind::DataType,

@@ -10,7 +10,7 @@ use common::{add_sub_model, fixtures, ADD_SUB};
 use modelyard::config::{DataType, ModelConfig};
 use modelyard::{ErrorKind, Repository, Tensor};
 use ndarray::Array2;
-use prost_onnx::Message;
+use prost::Message;
 use tract_onnx::pb;
 
 fn ones(rows: usize) -> Tensor {

@@ -451,30 +451,68 @@ fn every_shipped_config_parses() {
 
 #[cfg(unix)]
 #[test]
-fn symlinks_may_not_lead_outside() {
+fn symlinks_in_the_repository_are_followed_as_triton_does() {
+    // A model cache lays files out as links into its blob store: the model file, a label file
+    // and a whole version folder are links that point outside the repository.
     let tmp = tempfile::tempdir().unwrap();
-    let outside = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
     std::fs::copy(
         fixtures().join("generated/add_sub_fp32_batch.onnx"),
-        outside.path().join("model.onnx"),
+        store.path().join("blob-1"),
     )
     .unwrap();
-    std::fs::write(outside.path().join("labels.txt"), "secret").unwrap();
-    let dir = add_model(tmp.path(), "m", ADD_SUB, &[]);
-    std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("model.onnx"), dir.join("1/model.onnx"))
-        .unwrap();
-    let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("resolves outside the version directory"), "{e}");
-
-    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(store.path().join("blob-2"), "zero\none").unwrap();
+    std::fs::create_dir_all(store.path().join("v2")).unwrap();
+    std::os::unix::fs::symlink(
+        store.path().join("blob-1"),
+        store.path().join("v2/model.onnx"),
+    )
+    .unwrap();
     let labelled = ADD_SUB.replacen(
         "name: \"OUTPUT0\"",
         "name: \"OUTPUT0\" label_filename: \"labels.txt\"",
         1,
     );
-    let dir = add_model(tmp.path(), "m", &labelled, &["1"]);
-    std::os::unix::fs::symlink(outside.path().join("labels.txt"), dir.join("labels.txt")).unwrap();
-    let e = Repository::load(tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("label file path 'labels.txt' for output 'OUTPUT0' in model 'm' is outside model directory"), "{e}");
+    let dir = add_model(
+        tmp.path(),
+        "m",
+        &format!("{labelled}version_policy: {{ all {{ }} }}"),
+        &[],
+    );
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::os::unix::fs::symlink(store.path().join("blob-1"), dir.join("1/model.onnx")).unwrap();
+    std::os::unix::fs::symlink(store.path().join("v2"), dir.join("2")).unwrap();
+    std::os::unix::fs::symlink(store.path().join("blob-2"), dir.join("labels.txt")).unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    for v in [1, 2] {
+        let m = repo.model_version("m", v).unwrap();
+        assert_eq!(m.labels("OUTPUT0").unwrap(), ["zero", "one"]);
+        let a = ndarray::Array2::<f32>::from_shape_fn((1, 16), |(_, j)| j as f32);
+        let out = m
+            .infer([
+                ("INPUT0", modelyard::Tensor::from(a.clone())),
+                ("INPUT1", modelyard::Tensor::from(a.clone())),
+            ])
+            .unwrap();
+        let sum = out
+            .get("OUTPUT0")
+            .unwrap()
+            .view::<f32>()
+            .unwrap()
+            .to_owned();
+        assert_eq!(sum, (&a * 2.0).into_dyn(), "version {v}");
+    }
+
+    // A name in the config may still not climb out of the model folder.
+    let tmp = tempfile::tempdir().unwrap();
+    let climbing =
+        format!("backend: \"onnxruntime\"\ndefault_model_filename: \"../../x.onnx\"\n{ADD_SUB}");
+    add_model(tmp.path(), "m", &climbing, &["1"]);
+    let e = Repository::load(tmp.path()).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "default_model_filename '../../x.onnx' for model 'm' escapes the model directory"
+        ),
+        "{e}"
+    );
 }

@@ -33,13 +33,11 @@ pub(crate) fn run(model: &Model, model_dir: &Path) -> Result<()> {
             let tensor = match &input.input_data_type {
                 Some(InputDataType::RandomData(true)) => Tensor::random(dt, &shape),
                 Some(InputDataType::InputDataFile(file)) => {
-                    let dir = model_dir.join("warmup");
-                    let path = dir.join(file);
-                    if crate::repository::check_relative(file).is_err() || !crate::repository::resolves_inside(&dir, &path) {
-                        return Err(fail(Error::invalid_config(format!(
+                    let path = crate::repository::confined(&model_dir.join("warmup"), file).map_err(|_| {
+                        fail(Error::invalid_config(format!(
                             "warmup data file '{file}' for input '{name}' is outside the model's warmup directory"
-                        ))));
-                    }
+                        )))
+                    })?;
                     let bytes = std::fs::read(&path).map_err(|e| fail(Error::io(&path, "failed to read warmup data file", e)))?;
                     Tensor::from_le_bytes(dt, &shape, &bytes)
                 }

@@ -178,14 +178,13 @@ fn read_labels(config: &ModelConfig, model_dir: &Path) -> Result<BTreeMap<String
             continue;
         }
         let file = &output.label_filename;
-        let path = model_dir.join(file);
-        if super::check_relative(file).is_err() || !super::resolves_inside(model_dir, &path) {
-            return Err(Error::invalid_config(format!(
+        let path = super::confined(model_dir, file).map_err(|_| {
+            Error::invalid_config(format!(
                 "label file path '{file}' for output '{}' in model '{}' is outside model directory",
                 output.name, config.name
             ))
-            .with_tensor(output.name.clone()));
-        }
+            .with_tensor(output.name.clone())
+        })?;
         if labels.contains_key(&output.name) {
             return Err(Error::invalid_config(format!(
                 "multiple label files for '{}'",

@@ -263,16 +263,14 @@ impl Repository {
     }
 
     /// `file` (a name from a config) inside `dir`, or an error if it could leave it: an
-    /// absolute path, `..`, or a symlink that resolves outside.
+    /// absolute path or `..`. Symbolic links inside `dir` are followed, as Triton does.
     pub fn file_in(dir: &Path, file: &str) -> Result<PathBuf> {
-        let path = dir.join(file);
-        if check_relative(file).is_err() || !resolves_inside(dir, &path) {
-            return Err(Error::invalid_config(format!(
+        confined(dir, file).map_err(|_| {
+            Error::invalid_config(format!(
                 "file '{file}' is outside the folder '{}'",
                 dir.display()
-            )));
-        }
-        Ok(path)
+            ))
+        })
     }
 
     /// The repository folder.
@@ -427,12 +425,12 @@ pub(crate) fn check_relative(file: &str) -> std::result::Result<(), &'static str
     Ok(())
 }
 
-/// `path` (inside `dir`) after resolving symlinks must still be inside `dir`.
-pub(crate) fn resolves_inside(dir: &Path, path: &Path) -> bool {
-    match (dir.canonicalize(), path.canonicalize()) {
-        (Ok(d), Ok(p)) => p.starts_with(d),
-        // A path that does not exist cannot point outside; the read will fail later.
-        (Ok(_), Err(_)) => true,
-        _ => false,
-    }
+/// The one confinement rule for file names a config supplies (model, label, warmup and data
+/// files): `file` must be relative and may not climb with `..` ([`check_relative`]); it is
+/// then joined to `dir`. Symbolic links are followed, as Triton follows them: a link in the
+/// repository was placed there by its operator (model caches lay files out that way), a name
+/// in a config is what could be hostile.
+pub(crate) fn confined(dir: &Path, file: &str) -> std::result::Result<PathBuf, &'static str> {
+    check_relative(file)?;
+    Ok(dir.join(file))
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use ndarray::ArrayD;
-use prost_onnx::Message;
+use prost::Message;
 use tract_onnx::pb;
 
 /// Deterministic values in [-1, 1).

@@ -379,7 +379,7 @@ impl GpuPlan {
         let dev = self.device;
         let mut host: Vec<Option<TValue>> = vec![None; p.values.len()];
         for (v, t) in &p.host_consts {
-            host[*v] = Some(TValue::Const(t.clone()));
+            host[*v] = Some(TValue::from_const(t.clone()));
         }
         let mut pending: Vec<(ValueId, usize)> = Vec::new();
         let flush = |pending: &mut Vec<(ValueId, usize)>, host: &mut Vec<Option<TValue>>| {
@@ -472,9 +472,12 @@ impl GpuPlan {
                         .iter()
                         .map(|v| host[*v].clone().ok_or("a CPU step input was not computed"))
                         .collect::<std::result::Result<TVec<_>, _>>()?;
-                    let res = catch_unwind(AssertUnwindSafe(|| node.op.eval(args)))
+                    let res = catch_unwind(AssertUnwindSafe(|| node.op.eval_out_of_plan(args)))
                         .map_err(|_| format!("CPU node '{}' panicked", node.name))?
-                        .map_err(|e| format!("CPU node '{}': {e:#}", node.name))?;
+                        .map_err(|e| format!("CPU node '{}': {e:#}", node.name))?
+                        .ok_or_else(|| {
+                            format!("CPU node '{}' only runs inside a plan", node.name)
+                        })?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
                     }

@@ -195,6 +195,8 @@ pub(crate) mod act {
     pub const COS: i32 = 19;
     pub const SIN: i32 = 20;
     pub const ROUND: i32 = 21;
+    pub const SILU: i32 = 22;
+    pub const RSQRT_ADD: i32 = 23;
 }
 
 /// Binary operator codes (`BIN_*`).

@@ -28,7 +28,8 @@ pub(crate) struct OnnxIo {
 }
 
 /// The model file of a version: `<version>/<default_model_filename or model.onnx>`, or
-/// `<that>/model.onnx` when it is a folder. The file name may not leave the version folder.
+/// `<that>/model.onnx` when it is a folder. The name may not leave the version folder (no
+/// `..`, not absolute); symbolic links are followed, as Triton follows them.
 pub(crate) fn model_path(
     config: &crate::config::ModelConfig,
     version_dir: &Path,
@@ -38,28 +39,14 @@ pub(crate) fn model_path(
     } else {
         config.default_model_filename.as_str()
     };
-    crate::repository::check_relative(file).map_err(|why| {
+    let path = crate::repository::confined(version_dir, file).map_err(|why| {
         Error::invalid_config(format!(
             "default_model_filename '{file}' for model '{}' {why}",
             config.name
         ))
     })?;
-    let path = version_dir.join(file);
-    if !crate::repository::resolves_inside(version_dir, &path) {
-        return Err(Error::invalid_config(format!(
-            "default_model_filename '{file}' for model '{}' resolves outside the version directory",
-            config.name
-        )));
-    }
     if path.is_dir() {
-        let inner = path.join("model.onnx");
-        if !crate::repository::resolves_inside(version_dir, &inner) {
-            return Err(Error::invalid_config(format!(
-                "model file '{file}/model.onnx' for model '{}' resolves outside the version directory",
-                config.name
-            )));
-        }
-        return Ok(inner);
+        return Ok(path.join("model.onnx"));
     }
     if !path.exists() {
         return Err(Error::new(

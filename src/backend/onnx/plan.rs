@@ -18,7 +18,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::Tensor as MyTensor;
 
-type Plan = TypedRunnableModel<TypedModel>;
+type Plan = TypedRunnableModel;
 
 /// Least-recently-used cache of plans keyed by input shapes.
 struct Lru {
@@ -194,7 +194,6 @@ impl Plans {
         let span = tracing::debug_span!("compile", model = %self.model_name, shapes = ?shapes);
         let _enter = span.enter();
         let plan = self.compile(shapes, |m| m.into_optimized()?.into_runnable())?;
-        let plan = Arc::new(plan);
         let mut cache = self.cache.lock();
         cache.tick += 1;
         let tick = cache.tick;
@@ -354,7 +353,8 @@ fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {
     let inner = t.as_tract();
     if dt == DatumType::String && inner.datum_type() == DatumType::Blob {
         let blobs = inner
-            .as_slice::<Blob>()
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<Blob>())
             .map_err(|e| Error::invalid_input(e.to_string()))?;
         let strings = blobs
             .iter()
@@ -367,9 +367,9 @@ fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {
             })?;
         let arr = tract_ndarray::ArrayD::from_shape_vec(inner.shape(), strings)
             .map_err(|e| Error::invalid_input(e.to_string()))?;
-        return Ok(TValue::Const(Arc::new(Tensor::from(arr))));
+        return Ok(TValue::from_const(Arc::new(Tensor::from(arr))));
     }
-    Ok(TValue::Const(inner.clone()))
+    Ok(TValue::from_const(inner.clone()))
 }
 
 impl Executable for Plans {

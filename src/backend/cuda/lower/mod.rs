@@ -18,7 +18,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, Padd
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax};
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::ops::Downsample;
 
@@ -64,6 +64,9 @@ pub(crate) enum Operand {
     Input(usize),
     Output,
     Const(Arc<Tensor>),
+    /// Scratch f32 storage of this shape, shared by the node's launches that name the same
+    /// index (one launch writes it, a later one reads it).
+    Temp(usize, Vec<usize>),
 }
 
 /// A launch as planned for one node, before its operands have values.
@@ -102,7 +105,7 @@ pub(crate) enum Step {
     },
     /// Consecutive CPU nodes compiled together as one optimised tract sub-model.
     CpuIsland {
-        plan: Arc<TypedRunnableModel<TypedModel>>,
+        plan: Arc<TypedRunnableModel>,
         inputs: Vec<ValueId>,
         outputs: Vec<ValueId>,
     },
@@ -336,6 +339,7 @@ fn bin_of(b: &TypedBinOp) -> Option<(i32, bool)> {
 fn act_of(e: &ElementWiseOp) -> Option<(i32, f32, f32)> {
     Some(match e.0.name().as_ref() {
         "Sigmoid" => (act::SIGMOID, 0.0, 0.0),
+        "Silu" => (act::SILU, 0.0, 0.0),
         "Tanh" => (act::TANH, 0.0, 0.0),
         "Exp" => (act::EXP, 0.0, 0.0),
         "Sqrt" => (act::SQRT, 0.0, 0.0),
@@ -444,7 +448,7 @@ impl Lowering<'_> {
             return Ok(());
         }
         if let Some(c) = node.op_as::<Const>() {
-            let t = c.0.clone();
+            let t = c.val().clone();
             let v = self.new_value(t.shape(), t.datum_type(), Storage::None);
             self.on_host[v] = true;
             self.host_consts.push((v, t));
@@ -480,7 +484,6 @@ impl Lowering<'_> {
             Ok(None) => self.cpu(id),
             Err(e) => {
                 tracing::debug!("node '{}' stays on the CPU: {e}", node.name);
-                eprintln!("DEBUG {} {e:?}", node.name);
                 self.cpu(id)
             }
         }
@@ -513,12 +516,18 @@ impl Lowering<'_> {
             }
         }
         let out = self.new_value(&shape, dt, Storage::Arena(0));
+        let mut temps: HashMap<usize, ValueId> = HashMap::new();
         for l in launches {
             let mut fixups = Vec::new();
             for (at, o) in l.fixups {
                 let v = match o {
                     Operand::Input(i) => used_inputs[&i],
                     Operand::Output => out,
+                    Operand::Temp(k, tshape) => *temps.entry(k).or_insert_with(|| {
+                        let v = self.new_value(&tshape, DatumType::F32, Storage::Arena(0));
+                        self.on_device[v] = true;
+                        v
+                    }),
                     Operand::Const(t) => {
                         self.weights.push(t.clone());
                         let v = self.new_value(t.shape(), DatumType::F32, Storage::None);
@@ -618,7 +627,7 @@ impl Lowering<'_> {
         if c.len() != 1 || c.datum_type() != DatumType::F32 || next.inputs.len() != 2 {
             return None;
         }
-        let c = *c.to_scalar::<f32>().ok()?;
+        let c = *c.try_as_plain_ram().ok()?.to_scalar::<f32>().ok()?;
         match b.0.name() {
             "Max" if c == 0.0 => Some(Fusable {
                 node: next.id,

@@ -186,6 +186,9 @@ impl Lowering<'_> {
         if let Some(r) = op.downcast_ref::<Reduce>() {
             return Ok(one(self.reduce(node, r, &oshape)?));
         }
+        if let Some(r) = op.downcast_ref::<RmsNorm>() {
+            return Ok(self.rms_norm(r, &oshape)?.map(|l| (l, None)));
+        }
         if let Some(s) = op.downcast_ref::<Softmax>() {
             if s.axes.len() != 1 || s.quant_output_dt.is_some() {
                 return Ok(None);
@@ -411,8 +414,12 @@ impl Lowering<'_> {
         };
         let t = t.cast_to::<f32>()?.into_owned();
         Ok(match t.len() {
-            1 if t.as_slice::<f32>()?[0] == 0.0 => Some(None),
-            1 => Some(Some(Arc::new(tensor1(&vec![t.as_slice::<f32>()?[0]; co])))),
+            1 if t.try_as_plain_ram()?.as_slice::<f32>()?[0] == 0.0 => Some(None),
+            1 => Some(Some(Arc::new(tensor1(&vec![
+                t.try_as_plain_ram()?
+                    .as_slice::<f32>()?[0];
+                co
+            ])))),
             l if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
             _ => None,
         })
@@ -707,33 +714,66 @@ impl Lowering<'_> {
             Reducer::MeanOfSquares => (k::red::SUM_SQUARES, 1.0 / count.max(1) as f32),
             _ => return Ok(None),
         };
-        let istr = strides_of(&ishape);
-        let kept: Vec<usize> = (0..ishape.len())
-            .map(|a| if r.axes.contains(&a) { 0 } else { istr[a] })
-            .collect();
-        let mut axes = r.axes.to_vec();
-        axes.sort_unstable();
-        let red_dims: Vec<usize> = axes.iter().map(|&a| ishape[a]).collect();
-        let red_strides: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
-        let n = oshape.iter().product::<usize>();
-        let params = k::ReduceParams {
-            n_out: n as i32,
-            rank: oshape.len() as i32,
-            out_dims: dims6(oshape),
-            vout: view(0, &kept),
-            red_rank: axes.len() as i32,
-            red_dims: dims6(&red_dims),
-            red_strides: view(0, &red_strides).strides,
+        Ok(Some(reduce_launch(
+            &ishape,
+            &r.axes,
+            oshape,
             op,
             scale,
+            Operand::Output,
+        )))
+    }
+
+    /// tract's `RmsNorm` (what it makes of `x / sqrt(mean(x², axis) + eps)`): the mean of
+    /// squares into a scratch value, then one pointwise pass `x * rsqrt(m + eps)`.
+    fn rms_norm(&self, r: &RmsNorm, oshape: &[usize]) -> TractResult<Option<Vec<LaunchSpec>>> {
+        let Ok(eps) = r.eps.cast_to_scalar::<f32>() else {
+            return Ok(None);
+        };
+        if r.axis >= oshape.len() {
+            return Ok(None);
+        }
+        let mut mshape = oshape.to_vec();
+        mshape[r.axis] = 1;
+        let mean = Operand::Temp(0, mshape.clone());
+        let reduce = reduce_launch(
+            oshape,
+            &[r.axis],
+            &mshape,
+            k::red::SUM_SQUARES,
+            1.0 / oshape[r.axis].max(1) as f32,
+            mean.clone(),
+        );
+        let n = oshape.iter().product::<usize>();
+        let mut p = k::PointwiseParams {
+            n: n as i32,
+            rank: oshape.len() as i32,
+            n_in: 2,
+            n_ops: 2,
+            dims: dims6(oshape),
             ..Default::default()
         };
-        Ok(Some(launch(
-            Kernel::Reduce,
-            grid_1d(n),
-            &params,
-            vec![Operand::Input(0), Operand::Output],
-        )))
+        p.views[0] = view(0, &strides_of(oshape));
+        p.views[1] = view(0, &broadcast_strides(&mshape, oshape));
+        let (m, t) = (1, k::PW_MAX_IN as i32);
+        p.code[0] = 100 + act::RSQRT_ADD;
+        p.a[0] = m;
+        p.ca[0] = eps;
+        p.code[1] = bin::MUL;
+        p.a[1] = 0;
+        p.b[1] = t;
+        let scale = LaunchSpec {
+            kernel: Kernel::Pointwise,
+            grid: grid_1d(n),
+            block: B256,
+            params: bytes_of(&p),
+            fixups: vec![
+                (0, Operand::Input(0)),
+                (8, mean),
+                (k::PW_MAX_IN * 8, Operand::Output),
+            ],
+        };
+        Ok(Some(vec![reduce, scale]))
     }
 
     /// tract-onnx's Resize is private: its settings are read from its `Debug` text
@@ -777,7 +817,7 @@ impl Lowering<'_> {
                 .parse::<usize>()
         }) {
             if let Some(t) = node.inputs.get(ix).and_then(|i| self.konst(*i)) {
-                if let Ok(s) = t.as_slice::<f32>() {
+                if let Ok(s) = t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()) {
                     if s.len() == 4 {
                         scale_h = s[2];
                         scale_w = s[3];
@@ -846,4 +886,43 @@ fn unary(e: &ElementWiseOp, n: usize) -> Option<LaunchSpec> {
         &params,
         vec![Operand::Input(0), Operand::Output],
     ))
+}
+
+/// A reduction of `ishape` over `axes` (scaled by `scale`) into `dst`, of shape `oshape` (the
+/// reduced axes kept with size 1); it reads the node's first input.
+fn reduce_launch(
+    ishape: &[usize],
+    axes: &[usize],
+    oshape: &[usize],
+    op: i32,
+    scale: f32,
+    dst: Operand,
+) -> LaunchSpec {
+    let istr = strides_of(ishape);
+    let kept: Vec<usize> = (0..ishape.len())
+        .map(|a| if axes.contains(&a) { 0 } else { istr[a] })
+        .collect();
+    let mut axes = axes.to_vec();
+    axes.sort_unstable();
+    let red_dims: Vec<usize> = axes.iter().map(|&a| ishape[a]).collect();
+    let red_strides: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
+    let n = oshape.iter().product::<usize>();
+    let params = k::ReduceParams {
+        n_out: n as i32,
+        rank: oshape.len() as i32,
+        out_dims: dims6(oshape),
+        vout: view(0, &kept),
+        red_rank: axes.len() as i32,
+        red_dims: dims6(&red_dims),
+        red_strides: view(0, &red_strides).strides,
+        op,
+        scale,
+        ..Default::default()
+    };
+    launch(
+        Kernel::Reduce,
+        grid_1d(n),
+        &params,
+        vec![Operand::Input(0), dst],
+    )
 }

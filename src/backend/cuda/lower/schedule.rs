@@ -65,7 +65,7 @@ pub(super) fn form_islands(
             // Node by node; a stateful operator cannot run that way.
             None => {
                 if let Some(Step::Cpu { node, .. }) = cpu.iter().find(
-                    |s| matches!(s, Step::Cpu { node, .. } if !model.node(*node).op.is_stateless()),
+                    |s| matches!(s, Step::Cpu { node, .. } if !is_stateless(model.node(*node))),
                 ) {
                     let n = model.node(*node);
                     return Err(format_err!(
@@ -123,10 +123,10 @@ fn compile_island(
             }
         }
         let outputs: Vec<ValueId> = produced.into_iter().filter(|v| later.contains(v)).collect();
-        sub.set_output_outlets(&outputs.iter().map(|v| outlet[v]).collect::<Vec<_>>())?;
+        sub.select_output_outlets(&outputs.iter().map(|v| outlet[v]).collect::<Vec<_>>())?;
         let plan = sub.into_optimized()?.into_runnable()?;
         Ok(Step::CpuIsland {
-            plan: Arc::new(plan),
+            plan,
             inputs,
             outputs,
         })
@@ -195,4 +195,11 @@ pub(super) fn layout_arena(values: &mut [Value], steps: &[Step], outputs: &[Valu
         values[v].storage = Storage::Arena(offset);
     }
     top
+}
+
+/// Whether `node` keeps no state between runs (so it can be evaluated on its own).
+fn is_stateless(node: &TypedNode) -> bool {
+    node.op
+        .state(&tract_onnx::tract_core::plan::EvalContext::out_of_plan())
+        .is_ok_and(|s| s.is_none())
 }
