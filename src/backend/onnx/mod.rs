@@ -2,6 +2,7 @@
 //! the config against the graph, and execution through per-shape optimised plans.
 
 mod autocomplete;
+mod checked_ops;
 pub(crate) mod io;
 pub(crate) mod plan;
 mod rewrite;

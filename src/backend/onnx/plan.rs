@@ -74,7 +74,7 @@ impl Plans {
         }
         let proto = &proto;
         let parsed = guarded(&format!("failed to load model '{m}'"), || {
-            tract_onnx::onnx().parse(proto, dir)
+            super::checked_ops::onnx().parse(proto, dir)
         })?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(Error::new(
