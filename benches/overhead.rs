@@ -97,6 +97,36 @@ fn infer_overhead(c: &mut Criterion) {
     );
 }
 
+/// Whether the nearest-Resize rewrite (src/backend/onnx/rewrite.rs) still pays: PaddleOCR's
+/// DB detector at the sign's size, one thread, tract's plan of the file as it is
+/// (`tract_direct`) vs modelyard's plan of the rewritten graph (`modelyard_infer`; its own
+/// overhead is microseconds, see `infer_overhead`).
+fn nearest_resize_rewrite(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("det");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    let file = fixtures().join("ocr_repository/text_detection/1/model.onnx");
+    std::fs::copy(&file, dir.join("1/model.onnx")).unwrap();
+    std::fs::write(
+        dir.join("config.pbtxt"),
+        "backend: \"onnxruntime\"\nmax_batch_size: 0\n\
+         instance_group [ { count: 1, kind: KIND_CPU } ]\n",
+    )
+    .unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let x = tract_ndarray::ArrayD::<f32>::from_shape_fn(vec![1, 3, 736, 1280], |d| {
+        ((d[1] * 7 + d[2] * 3 + d[3]) % 255) as f32 / 127.5 - 1.0
+    });
+    compare(
+        c,
+        "nearest_resize_rewrite",
+        &repo,
+        "det",
+        &file,
+        vec![("x", x)],
+    );
+}
+
 fn config_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("config_parse");
     for (label, path) in [
@@ -169,6 +199,6 @@ model_warmup [ { name: "zeros" batch_size: 1 inputs { key: "input_images:0" valu
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4)).sample_size(30);
-    targets = infer_overhead, config_parse, repository_load, warmup
+    targets = infer_overhead, nearest_resize_rewrite, config_parse, repository_load, warmup
 }
 criterion_main!(benches);

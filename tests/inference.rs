@@ -349,7 +349,8 @@ fn warmup_samples_run_at_load() {
 
 #[test]
 fn symbolic_dims_with_non_identifier_names_load() {
-    // paddle2onnx (PaddleOCR's models) names dims "p2o.DynamicDimension.0" and "?".
+    // paddle2onnx (PaddleOCR's models) names dims "p2o.DynamicDimension.0" and "?". tract
+    // 0.21 failed to parse such names (we renamed them); 0.23 reads them as unknown dims.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("odd");
     std::fs::create_dir_all(dir.join("1")).unwrap();

@@ -154,3 +154,98 @@ fn part2_batched_recogniser() {
     assert_eq!(model.config().instance_group[0].count, 2);
     check(&repo, "text_recognition", "str_3x1x32x100", 1e-4);
 }
+
+/// The fixture detector keeps the graph features of what `tf2onnx` emits for the tutorial's
+/// `frozen_east_text_detection.pb` (tract 0.21 crashed on them; a regenerated fixture must not
+/// lose them).
+#[test]
+fn the_east_fixture_is_shaped_as_tf2onnx_emits_it() {
+    use prost::Message;
+    use tract_onnx::pb;
+    let path = fixtures().join("tutorial_repository/text_detection/1/model.onnx");
+    let proto = pb::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+    let g = proto.graph.unwrap();
+    let producer = |name: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == name));
+    let op = |name: &str| producer(name).map(|n| n.op_type.as_str()).unwrap_or("");
+    let attr_s = |n: &pb::NodeProto, a: &str| {
+        n.attribute
+            .iter()
+            .find(|x| x.name == a)
+            .map(|x| String::from_utf8_lossy(&x.s).into_owned())
+            .unwrap_or_default()
+    };
+    let attr_i = |n: &pb::NodeProto, a: &str| {
+        n.attribute
+            .iter()
+            .find(|x| x.name == a)
+            .map(|x| x.ints.clone())
+            .unwrap_or_default()
+    };
+    // NHWC input with tf2onnx's dim names, transposed once.
+    let dims: Vec<String> = match &g.input[0].r#type.as_ref().unwrap().value {
+        Some(pb::type_proto::Value::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .unwrap()
+            .dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(pb::tensor_shape_proto::dimension::Value::DimParam(p)) => p.clone(),
+                Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) => v.to_string(),
+                None => String::new(),
+            })
+            .collect(),
+        _ => panic!("not a tensor"),
+    };
+    assert!(dims[..3].iter().all(|d| d.starts_with("unk__")) && dims[3] == "3");
+    assert!(!g.node.iter().any(|n| n.op_type == "BatchNormalization"));
+    // Strided convs as explicit Pad + VALID conv.
+    let padded = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv" && op(&n.input[0]) == "Pad")
+        .inspect(|n| {
+            assert_eq!(attr_s(n, "auto_pad"), "VALID");
+            assert_eq!(attr_i(n, "strides"), [2, 2]);
+        })
+        .count();
+    assert_eq!(padded, 4, "the root conv and the last unit of three blocks");
+    assert!(g.node.iter().any(|n| n.op_type == "MaxPool"
+        && attr_i(n, "kernel_shape") == [1, 1]
+        && attr_i(n, "strides") == [2, 2]
+        && attr_s(n, "auto_pad") == "SAME_UPPER"));
+    // The unpool's sizes, computed from Shape at run time.
+    let resizes: Vec<&pb::NodeProto> = g.node.iter().filter(|n| n.op_type == "Resize").collect();
+    assert_eq!(resizes.len(), 3);
+    for r in resizes {
+        assert_eq!(attr_s(r, "mode"), "linear");
+        assert_eq!(attr_s(r, "coordinate_transformation_mode"), "asymmetric");
+        let sizes = producer(&r.input[3]).unwrap();
+        assert_eq!(sizes.op_type, "Concat");
+        let nc = producer(&sizes.input[0]).unwrap();
+        assert_eq!((nc.op_type.as_str(), op(&nc.input[0])), ("Slice", "Shape"));
+        let cast = producer(&sizes.input[1]).unwrap();
+        assert_eq!(cast.op_type, "Cast");
+        let hw = producer(&cast.input[0]).unwrap();
+        assert_eq!(hw.op_type, "Concat");
+        let mut chain = vec![];
+        let mut at = hw.input[0].as_str();
+        while let Some(n) = producer(at).filter(|_| chain.len() < 7) {
+            chain.push(n.op_type.as_str());
+            at = n.input[0].as_str();
+        }
+        assert_eq!(
+            chain,
+            [
+                "Unsqueeze",
+                "Mul",
+                "Squeeze",
+                "Slice",
+                "Cast",
+                "Gather",
+                "Shape"
+            ],
+            "sizes from the NHWC shape"
+        );
+    }
+}

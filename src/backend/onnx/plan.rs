@@ -67,7 +67,6 @@ impl Plans {
         opts: &LoadOptions,
     ) -> Result<Plans> {
         let m = &config.name;
-        sanitize_dim_params(&mut proto);
         let resized = super::rewrite::nearest_resize(&mut proto);
         if resized > 0 {
             tracing::debug!("model '{m}': {resized} nearest Resize nodes rewritten as Expand");
@@ -294,58 +293,6 @@ impl Plans {
         let mut v: Vec<_> = self.cache.lock().entries.keys().cloned().collect();
         v.sort();
         v
-    }
-}
-
-/// tract reads a symbolic dim name as an expression, so names such as paddle2onnx's
-/// `p2o.DynamicDimension.0` or ONNX's `?` fail to parse. Give every such name a plain
-/// identifier (the same name keeps the same identifier, each `?` gets a fresh one).
-fn sanitize_dim_params(proto: &mut pb::ModelProto) {
-    use pb::tensor_shape_proto::dimension::Value;
-    let Some(graph) = proto.graph.as_mut() else {
-        return;
-    };
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut fresh = 0usize;
-    let valid = |s: &str| {
-        let mut chars = s.chars();
-        chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    for vi in graph
-        .input
-        .iter_mut()
-        .chain(graph.output.iter_mut())
-        .chain(graph.value_info.iter_mut())
-    {
-        let Some(pb::type_proto::Value::TensorType(t)) =
-            vi.r#type.as_mut().and_then(|t| t.value.as_mut())
-        else {
-            continue;
-        };
-        let Some(shape) = t.shape.as_mut() else {
-            continue;
-        };
-        for dim in &mut shape.dim {
-            if let Some(Value::DimParam(p)) = &mut dim.value {
-                if valid(p) {
-                    continue;
-                }
-                let replacement = if p.is_empty() || p == "?" {
-                    fresh += 1;
-                    format!("unknown_dim_{fresh}")
-                } else {
-                    let n = names.len();
-                    names
-                        .entry(p.clone())
-                        .or_insert_with(|| format!("dim_{n}"))
-                        .clone()
-                };
-                *p = replacement;
-            }
-        }
     }
 }
 
