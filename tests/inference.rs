@@ -376,10 +376,10 @@ fn symbolic_dims_with_non_identifier_names_load() {
 }
 
 #[test]
-fn nearest_resize_rewrite_matches_onnx_runtime() {
-    // Replicating nearest Resize nodes are rewritten to Expand for speed; the one that is not
-    // a pure replication (asymmetric + round_prefer_floor) is left to tract. All three must
-    // equal ONNX Runtime's outputs exactly.
+fn nearest_resize_matches_onnx_runtime() {
+    // Nearest Resize as FPNs use it: pure replications (floor + asymmetric, half_pixel) and
+    // one that is not (asymmetric + round_prefer_floor). All three must equal ONNX Runtime's
+    // outputs exactly.
     for opset in [12, 13] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("resize");

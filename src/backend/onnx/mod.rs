@@ -5,7 +5,6 @@ mod autocomplete;
 mod checked_ops;
 pub(crate) mod io;
 pub(crate) mod plan;
-mod rewrite;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -62,15 +62,11 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
 impl Plans {
     pub(crate) fn new(
         config: &ModelConfig,
-        mut proto: pb::ModelProto,
+        proto: pb::ModelProto,
         dir: Option<&str>,
         opts: &LoadOptions,
     ) -> Result<Plans> {
         let m = &config.name;
-        let resized = super::rewrite::nearest_resize(&mut proto);
-        if resized > 0 {
-            tracing::debug!("model '{m}': {resized} nearest Resize nodes rewritten as Expand");
-        }
         let proto = &proto;
         let parsed = guarded(&format!("failed to load model '{m}'"), || {
             super::checked_ops::onnx().parse(proto, dir)
