@@ -18,7 +18,9 @@ use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, Padd
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, RmsNorm, Softmax};
+use tract_onnx::tract_core::ops::nn::{
+    DataFormat, NearestUpsample, Reduce, Reducer, RmsNorm, Softmax,
+};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::ops::Downsample;
 

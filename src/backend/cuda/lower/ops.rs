@@ -124,6 +124,33 @@ impl Lowering<'_> {
                 view(0, &strides_of(&oshape)),
             ))));
         }
+        if let Some(u) = op.downcast_ref::<NearestUpsample>() {
+            // Replication by integer factors (tract's form of a nearest Resize): the output
+            // seen with one extra axis of size `s` after each scaled axis, which the input
+            // view does not advance along.
+            let (ishape, _) = self.fact_shape(node.inputs[0])?;
+            if u.scales.len() != ishape.len() || u.scales.contains(&0) {
+                return Ok(None);
+            }
+            let (mut dims, mut xs) = (Vec::new(), Vec::new());
+            for ((&d, &s), st) in ishape.iter().zip(&u.scales).zip(strides_of(&ishape)) {
+                dims.push(d);
+                xs.push(st);
+                if s > 1 {
+                    dims.push(s);
+                    xs.push(0);
+                }
+            }
+            if dims.len() > MAX_RANK {
+                return Ok(None);
+            }
+            return Ok(one(Some(copy(
+                &dims,
+                &dims,
+                view(0, &xs),
+                view(0, &strides_of(&dims)),
+            ))));
+        }
         if op.downcast_ref::<Tile>().is_some() {
             let (ishape, _) = self.fact_shape(node.inputs[0])?;
             if ishape.len() != oshape.len() {
