@@ -261,6 +261,54 @@ fn resize(x: &[usize], sizes: &[i64], coord: &str) -> OneOp {
         .attr(attr_str("coordinate_transformation_mode", coord))
 }
 
+/// tract 0.23's declutter turns these patterns into one operator each (`Silu`, `RmsNorm`,
+/// `NearestUpsample`); each is lowered to the device as that one node.
+#[test]
+fn operators_tract_fuses_run_on_the_gpu() {
+    for target in targets() {
+        let x = vec![2usize, 3, 5, 8];
+        let silu = OneOp::new("Sigmoid", vec![("x", x.clone())]).then_with("Mul", "x");
+        let rms = OneOp::new("Mul", vec![("x", x.clone())])
+            .reuse("x")
+            .then_attrs(
+                "ReduceMean",
+                vec![attr_ints("axes", &[3]), attr_int("keepdims", 1)],
+            )
+            .extra_weight("eps", ArrayD::from_elem(vec![1], 1e-5))
+            .then_with("Add", "eps")
+            .then("Sqrt")
+            .then("Reciprocal")
+            .then_with("Mul", "x");
+        let up = OneOp::new("Resize", vec![("x", x.clone())])
+            .empty_input()
+            .weight(
+                "scales",
+                ArrayD::from_shape_vec(vec![4], vec![1.0, 1.0, 2.0, 3.0]).unwrap(),
+            )
+            .attr(attr_str("mode", "nearest"))
+            .attr(attr_str("coordinate_transformation_mode", "asymmetric"))
+            .attr(attr_str("nearest_mode", "floor"));
+        for (what, op, out, kernel) in [
+            ("Silu", &silu, vec![2, 3, 5, 8], "unary_f32"),
+            ("RmsNorm", &rms, vec![2, 3, 5, 8], "reduce_f32"),
+            ("NearestUpsample", &up, vec![2, 3, 10, 24], "copy_f32"),
+        ] {
+            let folder = op.folder(None, &out);
+            let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+            let inputs = vec![("x".to_string(), random(&x, 5))];
+            let what = format!("{what} on {target:?}");
+            compare(&repo, &inputs, 1e-5, 1e-5, &what);
+            let report = repo.model("gpu").unwrap().execution_report().unwrap();
+            assert!(report.cpu_nodes.is_empty(), "{what}: {report:?}");
+            assert_eq!(
+                report.gpu_nodes, 1,
+                "{what}: not one fused node: {report:?}"
+            );
+            assert!(report.kernels.contains_key(kernel), "{what}: {report:?}");
+        }
+    }
+}
+
 #[test]
 fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
     for target in targets() {

@@ -82,7 +82,7 @@ pub struct OneOp {
     node_inputs: Vec<&'static str>,
     /// Operators applied after it, in order: each takes the previous output, and a second
     /// input (a graph input or weight name) when one is given.
-    after: Vec<(&'static str, Option<&'static str>)>,
+    after: Vec<(&'static str, Option<&'static str>, Vec<pb::AttributeProto>)>,
 }
 
 impl OneOp {
@@ -100,12 +100,22 @@ impl OneOp {
     }
     /// Appends a one-input operator to the chain.
     pub fn then(mut self, op: &'static str) -> Self {
-        self.after.push((op, None));
+        self.after.push((op, None, vec![]));
+        self
+    }
+    /// Appends a one-input operator with attributes.
+    pub fn then_attrs(mut self, op: &'static str, attrs: Vec<pb::AttributeProto>) -> Self {
+        self.after.push((op, None, attrs));
+        self
+    }
+    /// The first operator reads `name` (a graph input already given) once more.
+    pub fn reuse(mut self, name: &'static str) -> Self {
+        self.node_inputs.push(name);
         self
     }
     /// Appends a two-input operator: (previous output, `other`).
     pub fn then_with(mut self, op: &'static str, other: &'static str) -> Self {
-        self.after.push((op, Some(other)));
+        self.after.push((op, Some(other), vec![]));
         self
     }
     /// A weight that only later operators read (not an input of the first one).
@@ -133,10 +143,10 @@ impl OneOp {
     }
     /// Followed by a second operator (e.g. Relu after Conv, to test the fused epilogue).
     pub fn bytes(&self, then: Option<&str>) -> Vec<u8> {
-        let chain: Vec<(&str, Option<&str>)> = then
-            .map(|t| (t, None))
+        let chain: Vec<(&str, Option<&str>, &[pb::AttributeProto])> = then
+            .map(|t| (t, None, &[][..]))
             .into_iter()
-            .chain(self.after.iter().copied())
+            .chain(self.after.iter().map(|(o, x, a)| (*o, *x, a.as_slice())))
             .collect();
         let wire = |i: usize| {
             if i == chain.len() {
@@ -153,13 +163,14 @@ impl OneOp {
             name: "op".into(),
             ..Default::default()
         }];
-        for (i, (next, other)) in chain.iter().enumerate() {
+        for (i, (next, other, attrs)) in chain.iter().enumerate() {
             nodes.push(pb::NodeProto {
                 op_type: next.to_string(),
                 input: std::iter::once(wire(i))
                     .chain(other.map(str::to_string))
                     .collect(),
                 output: vec![wire(i + 1)],
+                attribute: attrs.to_vec(),
                 name: format!("then{i}"),
                 ..Default::default()
             });
