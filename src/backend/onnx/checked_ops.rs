@@ -5,7 +5,7 @@
 //!
 //! - `Squeeze` / `Unsqueeze`: tract 0.23 indexes the shape with each axis unchecked
 //!   (`Vec::remove` / `insert` past the end; found by `fuzz/onnx_load`,
-//!   `fuzz/regressions/onnx_load_caught/squeeze-axis-out-of-range`). Axes are checked against
+//!   `fuzz/regressions/onnx_load/squeeze-axis-out-of-range`). Axes are checked against
 //!   the input's rank (ONNX: `[-r, r)`, for Unsqueeze `r` the output rank; no repeats), then
 //!   tract's own operators do the work.
 
