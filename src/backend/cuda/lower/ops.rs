@@ -440,14 +440,11 @@ impl Lowering<'_> {
             return Ok(None);
         };
         let t = t.cast_to::<f32>()?.into_owned();
-        Ok(match t.len() {
-            1 if t.try_as_plain_ram()?.as_slice::<f32>()?[0] == 0.0 => Some(None),
-            1 => Some(Some(Arc::new(tensor1(&vec![
-                t.try_as_plain_ram()?
-                    .as_slice::<f32>()?[0];
-                co
-            ])))),
-            l if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
+        let first = t.try_as_plain_ram()?.as_slice::<f32>()?.first().copied();
+        Ok(match (t.len(), first) {
+            (1, Some(0.0)) => Some(None),
+            (1, Some(b)) => Some(Some(Arc::new(tensor1(&vec![b; co])))),
+            (l, _) if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
             _ => None,
         })
     }
