@@ -11,24 +11,29 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The folders follow a request: [`config`] (schema, parse, normalise, validate) →
-//! [`repository`] (scan, versions, lifecycle) → [`model`] (handle, input checks) → backends
-//! (ONNX on tract, Triton's identity test backend, ensemble checks) → [`tensor`].
+//! The folders follow a request, and each names only the ones after it: [`repository`]
+//! (scan, versions, lifecycle, model control, ensemble resolution) → [`model`] (handle, input
+//! checks, scheduler, statistics, ensemble execution) → backends (ONNX read by tract,
+//! Triton's identity test backend, native Rust models) → execution (tract's plans, the
+//! lowering to kernel launches, the CUDA device and its emulator) → [`config`] → [`tensor`],
+//! errors and small shared rules. `tests/layers.rs` checks the rule.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![warn(missing_docs)]
 
 mod backend;
 pub mod config;
+mod error;
+mod execution;
 /// What CUDA devices this machine has ([`gpu::probe`]; never panics without CUDA).
 pub mod gpu {
-    pub use crate::backend::cuda::{emulator, probe, ExecutionReport, GpuDevice, GpuInfo};
+    pub use crate::execution::cuda::{emulator, probe, ExecutionReport, GpuDevice, GpuInfo};
 }
-mod error;
 pub mod model;
 #[cfg(feature = "ocr")]
 pub mod ocr;
 pub mod repository;
 pub mod tensor;
+mod util;
 
 pub use backend::native::{NativeFactory, NativeModel};
 pub use error::{Error, ErrorKind, Result};

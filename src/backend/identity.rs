@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backend, Executable, LoadOptions};
+use super::{Backend, LoadOptions};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::execution::Executable;
 use crate::tensor::Tensor;
 
 pub(crate) struct IdentityBackend;
@@ -45,15 +46,10 @@ impl Executable for Identity {
         inputs: Vec<(String, Tensor)>,
         outputs: &[String],
     ) -> Result<Vec<(String, Tensor)>> {
-        let mut out = Vec::with_capacity(outputs.len());
-        for (input, output) in &self.pairs {
-            if !outputs.contains(output) {
-                continue;
-            }
-            if let Some((_, t)) = inputs.iter().find(|(n, _)| n == input) {
-                out.push((output.clone(), t.clone()));
-            }
-        }
-        Ok(out)
+        let produced = self.pairs.iter().filter_map(|(input, output)| {
+            let (_, t) = inputs.iter().find(|(n, _)| n == input)?;
+            Some((output.clone(), t.clone()))
+        });
+        Ok(crate::util::wanted(produced, outputs))
     }
 }

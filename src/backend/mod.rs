@@ -1,10 +1,10 @@
 //! `backend/`: what turns a completed config and a version folder into something that runs.
 //! As in Triton, a backend owns auto-complete (it is the one that reads the model file) and the
-//! load-time checks of the config against the model. `onnx` runs ONNX graphs on tract;
-//! `identity` is Triton's test backend (OUTPUTi = INPUTi), used by the QA cases.
+//! load-time checks of the config against the model. `onnx` reads ONNX graphs with tract and
+//! hands them to [`crate::execution`]; `identity` is Triton's test backend (OUTPUTi =
+//! INPUTi), used by the QA cases; `native` runs Rust code registered on the repository builder.
+//! A backend never names a model or the repository.
 
-pub mod cuda;
-pub(crate) mod ensemble;
 mod identity;
 pub(crate) mod native;
 pub(crate) mod onnx;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::execution::Executable;
 
 /// Settings a backend needs at load.
 #[derive(Clone)]
@@ -46,44 +46,20 @@ impl std::fmt::Debug for LoadOptions {
     }
 }
 
-/// One loaded model version, ready to execute.
-pub(crate) trait Executable: Send + Sync {
-    /// Key/value metadata stored in the model file (ONNX `metadata_props`).
-    fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
-        None
-    }
-
-    /// Where the nodes ran and the host-device copies, for a model on a GPU.
-    fn execution_report(&self) -> Option<cuda::ExecutionReport> {
-        None
-    }
-
-    /// For a model on a GPU: the time of `iters` rounds of its kernels at these input shapes,
-    /// without host copies (benchmarks).
-    fn time_kernels(
-        &self,
-        _shapes: &[Vec<usize>],
-        _iters: u32,
-    ) -> Option<Result<std::time::Duration>> {
-        None
-    }
-
-    /// For an ensemble: the composing model versions of its steps, in step order.
-    fn steps(&self) -> Vec<crate::model::Model> {
-        Vec::new()
-    }
-
-    /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
-    /// applied); `outputs` names the outputs wanted (non-empty).
-    fn execute(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, Tensor)>>;
-}
-
-/// A backend: auto-complete plus load.
+/// A backend: the devices it can use, auto-complete, and load.
 pub(crate) trait Backend: Send + Sync {
+    /// GPUs this backend's instance groups may use (`KIND_AUTO` takes them when there are);
+    /// the emulator counts as one.
+    fn gpu_count(&self, opts: &LoadOptions) -> usize {
+        crate::execution::cuda::gpu_count(opts.cuda_emulator)
+    }
+
+    /// Whether the `KIND_GPU` groups of `config` can run here (after `KIND_AUTO` resolved): a
+    /// clear error naming the model and group when CUDA is missing.
+    fn check_instance_groups(&self, config: &ModelConfig, opts: &LoadOptions) -> Result<()> {
+        crate::execution::cuda::check_instance_groups(config, opts.cuda_emulator)
+    }
+
     /// Completes `config` from the model file in `version_dir` (only called when auto-complete
     /// is enabled).
     fn auto_complete(

@@ -8,9 +8,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backend, Executable, LoadOptions};
+use super::{Backend, LoadOptions};
 use crate::config::{dims_to_string, ModelConfig};
 use crate::error::{Error, ErrorKind, Result};
+use crate::execution::Executable;
 use crate::tensor::Tensor;
 
 /// A model implemented in Rust.
@@ -104,8 +105,7 @@ impl Executable for Native {
                 .as_ref()
                 .map(|r| r.shape.as_slice())
                 .unwrap_or(&cfg.dims);
-            let fits =
-                body.len() == dims.len() && body.iter().zip(dims).all(|(&s, &d)| d == -1 || s == d);
+            let fits = crate::util::dims::fits(dims, body);
             if t.data_type() as i32 != cfg.data_type || !fits {
                 return Err(Error::new(
                     ErrorKind::Execution,
@@ -120,9 +120,6 @@ impl Executable for Native {
                 .with_tensor(name.clone()));
             }
         }
-        Ok(produced
-            .into_iter()
-            .filter(|(n, _)| outputs.contains(n))
-            .collect())
+        Ok(crate::util::wanted(produced, outputs))
     }
 }

@@ -102,9 +102,7 @@ pub(crate) fn prepare(
         } else {
             &shape
         };
-        let fits = body.len() == cfg.dims.len()
-            && body.iter().zip(&cfg.dims).all(|(&s, &d)| d == -1 || s == d);
-        if !fits {
+        if !crate::util::dims::fits(&cfg.dims, body) {
             let expected: Vec<i64> = if batching {
                 std::iter::once(-1)
                     .chain(cfg.dims.iter().copied())

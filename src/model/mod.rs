@@ -2,6 +2,7 @@
 //! checks, and the call into the backend.
 
 mod classification;
+mod ensemble;
 mod future;
 mod input;
 mod scheduler;
@@ -12,9 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::Executable;
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::execution::Executable;
 use crate::tensor::Tensor;
 
 /// State of a model version, as Triton's repository index reports it.
@@ -56,6 +57,8 @@ struct ModelInner {
     version: i64,
     config: ModelConfig,
     exec: Arc<dyn Executable>,
+    /// For an ensemble: its steps' composing versions, in step order.
+    steps: Vec<Model>,
     labels: BTreeMap<String, Vec<String>>,
     stats: stats::Recorder,
     /// None for an ensemble: it has no scheduler of its own, its steps queue on their models.
@@ -189,7 +192,31 @@ impl Model {
                 version,
                 config,
                 exec,
+                steps: Vec::new(),
                 labels,
+            }),
+        }
+    }
+
+    /// Version `version` of ensemble `config`, its steps run by `steps` (the composing model
+    /// version of each step, in step order, resolved by the repository).
+    pub(crate) fn ensemble(
+        config: ModelConfig,
+        version: i64,
+        steps: Vec<Model>,
+        max_request_bytes: usize,
+    ) -> Model {
+        let exec = ensemble::Ensemble::new(&config, steps);
+        Model {
+            inner: Arc::new(ModelInner {
+                stats: stats::Recorder::new(&config.name, version),
+                max_request_bytes,
+                scheduler: None,
+                version,
+                steps: exec.models(),
+                exec: Arc::new(exec),
+                config,
+                labels: BTreeMap::new(),
             }),
         }
     }
@@ -200,8 +227,8 @@ impl Model {
     }
 
     /// For an ensemble: its steps' composing versions, in step order.
-    pub(crate) fn steps(&self) -> Vec<Model> {
-        self.inner.exec.steps()
+    pub(crate) fn steps(&self) -> &[Model] {
+        &self.inner.steps
     }
 
     /// Whether both handles are the same loaded version.
@@ -227,7 +254,7 @@ impl Model {
     /// Where this model's nodes ran the last time a plan was built, and the host↔device
     /// copies per inference: `Some` for a model on a GPU instance group (or the emulator),
     /// `None` on the CPU.
-    pub fn execution_report(&self) -> Option<crate::gpu::ExecutionReport> {
+    pub fn execution_report(&self) -> Option<crate::execution::ExecutionReport> {
         self.inner.exec.execution_report()
     }
 

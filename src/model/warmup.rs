@@ -33,7 +33,7 @@ pub(crate) fn run(model: &Model, model_dir: &Path) -> Result<()> {
             let tensor = match &input.input_data_type {
                 Some(InputDataType::RandomData(true)) => Tensor::random(dt, &shape),
                 Some(InputDataType::InputDataFile(file)) => {
-                    let path = crate::repository::confined(&model_dir.join("warmup"), file).map_err(|_| {
+                    let path = crate::util::paths::confined(&model_dir.join("warmup"), file).map_err(|_| {
                         fail(Error::invalid_config(format!(
                             "warmup data file '{file}' for input '{name}' is outside the model's warmup directory"
                         )))

@@ -10,10 +10,7 @@ use super::db::{self, DbParams};
 use super::east;
 use super::geometry::{order_mini_box, Pt};
 use super::image_ops::{batch_bgr_normalized, crop_size, perspective_crop, resize, round_to_32};
-use crate::error::{Error, ErrorKind, Result};
-use crate::model::Model;
-use crate::repository::Repository;
-use crate::tensor::Tensor;
+use crate::{Error, ErrorKind, Model, Repository, Result, Tensor};
 
 /// Which detector family a detection model belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

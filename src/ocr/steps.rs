@@ -10,10 +10,7 @@ use super::ctc::{greedy_decode, Alphabet};
 use super::db::{self, DbParams};
 use super::east;
 use super::pipeline::{db_crop, db_resize, rec_batch};
-use crate::backend::native::NativeModel;
-use crate::error::{Error, Result};
-use crate::repository::RepositoryBuilder;
-use crate::tensor::{Element, Tensor};
+use crate::{Element, Error, NativeModel, RepositoryBuilder, Result, Tensor};
 
 fn first_input(inputs: &[(String, Tensor)], i: usize) -> Result<&Tensor> {
     inputs

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
+use super::ensemble;
 use super::scan;
-use crate::backend::{self, ensemble, LoadOptions};
+use crate::backend::{self, LoadOptions};
 use crate::config::{
     self, model_version_policy::PolicyChoice, ModelConfig, ModelTransactionPolicy,
 };
@@ -178,7 +178,7 @@ fn read_labels(config: &ModelConfig, model_dir: &Path) -> Result<BTreeMap<String
             continue;
         }
         let file = &output.label_filename;
-        let path = super::confined(model_dir, file).map_err(|_| {
+        let path = crate::util::paths::confined(model_dir, file).map_err(|_| {
             Error::invalid_config(format!(
                 "label file path '{file}' for output '{}' in model '{}' is outside model directory",
                 output.name, config.name
@@ -214,7 +214,7 @@ fn load_version(
     let mut config = polled.clone();
     let backend = backend::find(&config, opts)?;
     // As in Triton, KIND_AUTO (and a config without groups) takes the GPUs when there are.
-    let gpus = backend::cuda::gpu_count(opts);
+    let gpus = backend.gpu_count(opts);
     config::normalize_instance_groups(&mut config, gpus);
     // Groups are checked in order, as Triton does: the groups before the first KIND_GPU one,
     // then the GPU check, then everything.
@@ -226,7 +226,7 @@ fn load_version(
             before.instance_group.truncate(first_gpu);
             config::validate_instance_groups(&before, gpu_support, gpus)?;
         }
-        backend::cuda::check_instance_groups(&config, opts)?;
+        backend.check_instance_groups(&config, opts)?;
     }
     config::validate_instance_groups(&config, gpu_support, gpus)?;
     if auto_complete {
@@ -238,7 +238,7 @@ fn load_version(
     // Stricter than Triton (which reads them only on a GPU): no per-compute-capability file
     // name may leave the version folder either.
     for (cc, file) in &config.cc_model_filenames {
-        if let Err(why) = super::check_relative(file) {
+        if let Err(why) = crate::util::paths::check_relative(file) {
             return Err(Error::invalid_config(format!(
                 "cc_model_filenames entry '{cc}': '{file}' for model '{}' {why}",
                 config.name
@@ -492,7 +492,7 @@ fn unchanged_ensemble(
     if steps.len() != config.ensemble()?.step.len() {
         return None;
     }
-    for ((dep, v), old) in wanted.zip(&steps) {
+    for ((dep, v), old) in wanted.zip(steps) {
         let now = composing_model(models, dep, v).ok()?;
         if !now.same_as(old) {
             return None;
@@ -593,8 +593,6 @@ fn load_ensemble(
         Ok(v) => v,
         Err(e) => return ModelEntry::failed(e.to_string()),
     };
-    let exec: Arc<dyn backend::Executable> =
-        Arc::new(ensemble::Ensemble::new(&config, step_models));
     let versions = versions
         .into_iter()
         .map(|(v, _)| {
@@ -603,11 +601,10 @@ fn load_ensemble(
                 VersionEntry {
                     state: ModelState::Ready,
                     reason: String::new(),
-                    model: Some(Model::new(
+                    model: Some(Model::ensemble(
                         config.clone(),
                         v,
-                        exec.clone(),
-                        BTreeMap::new(),
+                        step_models.clone(),
                         max_request_bytes,
                     )),
                 },

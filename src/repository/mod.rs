@@ -4,11 +4,12 @@
 //! control (`control.rs`) decides which models load at start and how they change later.
 
 mod control;
+mod ensemble;
 mod lifecycle;
 mod scan;
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -265,7 +266,7 @@ impl Repository {
     /// `file` (a name from a config) inside `dir`, or an error if it could leave it: an
     /// absolute path or `..`. Symbolic links inside `dir` are followed, as Triton does.
     pub fn file_in(dir: &Path, file: &str) -> Result<PathBuf> {
-        confined(dir, file).map_err(|_| {
+        crate::util::paths::confined(dir, file).map_err(|_| {
             Error::invalid_config(format!(
                 "file '{file}' is outside the folder '{}'",
                 dir.display()
@@ -406,31 +407,4 @@ fn release_retired(retiring: &mut Vec<Model>) {
             break;
         }
     }
-}
-
-/// Checks that a relative file name from a config stays inside its folder: no absolute path,
-/// no `..`, no root or prefix component. Returns why not.
-pub(crate) fn check_relative(file: &str) -> std::result::Result<(), &'static str> {
-    let p = Path::new(file);
-    if file.is_empty() {
-        return Err("is empty");
-    }
-    for c in p.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err("escapes the model directory"),
-            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path"),
-        }
-    }
-    Ok(())
-}
-
-/// The one confinement rule for file names a config supplies (model, label, warmup and data
-/// files): `file` must be relative and may not climb with `..` ([`check_relative`]); it is
-/// then joined to `dir`. Symbolic links are followed, as Triton follows them: a link in the
-/// repository was placed there by its operator (model caches lay files out that way), a name
-/// in a config is what could be hostile.
-pub(crate) fn confined(dir: &Path, file: &str) -> std::result::Result<PathBuf, &'static str> {
-    check_relative(file)?;
-    Ok(dir.join(file))
 }

@@ -39,7 +39,7 @@ pub(crate) fn model_path(
     } else {
         config.default_model_filename.as_str()
     };
-    let path = crate::repository::confined(version_dir, file).map_err(|why| {
+    let path = crate::util::paths::confined(version_dir, file).map_err(|why| {
         Error::invalid_config(format!(
             "default_model_filename '{file}' for model '{}' {why}",
             config.name

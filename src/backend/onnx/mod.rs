@@ -4,15 +4,16 @@
 mod autocomplete;
 mod checked_ops;
 pub(crate) mod io;
-pub(crate) mod plan;
+mod parse;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Backend, Executable, LoadOptions};
+use super::{Backend, LoadOptions};
 use crate::config::{dims_to_string, DataType, ModelConfig};
 use crate::error::{Error, Result};
+use crate::execution::Executable;
 use io::OnnxIo;
 
 pub(crate) struct OnnxBackend;
@@ -54,16 +55,32 @@ impl Backend for OnnxBackend {
         validate_inputs(config, &io)?;
         validate_outputs(config, &io)?;
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_string);
-        let plans = plan::Plans::new(config, proto, dir.as_deref(), opts)?;
+        let plans = parse::plans(
+            &config.name,
+            &proto,
+            dir.as_deref(),
+            opts.plan_cache_capacity,
+            intra_op_threads(config),
+        )?;
         #[cfg(feature = "cuda")]
-        if let Some(device) = super::cuda::device_for(config, opts)? {
-            let exec =
-                super::cuda::executor::GpuExecutable::new(plans, device, opts.plan_cache_capacity);
+        if let Some(device) = crate::execution::cuda::device_for(config, opts.cuda_emulator)? {
+            use crate::execution::cuda::executor::GpuExecutable;
+            let exec = GpuExecutable::new(plans, device, opts.plan_cache_capacity);
             exec.prepare(config)?;
             return Ok(Arc::new(exec));
         }
         Ok(Arc::new(plans))
     }
+}
+
+/// `parameters { key: "intra_op_thread_count" }`, as in Triton's ONNX Runtime backend
+/// (unset: one thread).
+fn intra_op_threads(config: &ModelConfig) -> usize {
+    config
+        .parameters
+        .get("intra_op_thread_count")
+        .and_then(|p| p.string_value.parse::<usize>().ok())
+        .unwrap_or(1)
 }
 
 fn unable(m: &str, what: String) -> Error {
@@ -142,11 +159,11 @@ fn compare_dims(
 }
 
 fn dims_match(model: &[i64], config: &[i64], exact: bool) -> bool {
-    model.len() == config.len()
-        && model
-            .iter()
-            .zip(config)
-            .all(|(&md, &cd)| (!exact && md == -1) || md == cd)
+    if exact {
+        model == config
+    } else {
+        crate::util::dims::fits(model, config)
+    }
 }
 
 fn validate_inputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {

@@ -85,7 +85,7 @@ pub(crate) mod cuda_impl {
     use cudarc::nvrtc;
 
     use super::{cache_dir, write_atomically, DevPtr, Device, DeviceResult};
-    use crate::backend::cuda::kernels::{self, Kernel};
+    use crate::execution::cuda::kernels::{self, Kernel};
 
     /// Statistics of the kernel cache, for tests: (compiled, read from the cache).
     pub(crate) static COMPILES: std::sync::atomic::AtomicUsize =
@@ -354,7 +354,7 @@ pub(crate) mod cuda_impl {
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
     use super::cuda_impl::{compile_cubin, COMPILES};
-    use crate::backend::cuda::kernels;
+    use crate::execution::cuda::kernels;
     use std::sync::atomic::Ordering;
 
     /// NVRTC needs no GPU: where libnvrtc (CUDA 13) loads, the kernels must compile for the

@@ -2,28 +2,31 @@
 //! dims, so each distinct set of input shapes gets its own optimised plan, built on first use
 //! and kept in a small least-recently-used cache shared by all callers (`infer(&self)`).
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tract_hir::infer::Factoid;
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
-use tract_onnx::pb;
 use tract_onnx::prelude::tract_data::prelude::Blob;
 use tract_onnx::prelude::*;
 
-use super::super::{Executable, LoadOptions};
-use crate::config::ModelConfig;
+use super::Executable;
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::Tensor as MyTensor;
+use crate::util::lru::Lru;
 
 type Plan = TypedRunnableModel;
 
-/// Least-recently-used cache of plans keyed by input shapes.
-struct Lru {
-    tick: u64,
-    entries: HashMap<Vec<TVec<usize>>, (u64, Arc<Plan>)>,
+/// The names a graph's tensors go by, as its file declares them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GraphNames {
+    /// Graph inputs a request feeds, in order.
+    pub inputs: Vec<String>,
+    /// Graph inputs with an initializer (a request may not override them here).
+    pub overridable: Vec<String>,
+    /// Graph outputs, in order.
+    pub outputs: Vec<String>,
 }
 
 pub(crate) struct Plans {
@@ -33,18 +36,17 @@ pub(crate) struct Plans {
     input_types: Vec<DatumType>,
     outputs: Vec<String>,
     overridable: Vec<String>,
-    capacity: usize,
-    cache: Mutex<Lru>,
+    cache: Mutex<Lru<Vec<TVec<usize>>, Arc<Plan>>>,
     executor: Option<Executor>,
     metadata: std::collections::BTreeMap<String, String>,
 }
 
-fn tract_err(kind: ErrorKind, what: String, e: impl std::fmt::Display) -> Error {
+pub(crate) fn tract_err(kind: ErrorKind, what: String, e: impl std::fmt::Display) -> Error {
     Error::new(kind, format!("{what}: {e}"))
 }
 
 /// Runs `f`, turning a panic inside tract into an error.
-fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(tract_err(
@@ -60,75 +62,21 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> TractResult<T>) -> Result<T> {
 }
 
 impl Plans {
+    /// Plans for `model` (parsed, every operator known), built per input shape on first use;
+    /// `capacity` of them kept; `threads` > 1 runs tract's multithreaded executor.
     pub(crate) fn new(
-        config: &ModelConfig,
-        proto: pb::ModelProto,
-        dir: Option<&str>,
-        opts: &LoadOptions,
+        m: &str,
+        model: InferenceModel,
+        names: GraphNames,
+        metadata: std::collections::BTreeMap<String, String>,
+        capacity: usize,
+        threads: usize,
     ) -> Result<Plans> {
-        let m = &config.name;
-        let proto = &proto;
-        let parsed = guarded(&format!("failed to load model '{m}'"), || {
-            super::checked_ops::onnx().parse(proto, dir)
-        })?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(Error::new(
-                ErrorKind::ModelFile,
-                format!(
-                    "failed to load model '{m}': unresolved graph inputs {:?}",
-                    parsed.unresolved_inputs
-                ),
-            ));
-        }
-        let model = parsed.model;
-        // Operators tract does not know are parsed as placeholders: reject them now.
-        if let Some(node) = model
-            .nodes()
-            .iter()
-            .find(|n| n.op_is::<tract_onnx::tract_core::ops::unimpl::UnimplementedOp>())
-        {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "failed to load model '{m}': unsupported ONNX operator in node '{}': {:?}",
-                    node.name, node.op
-                ),
-            ));
-        }
-        // Check the whole graph once with its declared (possibly symbolic) shapes. Some graphs
-        // (shapes computed from `Shape`) only type with concrete input shapes: those are
-        // checked when the first plan is built.
-        if let Err(e) = guarded("", || model.clone().into_typed().map(|_| ())) {
-            tracing::debug!(
-                "model '{m}' does not type with symbolic shapes; plans are checked per shape ({})",
-                e.message()
-            );
-        }
-        let graph = proto.graph.as_ref();
-        let inits: std::collections::HashSet<&str> = graph
-            .map(|g| g.initializer.iter().map(|i| i.name.as_str()).collect())
-            .unwrap_or_default();
-        let inputs: Vec<String> = graph
-            .map(|g| {
-                g.input
-                    .iter()
-                    .filter(|i| !inits.contains(i.name.as_str()))
-                    .map(|i| i.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let overridable: Vec<String> = graph
-            .map(|g| {
-                g.input
-                    .iter()
-                    .filter(|i| inits.contains(i.name.as_str()))
-                    .map(|i| i.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let outputs: Vec<String> = graph
-            .map(|g| g.output.iter().map(|o| o.name.clone()).collect())
-            .unwrap_or_default();
+        let GraphNames {
+            inputs,
+            overridable,
+            outputs,
+        } = names;
         if inputs.len() != model.input_outlets().map(|o| o.len()).unwrap_or(0)
             || outputs.len() != model.output_outlets().map(|o| o.len()).unwrap_or(0)
         {
@@ -148,61 +96,29 @@ impl Plans {
             })?;
             input_types.push(fact.datum_type.concretize().unwrap_or(DatumType::F32));
         }
-        let threads = config
-            .parameters
-            .get("intra_op_thread_count")
-            .and_then(|p| p.string_value.parse::<usize>().ok())
-            .unwrap_or(1);
         let executor = (threads > 1)
             .then(|| Executor::multithread_with_name(threads, &format!("modelyard-{m}")));
         Ok(Plans {
-            model_name: m.clone(),
+            model_name: m.to_string(),
             model,
             inputs,
             input_types,
             outputs,
             overridable,
-            capacity: opts.plan_cache_capacity.max(1),
-            metadata: proto
-                .metadata_props
-                .iter()
-                .map(|p| (p.key.clone(), p.value.clone()))
-                .collect(),
-            cache: Mutex::new(Lru {
-                tick: 0,
-                entries: HashMap::new(),
-            }),
+            metadata,
+            cache: Mutex::new(Lru::new(capacity)),
             executor,
         })
     }
 
     fn plan_for(&self, shapes: &[TVec<usize>]) -> Result<Arc<Plan>> {
-        {
-            let mut cache = self.cache.lock();
-            cache.tick += 1;
-            let tick = cache.tick;
-            if let Some(entry) = cache.entries.get_mut(shapes) {
-                entry.0 = tick;
-                return Ok(entry.1.clone());
-            }
+        if let Some(plan) = self.cache.lock().get(shapes) {
+            return Ok(plan);
         }
         let span = tracing::debug_span!("compile", model = %self.model_name, shapes = ?shapes);
         let _enter = span.enter();
         let plan = self.compile(shapes, |m| m.into_optimized()?.into_runnable())?;
-        let mut cache = self.cache.lock();
-        cache.tick += 1;
-        let tick = cache.tick;
-        if cache.entries.len() >= self.capacity {
-            if let Some(oldest) = cache
-                .entries
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| k.clone())
-            {
-                cache.entries.remove(&oldest);
-            }
-        }
-        cache.entries.insert(shapes.to_vec(), (tick, plan.clone()));
+        self.cache.lock().insert(shapes.to_vec(), plan.clone());
         Ok(plan)
     }
 
@@ -285,8 +201,8 @@ impl Plans {
 
     /// The input shapes of the cached plans.
     #[cfg(test)]
-    fn cached_shapes(&self) -> Vec<Vec<TVec<usize>>> {
-        let mut v: Vec<_> = self.cache.lock().entries.keys().cloned().collect();
+    pub(crate) fn cached_shapes(&self) -> Vec<Vec<TVec<usize>>> {
+        let mut v: Vec<_> = self.cache.lock().keys().cloned().collect();
         v.sort();
         v
     }
@@ -334,54 +250,10 @@ impl Executable for Plans {
             }),
             None => guarded(&what, || plan.run(values)),
         }?;
-        let mut out = Vec::with_capacity(outputs.len());
-        for (name, value) in self.outputs.iter().zip(result) {
-            if outputs.contains(name) {
-                out.push((name.clone(), MyTensor::from_tract(value.into_tensor())));
-            }
-        }
-        Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn least_recently_used_plan_is_evicted() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/generated/add_sub_fp32_batch.onnx");
-        let proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
-        let config = ModelConfig {
-            name: "m".into(),
-            ..Default::default()
-        };
-        let opts = LoadOptions {
-            plan_cache_capacity: 2,
-            default_max_batch_size: 4,
-            max_request_bytes: 1 << 30,
-            max_model_bytes: usize::MAX,
-            cuda_emulator: false,
-            natives: Default::default(),
-        };
-        let plans = Plans::new(&config, proto, None, &opts).unwrap();
-        let run = |rows: usize| {
-            let t = MyTensor::from(tract_ndarray::Array2::<f32>::ones((rows, 16)));
-            let out = plans
-                .execute(
-                    vec![("INPUT0".into(), t.clone()), ("INPUT1".into(), t)],
-                    &["OUTPUT0".into()],
-                )
-                .unwrap();
-            assert_eq!(out[0].1.shape(), &[rows, 16]);
-        };
-        let key = |rows: usize| vec![tvec![rows, 16], tvec![rows, 16]];
-        run(1);
-        run(2);
-        assert_eq!(plans.cached_shapes(), [key(1), key(2)]);
-        run(1); // 1 is now more recent than 2
-        run(3);
-        assert_eq!(plans.cached_shapes(), [key(1), key(3)]);
+        let produced = self.outputs.iter().cloned().zip(result);
+        Ok(crate::util::wanted(produced, outputs)
+            .into_iter()
+            .map(|(name, value)| (name, MyTensor::from_tract(value.into_tensor())))
+            .collect())
     }
 }

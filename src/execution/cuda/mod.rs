@@ -1,6 +1,6 @@
-//! The CUDA backend. `kernels` embeds `kernels/*.cu`; `device` runs them (CUDA driver +
-//! NVRTC with a disk cache, or `emu`, the same source compiled for the host); `lower` turns
-//! tract's decluttered graph into launches; `executor` runs them per model instance.
+//! The CUDA device. `kernels` embeds `kernels/*.cu`; `device` runs them (CUDA driver +
+//! NVRTC with a disk cache, or `emu`, the same source compiled for the host); `executor` runs
+//! the programs [`super::lower`] builds, per model instance.
 //!
 //! cudarc loads libcuda and libnvrtc when first used and *panics* when they are missing or
 //! lack a symbol, so [`probe`] checks that the libraries load first and runs every driver call
@@ -8,7 +8,6 @@
 
 use std::sync::OnceLock;
 
-use crate::backend::LoadOptions;
 use crate::config::{model_instance_group::Kind, ModelConfig};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -20,8 +19,6 @@ pub(crate) mod emu;
 pub(crate) mod executor;
 #[cfg(feature = "cuda")]
 pub(crate) mod kernels;
-#[cfg(feature = "cuda")]
-pub(crate) mod lower;
 
 /// Where the nodes of a GPU plan run and what crosses between host and device per inference
 /// ([`crate::Model::execution_report`]).
@@ -67,8 +64,8 @@ pub fn emulator() -> std::result::Result<(), String> {
 }
 
 /// GPUs the instance groups may use: the emulator counts as one.
-pub(crate) fn gpu_count(opts: &LoadOptions) -> usize {
-    if opts.cuda_emulator && cfg!(feature = "cuda") {
+pub(crate) fn gpu_count(emulator: bool) -> usize {
+    if emulator && cfg!(feature = "cuda") {
         return 1;
     }
     probe().map(|i| i.devices.len()).unwrap_or(0)
@@ -78,7 +75,7 @@ pub(crate) fn gpu_count(opts: &LoadOptions) -> usize {
 #[cfg(feature = "cuda")]
 pub(crate) fn device_for(
     config: &ModelConfig,
-    opts: &LoadOptions,
+    emulator: bool,
 ) -> Result<Option<&'static dyn device::Device>> {
     let Some(g) = config
         .instance_group
@@ -97,7 +94,7 @@ pub(crate) fn device_for(
             ),
         )
     };
-    if opts.cuda_emulator {
+    if emulator {
         return emu::shared()
             .map(|d| Some(d as &'static dyn device::Device))
             .map_err(fail);
@@ -210,7 +207,7 @@ fn probe_now() -> Result<GpuInfo, String> {
 /// The instance groups that ask for `KIND_GPU`: without usable CUDA (and no emulator), a clear
 /// error naming the model and group (a build without the `cuda` feature keeps Triton's
 /// "server does not support GPUs", from validation). `KIND_AUTO` was already resolved.
-pub(crate) fn check_instance_groups(config: &ModelConfig, opts: &LoadOptions) -> Result<()> {
+pub(crate) fn check_instance_groups(config: &ModelConfig, emulator: bool) -> Result<()> {
     let Some(g) = config
         .instance_group
         .iter()
@@ -220,7 +217,7 @@ pub(crate) fn check_instance_groups(config: &ModelConfig, opts: &LoadOptions) ->
     };
     let (m, name) = (&config.name, &g.name);
     match probe() {
-        Err(_) if !cfg!(feature = "cuda") || opts.cuda_emulator => Ok(()),
+        Err(_) if !cfg!(feature = "cuda") || emulator => Ok(()),
         Err(reason) => Err(Error::new(
             ErrorKind::Unavailable,
             format!("model '{m}' instance group '{name}' requests KIND_GPU but no CUDA driver was found ({reason})"),

@@ -11,22 +11,20 @@ use tract_onnx::prelude::*;
 
 use super::device::{DevPtr, Device};
 use super::kernels::Kernel;
-use super::lower::{self, Program, Step, Storage, ValueId};
 use super::ExecutionReport;
-use crate::backend::onnx::plan::Plans;
-use crate::backend::Executable;
 use crate::error::{Error, ErrorKind, Result};
+use crate::execution::lower::{self, Program, Step, Storage, ValueId};
+use crate::execution::tract::Plans;
+use crate::execution::Executable;
 use crate::tensor::Tensor as MyTensor;
-
-type PlanCache = HashMap<Vec<TVec<usize>>, (u64, Arc<GpuPlan>)>;
+use crate::util::lru::Lru;
 
 /// One model version on a device.
 pub(crate) struct GpuExecutable {
     plans: Plans,
     device: &'static dyn Device,
-    capacity: usize,
-    /// (clock, plans by input shapes with the tick they were last used)
-    cache: Mutex<(u64, PlanCache)>,
+    /// GPU plans by input shapes.
+    cache: Mutex<Lru<Vec<TVec<usize>>, Arc<GpuPlan>>>,
     last_report: Mutex<Option<ExecutionReport>>,
     /// Weights on the device by (content hash, bytes), shared by the plans of every shape
     /// (a new input shape uploads only the constants that differ).
@@ -36,7 +34,7 @@ pub(crate) struct GpuExecutable {
 impl Drop for GpuExecutable {
     fn drop(&mut self) {
         // The plans (and their arenas) go with the cache; no execution runs while `self` drops.
-        self.cache.get_mut().1.clear();
+        self.cache.get_mut().clear();
         for (_, p) in self.weights.get_mut().drain() {
             self.device.free(p);
         }
@@ -91,22 +89,15 @@ impl GpuExecutable {
         GpuExecutable {
             plans,
             device,
-            capacity: capacity.max(1),
-            cache: Mutex::new((0, HashMap::new())),
+            cache: Mutex::new(Lru::new(capacity)),
             last_report: Mutex::new(None),
             weights: Mutex::new(HashMap::new()),
         }
     }
 
     fn plan_for(&self, shapes: &[TVec<usize>]) -> Result<Arc<GpuPlan>> {
-        {
-            let mut c = self.cache.lock();
-            c.0 += 1;
-            let tick = c.0;
-            if let Some(e) = c.1.get_mut(shapes) {
-                e.0 = tick;
-                return Ok(e.1.clone());
-            }
+        if let Some(plan) = self.cache.lock().get(shapes) {
+            return Ok(plan);
         }
         let m = self.plans.model_name();
         let typed = self.plans.decluttered(shapes)?;
@@ -200,19 +191,7 @@ impl GpuExecutable {
             staging_bytes,
             pool: Mutex::new(Vec::new()),
         });
-        let mut c = self.cache.lock();
-        c.0 += 1;
-        let tick = c.0;
-        if c.1.len() >= self.capacity {
-            if let Some(oldest) =
-                c.1.iter()
-                    .min_by_key(|(_, (t, _))| *t)
-                    .map(|(k, _)| k.clone())
-            {
-                c.1.remove(&oldest);
-            }
-        }
-        c.1.insert(shapes.to_vec(), (tick, plan.clone()));
+        self.cache.lock().insert(shapes.to_vec(), plan.clone());
         Ok(plan)
     }
 
@@ -574,13 +553,11 @@ impl Executable for GpuExecutable {
         match result {
             Ok(values) => {
                 plan.pool.lock().push(inst);
-                let mut out = Vec::with_capacity(outputs.len());
-                for (name, value) in self.plans.output_names().iter().zip(values) {
-                    if outputs.contains(name) {
-                        out.push((name.clone(), MyTensor::from_tract(value.into_tensor())));
-                    }
-                }
-                Ok(out)
+                let produced = self.plans.output_names().iter().cloned().zip(values);
+                Ok(crate::util::wanted(produced, outputs)
+                    .into_iter()
+                    .map(|(name, value)| (name, MyTensor::from_tract(value.into_tensor())))
+                    .collect())
             }
             Err(e) => {
                 // The instance may hold work that failed: synchronise and drop it.
