@@ -54,8 +54,9 @@ impl ErrorKind {
     }
 }
 
-/// The error type of every fallible modelyard call.
-#[derive(Debug, thiserror::Error)]
+/// The error type of every fallible modelyard call. Cloning keeps everything (the source is
+/// shared): the repository keeps the error of a failed load and hands it out again.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub struct Error {
     kind: ErrorKind,
@@ -64,7 +65,7 @@ pub struct Error {
     version: Option<i64>,
     tensor: Option<String>,
     #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl fmt::Display for Error {
@@ -145,7 +146,7 @@ impl Error {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(std::sync::Arc::from(source.into()));
         self
     }
 

@@ -333,3 +333,36 @@ fn reloading_100_times_under_8_callers_loses_nothing() {
         );
     }
 }
+
+/// A failed load keeps the kind of its cause: the repository stores the error, not its text.
+#[test]
+fn a_failed_load_keeps_the_kind_of_its_cause() {
+    let tmp = repo_dir();
+    let repo = Repository::builder(tmp.path())
+        .model_control(ModelControl::Explicit)
+        .load()
+        .unwrap();
+    // A config that breaks a rule: Triton's "Invalid argument".
+    std::fs::write(
+        tmp.path().join("m/config.pbtxt"),
+        ADD_SUB.replace("max_batch_size: 8", "max_batch_size: -3"),
+    )
+    .unwrap();
+    let e = repo.load_model("m").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+    assert!(
+        e.message().starts_with("load failed for model 'm': "),
+        "{e}"
+    );
+    assert!(e.message().contains("max_batch_size"), "{e}");
+    // A model file that is not ONNX: the version fails with `ModelFile`.
+    std::fs::write(tmp.path().join("other/1/model.onnx"), b"not a model").unwrap();
+    let e = repo.load_model("other").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ModelFile, "{e}");
+    assert!(
+        e.message()
+            .starts_with("load failed for model 'other': version 1 is at UNAVAILABLE state: "),
+        "{e}"
+    );
+    assert_eq!(e.version(), Some(1));
+}

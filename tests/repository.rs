@@ -516,3 +516,47 @@ fn symlinks_in_the_repository_are_followed_as_triton_does() {
         "{e}"
     );
 }
+
+/// Triton's wording for two config mistakes (its QA corpus has both): a `runtime` that climbs
+/// out of the backend directory, and a `KIND_GPU` group listing a GPU that does not exist.
+#[test]
+fn runtime_escapes_and_missing_gpu_ids_use_tritons_wording() {
+    for runtime in [
+        "../../libtriton_onnxruntime.so",
+        "/usr/lib/libtriton_onnxruntime.so",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        add_model(
+            tmp.path(),
+            "m",
+            &format!("{ADD_SUB} backend: \"onnxruntime\" runtime: \"{runtime}\""),
+            &["1"],
+        );
+        let e = Repository::load(tmp.path()).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "backend library name '{runtime}' escapes backend directory 'backends/onnxruntime', for model 'm', check model config runtime field"
+            )),
+            "{e}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    add_model(
+        tmp.path(),
+        "m",
+        &format!("{ADD_SUB} instance_group [ {{ name: \"g\" kind: KIND_GPU gpus: [ 42 ] }} ]"),
+        &["1"],
+    );
+    let e = Repository::load(tmp.path()).unwrap_err().to_string();
+    let usable = match modelyard::gpu::probe() {
+        Ok(info) => info.devices.len(),
+        Err(_) => 0,
+    };
+    let want = if cfg!(feature = "cuda") {
+        let ids: Vec<String> = (0..usable).map(|i| i.to_string()).collect();
+        format!("instance group g of model m specifies invalid or unsupported gpu id 42. GPUs with at least the minimum required CUDA compute compatibility of 6.0 are: {}", ids.join(" "))
+    } else {
+        "instance group g of model m has kind KIND_GPU but server does not support GPUs".into()
+    };
+    assert!(e.contains(&want), "{e}\nwanted: {want}");
+}

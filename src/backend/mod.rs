@@ -93,6 +93,14 @@ pub(crate) fn find(config: &ModelConfig, opts: &LoadOptions) -> Result<Box<dyn B
             )))
         }
     };
+    // Triton resolves `runtime` inside the backend's directory and refuses a name that climbs
+    // out of it; the in-process backend's directory is `backends/<name>`.
+    if !config.runtime.is_empty() && crate::util::paths::check_relative(&config.runtime).is_err() {
+        return Err(Error::invalid_config(format!(
+            "backend library name '{}' escapes backend directory 'backends/{name}', for model '{}', check model config runtime field",
+            config.runtime, config.name
+        )));
+    }
     if !config.runtime.is_empty() && config.runtime != format!("libtriton_{name}.so") {
         return Err(Error::invalid_config(format!(
             "unable to find backend library '{}' for model '{}'",

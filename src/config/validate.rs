@@ -646,7 +646,9 @@ pub fn validate_instance_groups(
             Kind::Gpu if !gpu_support => {
                 return err(format!("instance group {name} of model {m} has kind KIND_GPU but server does not support GPUs"));
             }
-            Kind::Gpu if gpu_count == 0 => {
+            // As Triton: only a group that lists no GPU says none are available; listed ids
+            // are checked one by one (with no GPU, the list after "are:" is empty).
+            Kind::Gpu if g.gpus.is_empty() && gpu_count == 0 => {
                 return err(format!("instance group {name} of model {m} has kind KIND_GPU but no GPUs are available"));
             }
             Kind::Gpu => {

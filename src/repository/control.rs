@@ -116,7 +116,7 @@ pub(super) fn fingerprints(
 ) -> BTreeMap<String, u64> {
     models
         .iter()
-        .filter(|(_, e)| !e.not_loaded)
+        .filter(|(_, e)| !e.is_not_loaded())
         .map(|(name, _)| (name.clone(), fingerprint(&root.join(name))))
         .collect()
 }
@@ -251,7 +251,7 @@ impl Repository {
             };
             models.insert(
                 name.to_string(),
-                ModelEntry::unloaded(old.versions.keys().copied()),
+                ModelEntry::unloaded(old.versions().keys().copied()),
             );
             old
         };
@@ -321,7 +321,7 @@ impl Repository {
         let inner = &self.inner;
         let dir = inner.root.join(name);
         if let Some(e) = inner.models.write().get_mut(name) {
-            e.loading = e.versions.keys().copied().collect();
+            e.loading = e.versions().keys().copied().collect();
         }
         let new = lifecycle::poll_model(name, &dir, inner.auto_complete, &inner.opts);
         let failure = load_failure(name, &new);
@@ -330,9 +330,10 @@ impl Repository {
             (Some(mut old), Some(e)) if old.ready().next().is_some() => {
                 // Keep serving what was serving; say why the reload failed.
                 old.loading.clear();
-                old.error = Some(format!(
-                    "reload failed, previous versions keep serving: {e}"
-                ));
+                old.reload_failed(
+                    e.clone()
+                        .context("reload failed, previous versions keep serving: "),
+                );
                 models.insert(name.to_string(), old);
                 Err(e)
             }
@@ -367,7 +368,7 @@ impl Repository {
         let mut models = self.inner.models.write();
         let before: Vec<Model> = models
             .values()
-            .filter(|e| e.ensemble_def.is_some())
+            .filter(|e| e.ensemble.is_some())
             .flat_map(|e| e.ready().cloned().collect::<Vec<_>>())
             .collect();
         lifecycle::resolve_ensembles(&mut models, self.inner.opts.max_request_bytes);
@@ -395,22 +396,22 @@ impl Repository {
 
 /// Triton's error for a load that left a version (or the model) unavailable.
 fn load_failure(name: &str, entry: &ModelEntry) -> Option<Error> {
-    if let Some(e) = &entry.error {
+    // The kind of the first failure survives (an invalid config stays `InvalidConfig`).
+    if let Some(e) = entry.error() {
         return Some(
-            Error::new(
-                ErrorKind::Unavailable,
-                format!("load failed for model '{name}': {e};\n"),
-            )
-            .with_model(name),
+            Error::new(e.kind(), format!("load failed for model '{name}': {e};\n"))
+                .with_model(name),
         );
     }
     entry
-        .versions
+        .versions()
         .iter()
         .find(|(_, v)| v.model.is_none())
         .map(|(v, ve)| {
             Error::new(
-                ErrorKind::Unavailable,
+                ve.error
+                    .as_ref()
+                    .map_or(ErrorKind::Unavailable, Error::kind),
                 format!(
                     "load failed for model '{name}': version {v} is at UNAVAILABLE state: {};\n",
                     ve.reason

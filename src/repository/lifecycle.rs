@@ -10,41 +10,127 @@ use crate::backend::{self, LoadOptions};
 use crate::config::{
     self, model_version_policy::PolicyChoice, ModelConfig, ModelTransactionPolicy,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::model::{Model, ModelState};
 
-/// A version of a model: loaded (`model` is Some) or not, with the reason.
+/// A version of a model: loaded (`model` is Some) or not, with the reason (and, for a failed
+/// load, its error, whose kind survives).
 #[derive(Clone)]
 pub(crate) struct VersionEntry {
     pub state: ModelState,
     pub reason: String,
     pub model: Option<Model>,
+    pub error: Option<Error>,
+}
+
+/// Where a model folder stands.
+pub(crate) enum Status {
+    /// Known but never loaded (explicit model control): UNKNOWN in the index.
+    NotLoaded,
+    /// The config could not be read, or is invalid.
+    Invalid(Error),
+    /// An ensemble polled and not resolved against its composing models yet.
+    Unresolved,
+    /// Failed before any version loaded (version selection, ensemble dependencies).
+    Failed(Error),
+    /// The selected versions, each loaded or not. `reload_error`: a later reload failed and
+    /// these versions keep serving.
+    Loaded {
+        versions: BTreeMap<i64, VersionEntry>,
+        reload_error: Option<Error>,
+    },
 }
 
 /// A model folder after loading.
 pub(crate) struct ModelEntry {
-    /// Failure before versions were loaded (poll, version selection, ensemble dependencies).
-    pub error: Option<String>,
-    pub versions: BTreeMap<i64, VersionEntry>,
-    /// The polled config, kept for ensembles (resolved after every other model).
-    polled: Option<(ModelConfig, PathBuf)>,
-    /// Whether `error` comes from the poll (the config itself is invalid).
-    poll_failed: bool,
-    /// An ensemble's polled config: ensembles are re-resolved whenever a model changes.
-    pub ensemble_def: Option<(ModelConfig, PathBuf)>,
+    pub status: Status,
+    /// An ensemble's polled config: ensembles are resolved again whenever a model changes.
+    pub ensemble: Option<(ModelConfig, PathBuf)>,
     /// Versions being loaded right now (LOADING in the index).
     pub loading: BTreeSet<i64>,
-    /// A folder that was never loaded (explicit model control): UNKNOWN in the index.
-    pub not_loaded: bool,
 }
 
+static NO_VERSIONS: BTreeMap<i64, VersionEntry> = BTreeMap::new();
+
 impl ModelEntry {
+    fn new(status: Status) -> ModelEntry {
+        ModelEntry {
+            status,
+            ensemble: None,
+            loading: BTreeSet::new(),
+        }
+    }
+
+    /// A model that failed before any version loaded.
+    pub(crate) fn failed(error: Error) -> ModelEntry {
+        ModelEntry::new(Status::Failed(error))
+    }
+
+    /// Versions selected and loaded (or not).
+    pub(crate) fn loaded(versions: BTreeMap<i64, VersionEntry>) -> ModelEntry {
+        ModelEntry::new(Status::Loaded {
+            versions,
+            reload_error: None,
+        })
+    }
+
+    /// A model folder that is known but not loaded.
+    pub(crate) fn not_loaded() -> ModelEntry {
+        ModelEntry::new(Status::NotLoaded)
+    }
+
+    /// The entry of a model that was unloaded (its versions UNAVAILABLE, reason "unloaded").
+    pub(crate) fn unloaded(versions: impl IntoIterator<Item = i64>) -> ModelEntry {
+        ModelEntry::loaded(
+            versions
+                .into_iter()
+                .map(|v| {
+                    let entry = VersionEntry {
+                        state: ModelState::Unavailable,
+                        reason: "unloaded".into(),
+                        model: None,
+                        error: None,
+                    };
+                    (v, entry)
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn is_not_loaded(&self) -> bool {
+        matches!(self.status, Status::NotLoaded)
+    }
+
+    /// Why the model (not one version) is not what its folder asks for.
+    pub(crate) fn error(&self) -> Option<&Error> {
+        match &self.status {
+            Status::Invalid(e) | Status::Failed(e) => Some(e),
+            Status::Loaded { reload_error, .. } => reload_error.as_ref(),
+            Status::NotLoaded | Status::Unresolved => None,
+        }
+    }
+
+    /// The selected versions (none unless loaded).
+    pub(crate) fn versions(&self) -> &BTreeMap<i64, VersionEntry> {
+        match &self.status {
+            Status::Loaded { versions, .. } => versions,
+            _ => &NO_VERSIONS,
+        }
+    }
+
+    /// Keeps the serving versions and records why a reload failed.
+    pub(crate) fn reload_failed(&mut self, error: Error) {
+        if let Status::Loaded { reload_error, .. } = &mut self.status {
+            *reload_error = Some(error);
+        }
+    }
+
     pub(crate) fn failures(&self, name: &str) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(e) = &self.error {
+        if let Some(e) = self.error() {
             out.push(format!("'{name}': {e}"));
         }
-        for (v, ve) in &self.versions {
+        for (v, ve) in self.versions() {
             if ve.model.is_none() {
                 out.push(format!("'{name}' version {v}: {}", ve.reason));
             }
@@ -52,62 +138,14 @@ impl ModelEntry {
         out
     }
 
-    pub(crate) fn failed(error: String) -> ModelEntry {
-        ModelEntry {
-            error: Some(error),
-            ..ModelEntry::empty()
-        }
-    }
-
-    fn empty() -> ModelEntry {
-        ModelEntry {
-            error: None,
-            versions: BTreeMap::new(),
-            polled: None,
-            poll_failed: false,
-            ensemble_def: None,
-            loading: BTreeSet::new(),
-            not_loaded: false,
-        }
-    }
-
-    /// A model folder that is known but not loaded.
-    pub(crate) fn not_loaded() -> ModelEntry {
-        ModelEntry {
-            not_loaded: true,
-            ..ModelEntry::empty()
-        }
-    }
-
-    /// The entry of a model that was unloaded (its versions UNAVAILABLE, reason "unloaded").
-    pub(crate) fn unloaded(versions: impl IntoIterator<Item = i64>) -> ModelEntry {
-        ModelEntry {
-            error: None,
-            versions: versions
-                .into_iter()
-                .map(|v| {
-                    (
-                        v,
-                        VersionEntry {
-                            state: ModelState::Unavailable,
-                            reason: "unloaded".into(),
-                            model: None,
-                        },
-                    )
-                })
-                .collect(),
-            ..ModelEntry::empty()
-        }
-    }
-
     /// The READY versions.
     pub(crate) fn ready(&self) -> impl Iterator<Item = &Model> {
-        self.versions.values().filter_map(|v| v.model.as_ref())
+        self.versions().values().filter_map(|v| v.model.as_ref())
     }
 
     /// Whether anything serves or will serve (a READY version, or an ensemble to resolve).
     pub(crate) fn is_live(&self) -> bool {
-        self.ensemble_def.is_some() || self.ready().next().is_some()
+        self.ensemble.is_some() || self.ready().next().is_some()
     }
 }
 
@@ -219,7 +257,8 @@ fn load_version(
     // Groups are checked in order, as Triton does: the groups before the first KIND_GPU one,
     // then the GPU check, then everything.
     let gpu = config::model_instance_group::Kind::Gpu as i32;
-    let gpu_support = cfg!(feature = "cuda") && gpus > 0;
+    // A build with the `cuda` feature is Triton's GPU build, with or without a GPU.
+    let gpu_support = cfg!(feature = "cuda");
     if let Some(first_gpu) = config.instance_group.iter().position(|g| g.kind == gpu) {
         if first_gpu > 0 {
             let mut before = config.clone();
@@ -259,6 +298,7 @@ fn version_failed(name: &str, v: i64, e: &Error) -> VersionEntry {
         state: ModelState::Unavailable,
         reason,
         model: None,
+        error: Some(e.clone()),
     }
 }
 
@@ -288,15 +328,11 @@ pub(crate) fn poll_model(
     match poll(name, dir, auto_complete) {
         Err(e) => {
             tracing::error!("Poll failed for model directory '{name}': {e}");
-            ModelEntry {
-                poll_failed: true,
-                ..ModelEntry::failed(e.to_string())
-            }
+            ModelEntry::new(Status::Invalid(e))
         }
         Ok(config) if config.is_ensemble() => ModelEntry {
-            polled: Some((config.clone(), dir.to_path_buf())),
-            ensemble_def: Some((config, dir.to_path_buf())),
-            ..ModelEntry::empty()
+            ensemble: Some((config, dir.to_path_buf())),
+            ..ModelEntry::new(Status::Unresolved)
         },
         Ok(config) => load_model(name, config, dir, auto_complete, opts),
     }
@@ -323,7 +359,7 @@ fn load_model(
         Ok(v) => v,
         Err(e) => {
             tracing::error!("failed to load '{name}': {e}");
-            return ModelEntry::failed(e.to_string());
+            return ModelEntry::failed(e);
         }
     };
     let mut loaded = BTreeMap::new();
@@ -336,6 +372,7 @@ fn load_model(
                     state: ModelState::Ready,
                     reason: String::new(),
                     model: Some(model),
+                    error: None,
                 }
             }
             Err(e) => {
@@ -350,20 +387,17 @@ fn load_model(
         let first = loaded
             .values()
             .find(|v| v.model.is_none())
-            .map(|v| v.reason.clone())
+            .map(|v| (v.reason.clone(), v.error.clone()))
             .unwrap_or_default();
         for ve in loaded.values_mut() {
             if ve.model.take().is_some() {
                 ve.state = ModelState::Unavailable;
-                ve.reason = format!("another version failed to load: {first}");
+                ve.reason = format!("another version failed to load: {}", first.0);
+                ve.error = first.1.clone();
             }
         }
     }
-    ModelEntry {
-        error: None,
-        versions: loaded,
-        ..ModelEntry::empty()
-    }
+    ModelEntry::loaded(loaded)
 }
 
 /// Resolves ensembles in dependency order: missing or failed composing models, cycles, then
@@ -373,14 +407,10 @@ pub(crate) fn resolve_ensembles(
     models: &mut BTreeMap<String, ModelEntry>,
     max_request_bytes: usize,
 ) {
-    for entry in models.values_mut() {
-        if let Some(def) = &entry.ensemble_def {
-            entry.polled = Some(def.clone());
-        }
-    }
+    // An ensemble is pending (part of a cycle, if a step asks for it) until it is `done`.
     let ensembles: Vec<String> = models
         .iter()
-        .filter(|(_, e)| e.polled.is_some())
+        .filter(|(_, e)| e.ensemble.is_some())
         .map(|(n, _)| n.clone())
         .collect();
     let mut done = BTreeSet::new();
@@ -410,7 +440,7 @@ fn resolve_one(
     if done.contains(name) {
         return;
     }
-    let Some((config, dir)) = models.get(name).and_then(|e| e.polled.clone()) else {
+    let Some((config, dir)) = models.get(name).and_then(|e| e.ensemble.clone()) else {
         return;
     };
     stack.push(name.to_string());
@@ -435,14 +465,14 @@ fn resolve_one(
                 ));
                 break;
             }
-            if models.get(d).is_some_and(|e| e.polled.is_some()) {
+            if models.get(d).is_some_and(|e| e.ensemble.is_some()) {
                 resolve_one(d, models, done, stack, max_request_bytes);
             }
         }
         match cycle {
             Some(msg) => Err(Error::invalid_config(msg)),
             None => ensemble::check_dependencies(&config, &|dep, version| {
-                composing_model(models, dep, version).map(|m| m.config().clone())
+                composing_model(models, done, dep, version).map(|m| m.config().clone())
             }),
         }
     };
@@ -451,19 +481,16 @@ fn resolve_one(
     let mut entry = match result {
         Err(e) => {
             tracing::error!("failed to load '{name}': {e}");
-            ModelEntry::failed(e.to_string())
+            ModelEntry::failed(e)
         }
-        Ok(()) => match unchanged_ensemble(name, &config, models) {
+        Ok(()) => match unchanged_ensemble(name, &config, models, done) {
             // Same config, same composing versions: keep the loaded versions (and their
             // statistics).
-            Some(versions) => ModelEntry {
-                versions,
-                ..ModelEntry::empty()
-            },
-            None => load_ensemble(name, config.clone(), &dir, models, max_request_bytes),
+            Some(versions) => ModelEntry::loaded(versions),
+            None => load_ensemble(name, config.clone(), &dir, models, done, max_request_bytes),
         },
     };
-    entry.ensemble_def = Some((config, dir));
+    entry.ensemble = Some((config, dir));
     models.insert(name.to_string(), entry);
 }
 
@@ -473,6 +500,7 @@ fn unchanged_ensemble(
     name: &str,
     config: &ModelConfig,
     models: &BTreeMap<String, ModelEntry>,
+    done: &BTreeSet<String>,
 ) -> Option<BTreeMap<i64, VersionEntry>> {
     let entry = models.get(name)?;
     let loaded: Vec<&Model> = entry.ready().collect();
@@ -480,7 +508,7 @@ fn unchanged_ensemble(
     // The loaded config carries the decoupled flag set at load; compare the rest.
     let mut same = config.clone();
     same.model_transaction_policy = first.config().model_transaction_policy;
-    if first.config() != &same || loaded.len() != entry.versions.len() {
+    if first.config() != &same || loaded.len() != entry.versions().len() {
         return None;
     }
     let steps = first.steps();
@@ -493,58 +521,56 @@ fn unchanged_ensemble(
         return None;
     }
     for ((dep, v), old) in wanted.zip(steps) {
-        let now = composing_model(models, dep, v).ok()?;
+        let now = composing_model(models, done, dep, v).ok()?;
         if !now.same_as(old) {
             return None;
         }
     }
-    Some(entry.versions.clone())
+    Some(entry.versions().clone())
 }
 
-/// Version `version` (-1: latest ready) of a composing model, or why it cannot be used.
+/// Version `version` (-1: latest ready) of a composing model, or why it cannot be used
+/// (`done`: the ensembles resolved so far in this pass).
 fn composing_model(
     models: &BTreeMap<String, ModelEntry>,
+    done: &BTreeSet<String>,
     dep: &str,
     version: i64,
 ) -> std::result::Result<Model, ensemble::DepError> {
     let Some(entry) = models.get(dep) else {
         return Err(ensemble::DepError::Missing);
     };
-    if let Some(e) = &entry.error {
-        return Err(if entry.poll_failed {
-            ensemble::DepError::Invalid(e.clone())
-        } else {
-            ensemble::DepError::NotLoaded(Some(e.clone()))
-        });
+    match &entry.status {
+        Status::Invalid(e) => return Err(ensemble::DepError::Invalid(e.to_string())),
+        Status::Failed(e) => return Err(ensemble::DepError::NotLoaded(Some(e.to_string()))),
+        Status::Loaded {
+            reload_error: Some(e),
+            ..
+        } => return Err(ensemble::DepError::NotLoaded(Some(e.to_string()))),
+        _ => {}
     }
-    if entry.polled.is_some() {
+    if entry.ensemble.is_some() && !done.contains(dep) {
         // An ensemble that is not resolved yet is part of a cycle.
         return Err(ensemble::DepError::NotLoaded(None));
     }
+    let versions = entry.versions();
     let ready = |v: &VersionEntry| v.model.clone();
     if version == -1 {
-        entry
-            .versions
-            .values()
-            .rev()
-            .find_map(ready)
-            .ok_or_else(|| {
-                ensemble::DepError::NotLoaded(
-                    entry
-                        .versions
-                        .values()
-                        .find(|v| v.model.is_none())
-                        .map(|v| v.reason.clone()),
-                )
-            })
+        versions.values().rev().find_map(ready).ok_or_else(|| {
+            ensemble::DepError::NotLoaded(
+                versions
+                    .values()
+                    .find(|v| v.model.is_none())
+                    .map(|v| v.reason.clone()),
+            )
+        })
     } else {
-        if entry.versions.values().all(|v| v.model.is_none()) {
+        if versions.values().all(|v| v.model.is_none()) {
             return Err(ensemble::DepError::NotLoaded(
-                entry.versions.values().next().map(|v| v.reason.clone()),
+                versions.values().next().map(|v| v.reason.clone()),
             ));
         }
-        entry
-            .versions
+        versions
             .get(&version)
             .and_then(ready)
             .ok_or(ensemble::DepError::VersionMissing(version))
@@ -556,6 +582,7 @@ fn load_ensemble(
     mut config: ModelConfig,
     dir: &Path,
     models: &BTreeMap<String, ModelEntry>,
+    done: &BTreeSet<String>,
     max_request_bytes: usize,
 ) -> ModelEntry {
     let steps: Vec<(String, i64)> = config
@@ -569,11 +596,12 @@ fn load_ensemble(
         .unwrap_or_default();
     let mut step_models = Vec::new();
     for (dep, v) in &steps {
-        match composing_model(models, dep, *v) {
+        match composing_model(models, done, dep, *v) {
             Ok(m) => step_models.push(m),
             Err(_) => {
-                return ModelEntry::failed(format!(
-                    "ensemble '{name}' depends on '{dep}' which has no loaded version."
+                return ModelEntry::failed(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("ensemble '{name}' depends on '{dep}' which has no loaded version."),
                 ))
             }
         }
@@ -581,7 +609,7 @@ fn load_ensemble(
     let step_configs: Vec<ModelConfig> = step_models.iter().map(|m| m.config().clone()).collect();
     if let Err(e) = ensemble::validate_tensors(&config, &step_configs) {
         tracing::error!("failed to load '{name}': {e}");
-        return ModelEntry::failed(e.to_string());
+        return ModelEntry::failed(e);
     }
     let decoupled = step_configs.iter().any(|c| {
         c.model_transaction_policy
@@ -591,7 +619,7 @@ fn load_ensemble(
     config.model_transaction_policy = Some(ModelTransactionPolicy { decoupled });
     let versions = match select_versions(&config, dir) {
         Ok(v) => v,
-        Err(e) => return ModelEntry::failed(e.to_string()),
+        Err(e) => return ModelEntry::failed(e),
     };
     let versions = versions
         .into_iter()
@@ -601,6 +629,7 @@ fn load_ensemble(
                 VersionEntry {
                     state: ModelState::Ready,
                     reason: String::new(),
+                    error: None,
                     model: Some(Model::ensemble(
                         config.clone(),
                         v,
@@ -611,9 +640,5 @@ fn load_ensemble(
             )
         })
         .collect();
-    ModelEntry {
-        error: None,
-        versions,
-        ..ModelEntry::empty()
-    }
+    ModelEntry::loaded(versions)
 }

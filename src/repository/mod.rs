@@ -286,7 +286,7 @@ impl Repository {
             return Err(unknown(format!("'{name}' is not found")).with_model(name));
         };
         entry
-            .versions
+            .versions()
             .values()
             .rev()
             .find_map(|v| v.model.clone())
@@ -305,7 +305,7 @@ impl Repository {
         let Some(entry) = models.get(name) else {
             return Err(unknown(format!("'{name}' is not found")).with_model(name));
         };
-        match entry.versions.get(&version) {
+        match entry.versions().get(&version) {
             None => Err(unknown(format!("'{name}' version {version} is not found")).with_model(name).with_version(version)),
             Some(v) => v.model.clone().ok_or_else(|| {
                 Error::new(
@@ -333,22 +333,22 @@ impl Repository {
                     reason: String::new(),
                 });
             }
-            if entry.not_loaded {
+            if entry.is_not_loaded() {
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: None,
                     state: ModelState::Unknown,
                     reason: String::new(),
                 });
-            } else if let Some(err) = &entry.error {
+            } else if let Some(err) = entry.error() {
                 out.push(IndexEntry {
                     name: name.clone(),
                     version: None,
                     state: ModelState::Unavailable,
-                    reason: err.clone(),
+                    reason: err.to_string(),
                 });
             }
-            for (v, ve) in &entry.versions {
+            for (v, ve) in entry.versions() {
                 if entry.loading.contains(v) && ve.model.is_none() {
                     continue;
                 }

@@ -204,9 +204,11 @@ fn probe_now() -> Result<GpuInfo, String> {
     Err("modelyard was built without the `cuda` feature".into())
 }
 
-/// The instance groups that ask for `KIND_GPU`: without usable CUDA (and no emulator), a clear
-/// error naming the model and group (a build without the `cuda` feature keeps Triton's
-/// "server does not support GPUs", from validation). `KIND_AUTO` was already resolved.
+/// The instance groups that ask for `KIND_GPU` without naming GPUs: without usable CUDA (and
+/// no emulator), a clear error naming the model and group and why. A build without the `cuda`
+/// feature keeps Triton's "server does not support GPUs", and a group that lists GPU ids gets
+/// Triton's "invalid or unsupported gpu id", both from validation. `KIND_AUTO` was already
+/// resolved.
 pub(crate) fn check_instance_groups(config: &ModelConfig, emulator: bool) -> Result<()> {
     let Some(g) = config
         .instance_group
@@ -215,6 +217,9 @@ pub(crate) fn check_instance_groups(config: &ModelConfig, emulator: bool) -> Res
     else {
         return Ok(());
     };
+    if !g.gpus.is_empty() {
+        return Ok(());
+    }
     let (m, name) = (&config.name, &g.name);
     match probe() {
         Err(_) if !cfg!(feature = "cuda") || emulator => Ok(()),
