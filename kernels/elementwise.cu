@@ -158,11 +158,12 @@ extern "C" __global__ void __launch_bounds__(256) pad_f32(const PadParams p) {
 // A fused chain of element-wise operators: up to 8 input tensors, each read through its own
 // broadcast view of the output shape, and up to 16 operators over registers (0-7: the inputs,
 // 8 + i: the result of operator i; the last one is stored). Operator i is binary
-// (code = BIN_*) on registers a[i] and b[i], or an activation (code = 100 + ACT_*, params
+// (code = BIN_*) on registers a[i] and b[i], or an activation (code = PW_ACT_BASE + ACT_*, params
 // ca[i], cb[i]) of register a[i]. Folded batch norms, bias adds and hard-swish chains become
 // one pass over memory instead of one launch per node.
 #define PW_MAX_IN 8
 #define PW_MAX_OPS 16
+#define PW_ACT_BASE 100 // pointwise codes at or above it are PW_ACT_BASE + ACT_*
 
 struct PointwiseParams {
     const float* in[PW_MAX_IN];
@@ -198,7 +199,7 @@ extern "C" __global__ void __launch_bounds__(256) pointwise_f32(const PointwiseP
         for (int o = 0; o < p.n_ops; ++o) {
             int c = p.code[o];
             float x = r[p.a[o]];
-            r[PW_MAX_IN + o] = c >= 100 ? my_act(x, c - 100, p.ca[o], p.cb[o]) : my_bin(x, r[p.b[o]], c);
+            r[PW_MAX_IN + o] = c >= PW_ACT_BASE ? my_act(x, c - PW_ACT_BASE, p.ca[o], p.cb[o]) : my_bin(x, r[p.b[o]], c);
         }
         p.y[i] = r[PW_MAX_IN + p.n_ops - 1];
     }

@@ -222,7 +222,7 @@ pub(crate) mod cuda_impl {
             let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
                 .map_err(|e| err("cuModuleLoadData", e))?;
             let mut functions = HashMap::new();
-            for k in Kernel::ALL {
+            for &k in Kernel::ALL {
                 let cname = std::ffi::CString::new(k.name()).map_err(|e| e.to_string())?;
                 // SAFETY: `module` is loaded; the name is NUL-terminated.
                 let f = unsafe { result::module::get_function(module, cname) }

@@ -44,6 +44,9 @@ fn translation_unit() -> String {
     let src = kernels::source();
     let mut unit = String::from(PRELUDE);
     unit.push_str(&src);
+    // The layouts and codes Rust uses, checked by the host compiler: a struct or code that
+    // drifted from kernels.rs fails this build.
+    unit.push_str(&kernels::abi_checks());
     for e in kernels::entries(&src) {
         let (n, t, sync) = (&e.name, &e.param_type, e.uses_sync);
         unit.push_str(&format!(
@@ -91,7 +94,7 @@ impl EmuDevice {
         let lib = unsafe { libloading::Library::new(&lib_path) }
             .map_err(|e| format!("loading {}: {e}", lib_path.display()))?;
         let mut launches = HashMap::new();
-        for k in Kernel::ALL {
+        for &k in Kernel::ALL {
             // SAFETY: the symbols were generated with exactly these signatures.
             unsafe {
                 let f: libloading::Symbol<LaunchFn> = lib

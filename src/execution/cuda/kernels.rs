@@ -40,70 +40,46 @@ pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The kernels the executor launches. Their names are the `extern "C"` names in the source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Kernel {
-    Unary,
-    Pointwise,
-    Binary,
-    BinarySame,
-    Copy,
-    Pad,
-    Conv,
-    Conv1x1,
-    ConvNarrow,
-    ConvDepthwise,
-    Deconv,
-    Gemm,
-    GemmNarrow,
-    Pool,
-    Resize,
-    Reduce,
-    Softmax,
+/// The one kernel table: each kernel the executor launches and its `extern "C"` name in the
+/// source (a test checks every name is there).
+macro_rules! kernel_table {
+    ($($kernel:ident => $name:literal),* $(,)?) => {
+        /// The kernels the executor launches.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum Kernel {
+            $($kernel),*
+        }
+
+        impl Kernel {
+            pub(crate) const ALL: &[Kernel] = &[$(Kernel::$kernel),*];
+
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$kernel => $name),*
+                }
+            }
+        }
+    };
 }
 
-impl Kernel {
-    pub(crate) const ALL: [Kernel; 17] = [
-        Kernel::Unary,
-        Kernel::Pointwise,
-        Kernel::Binary,
-        Kernel::BinarySame,
-        Kernel::Copy,
-        Kernel::Pad,
-        Kernel::Conv,
-        Kernel::Conv1x1,
-        Kernel::ConvNarrow,
-        Kernel::ConvDepthwise,
-        Kernel::Deconv,
-        Kernel::Gemm,
-        Kernel::GemmNarrow,
-        Kernel::Pool,
-        Kernel::Resize,
-        Kernel::Reduce,
-        Kernel::Softmax,
-    ];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Kernel::Unary => "unary_f32",
-            Kernel::Pointwise => "pointwise_f32",
-            Kernel::Binary => "binary_f32",
-            Kernel::BinarySame => "binary_same_f32",
-            Kernel::Copy => "copy_f32",
-            Kernel::Pad => "pad_f32",
-            Kernel::Conv => "conv2d_f32",
-            Kernel::Conv1x1 => "conv2d_1x1_f32",
-            Kernel::ConvNarrow => "conv2d_narrow_f32",
-            Kernel::ConvDepthwise => "conv2d_depthwise_f32",
-            Kernel::Deconv => "deconv2d_f32",
-            Kernel::Gemm => "gemm_f32",
-            Kernel::GemmNarrow => "gemm_narrow_f32",
-            Kernel::Pool => "pool2d_f32",
-            Kernel::Resize => "resize2d_f32",
-            Kernel::Reduce => "reduce_f32",
-            Kernel::Softmax => "softmax_f32",
-        }
-    }
+kernel_table! {
+    Unary => "unary_f32",
+    Pointwise => "pointwise_f32",
+    Binary => "binary_f32",
+    BinarySame => "binary_same_f32",
+    Copy => "copy_f32",
+    Pad => "pad_f32",
+    Conv => "conv2d_f32",
+    Conv1x1 => "conv2d_1x1_f32",
+    ConvNarrow => "conv2d_narrow_f32",
+    ConvDepthwise => "conv2d_depthwise_f32",
+    Deconv => "deconv2d_f32",
+    Gemm => "gemm_f32",
+    GemmNarrow => "gemm_narrow_f32",
+    Pool => "pool2d_f32",
+    Resize => "resize2d_f32",
+    Reduce => "reduce_f32",
+    Softmax => "softmax_f32",
 }
 
 /// One `extern "C" __global__` function of the source.
@@ -171,43 +147,98 @@ fn matching_brace(s: &str) -> Option<usize> {
     None
 }
 
-/// Largest rank the strided kernels take.
-pub(crate) const MAX_RANK: usize = 6;
-
-/// Activation codes (`ACT_*` in common.cu).
-pub(crate) mod act {
-    pub const NONE: i32 = 0;
-    pub const RELU: i32 = 1;
-    pub const SIGMOID: i32 = 2;
-    pub const CLIP: i32 = 4;
-    pub const TANH: i32 = 5;
-    pub const EXP: i32 = 6;
-    pub const SQRT: i32 = 7;
-    pub const RECIP: i32 = 8;
-    pub const ABS: i32 = 9;
-    pub const NEG: i32 = 10;
-    pub const LOG: i32 = 11;
-    pub const ERF: i32 = 13;
-    pub const FLOOR: i32 = 14;
-    pub const CEIL: i32 = 15;
-    pub const SQUARE: i32 = 16;
-    pub const RSQRT: i32 = 17;
-    pub const COS: i32 = 19;
-    pub const SIN: i32 = 20;
-    pub const ROUND: i32 = 21;
-    pub const SILU: i32 = 22;
-    pub const RSQRT_ADD: i32 = 23;
+/// A family of operation codes: Rust constants with the values of the C `#define`s named
+/// `<prefix><NAME>` (a test checks both sides hold the same names and values).
+macro_rules! codes {
+    ($(#[$m:meta])* $module:ident, $prefix:literal { $($name:ident = $v:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[allow(dead_code)]
+        pub(crate) mod $module {
+            $(pub const $name: i32 = $v;)*
+            /// The C prefix of the family.
+            pub const PREFIX: &str = $prefix;
+            /// Every code with its name.
+            pub const ALL: &[(&str, i32)] = &[$((stringify!($name), $v)),*];
+        }
+    };
 }
 
-/// Binary operator codes (`BIN_*`).
-pub(crate) mod bin {
-    pub const ADD: i32 = 0;
-    pub const SUB: i32 = 1;
-    pub const MUL: i32 = 2;
-    pub const DIV: i32 = 3;
-    pub const MAX: i32 = 4;
-    pub const MIN: i32 = 5;
-    pub const POW: i32 = 6;
+/// Sizes the kernels are compiled with (`MY_MAX_RANK`, `PW_MAX_IN`, `PW_MAX_OPS`).
+pub(crate) const MAX_RANK: usize = 6;
+pub(crate) const PW_MAX_IN: usize = 8;
+pub(crate) const PW_MAX_OPS: usize = 16;
+/// `pointwise_f32` op codes: `BIN_*` as they are, activations as `PW_ACT_BASE + ACT_*`.
+pub(crate) const PW_ACT_BASE: i32 = 100;
+
+codes! {
+    /// Activation codes (`ACT_*` in common.cu).
+    act, "ACT_" {
+        NONE = 0, RELU = 1, SIGMOID = 2, HARD_SIGMOID = 3, CLIP = 4, TANH = 5, EXP = 6,
+        SQRT = 7, RECIP = 8, ABS = 9, NEG = 10, LOG = 11, HARD_SWISH = 12, ERF = 13,
+        FLOOR = 14, CEIL = 15, SQUARE = 16, RSQRT = 17, LEAKY_RELU = 18, COS = 19, SIN = 20,
+        ROUND = 21, SILU = 22, RSQRT_ADD = 23,
+    }
+}
+codes! {
+    /// Binary operator codes (`BIN_*` in common.cu).
+    bin, "BIN_" { ADD = 0, SUB = 1, MUL = 2, DIV = 3, MAX = 4, MIN = 5, POW = 6 }
+}
+codes! {
+    /// Pooling modes (`POOL_*` in pool.cu).
+    pool, "POOL_" { AVG = 0, MAX = 1, SUM = 2 }
+}
+codes! {
+    /// Resize coordinate transforms (`COORD_*` in pool.cu).
+    coord, "COORD_" { HALF_PIXEL = 0, ASYMMETRIC = 1, ALIGN_CORNERS = 2, PYTORCH_HALF_PIXEL = 3 }
+}
+codes! {
+    /// Resize nearest rounding modes (`NEAREST_*` in pool.cu).
+    nearest, "NEAREST_" { ROUND_PREFER_FLOOR = 0, ROUND_PREFER_CEIL = 1, FLOOR = 2, CEIL = 3 }
+}
+codes! {
+    /// Reduction operators (`RED_*` in reduce.cu).
+    red, "RED_" { SUM = 0, MAX = 1, MIN = 2, PROD = 3, SUM_SQUARES = 4 }
+}
+
+/// A parameter struct: `#[repr(C)]`, integers and floats only, no implicit padding, so all its
+/// bytes are initialised and [`bytes_of`] may read them.
+///
+/// # Safety
+/// Only for types declared with `params!`, whose layout a test and the emulator build check
+/// against the C struct of the same name.
+pub(crate) unsafe trait Params: Copy {
+    /// The C struct's name.
+    const C_NAME: &'static str;
+    /// (C field name, Rust offset, Rust size) of each field; explicit `_pad` fields included.
+    fn layout() -> Vec<(&'static str, usize, usize)>;
+}
+
+/// Declares the `#[repr(C)]` twin of a C parameter struct, field by field in C order (a field
+/// whose C name is a Rust keyword says `as "name"`; `_pad` fills what C pads implicitly).
+macro_rules! params {
+    ($(#[$m:meta])* struct $name:ident { $($field:ident $(as $cname:literal)?: $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default)]
+        pub(crate) struct $name {
+            $(pub $field: $ty),*
+        }
+
+        // SAFETY: declared through `params!`: integers, floats and arrays of them, `_pad`
+        // where C pads; `parameter_structs_match_their_c_twins` checks the layout.
+        unsafe impl Params for $name {
+            const C_NAME: &'static str = stringify!($name);
+            fn layout() -> Vec<(&'static str, usize, usize)> {
+                vec![$((
+                    params!(@cname $field $($cname)?),
+                    std::mem::offset_of!($name, $field),
+                    std::mem::size_of::<$ty>(),
+                )),*]
+            }
+        }
+    };
+    (@cname $field:ident $cname:literal) => { $cname };
+    (@cname $field:ident) => { stringify!($field) };
 }
 
 /// A strided view (`MyView`).
@@ -218,262 +249,161 @@ pub(crate) struct View {
     pub strides: [i32; MAX_RANK],
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct UnaryParams {
-    pub x: u64,
-    pub y: u64,
-    pub n: i32,
-    pub act: i32,
-    pub a: f32,
-    pub b: f32,
-    pub vec4: i32,
-    pub _pad: i32,
+params! {
+    struct UnaryParams { x: u64, y: u64, n: i32, act: i32, a: f32, b: f32, vec4: i32, _pad: i32 }
+}
+params! {
+    /// Inputs and operators of one `pointwise_f32` launch.
+    struct PointwiseParams {
+        inputs as "in": [u64; PW_MAX_IN],
+        y: u64,
+        n: i32,
+        rank: i32,
+        n_in: i32,
+        n_ops: i32,
+        dims: [i32; MAX_RANK],
+        views: [View; PW_MAX_IN],
+        code: [i32; PW_MAX_OPS],
+        a: [i32; PW_MAX_OPS],
+        b: [i32; PW_MAX_OPS],
+        ca: [f32; PW_MAX_OPS],
+        cb: [f32; PW_MAX_OPS],
+    }
+}
+params! {
+    struct BinaryParams {
+        a: u64, b: u64, y: u64, n: i32, rank: i32, op: i32, act: i32,
+        dims: [i32; MAX_RANK], va: View, vb: View,
+    }
+}
+params! {
+    struct BinarySameParams { a: u64, b: u64, y: u64, n: i32, op: i32, act: i32, vec4: i32 }
+}
+params! {
+    struct CopyParams {
+        x: u64, y: u64, n: i32, rank: i32,
+        dims: [i32; MAX_RANK], x_dims: [i32; MAX_RANK], vx: View, vy: View,
+    }
+}
+params! {
+    struct PadParams {
+        x: u64, y: u64, n: i32, rank: i32, value: f32,
+        dims: [i32; MAX_RANK], x_dims: [i32; MAX_RANK], before: [i32; MAX_RANK], _pad: i32,
+    }
+}
+params! {
+    struct ConvParams {
+        x: u64, wt: u64, bias: u64, y: u64,
+        n: i32, c: i32, h: i32, w: i32,
+        co: i32, oh: i32, ow: i32,
+        kh: i32, kw: i32, sh: i32, sw: i32, dh: i32, dw: i32, pt: i32, pl: i32,
+        group: i32, act: i32, a: f32, b: f32, _pad: i32,
+    }
+}
+params! {
+    struct GemmParams {
+        a: u64, b: u64, c: u64,
+        batch: i32, m: i32, n: i32, k: i32,
+        sab: i32, sam: i32, sak: i32, sbb: i32, sbk: i32, sbn: i32, scb: i32, scm: i32, scn: i32,
+        act: i32,
+    }
+}
+params! {
+    struct PoolParams {
+        x: u64, y: u64, nc: i32, h: i32, w: i32, oh: i32, ow: i32,
+        kh: i32, kw: i32, sh: i32, sw: i32, dh: i32, dw: i32, pt: i32, pl: i32,
+        mode: i32, count_pad: i32, _pad: i32,
+    }
+}
+params! {
+    struct ResizeParams {
+        x: u64, y: u64, nc: i32, h: i32, w: i32, oh: i32, ow: i32,
+        scale_h: f32, scale_w: f32, coord: i32, linear: i32, nearest: i32,
+    }
+}
+params! {
+    struct ReduceParams {
+        x: u64, y: u64, n_out: i32, rank: i32,
+        out_dims: [i32; MAX_RANK], vout: View,
+        red_rank: i32, red_dims: [i32; MAX_RANK], red_strides: [i32; MAX_RANK],
+        op: i32, scale: f32,
+    }
+}
+params! {
+    struct SoftmaxParams { x: u64, y: u64, outer: i32, axis: i32, inner: i32, log: i32 }
 }
 
-/// Inputs and operators of one `pointwise_f32` launch.
-pub(crate) const PW_MAX_IN: usize = 8;
-pub(crate) const PW_MAX_OPS: usize = 16;
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PointwiseParams {
-    pub inputs: [u64; PW_MAX_IN],
-    pub y: u64,
-    pub n: i32,
-    pub rank: i32,
-    pub n_in: i32,
-    pub n_ops: i32,
-    pub dims: [i32; MAX_RANK],
-    pub views: [View; PW_MAX_IN],
-    pub code: [i32; PW_MAX_OPS],
-    pub a: [i32; PW_MAX_OPS],
-    pub b: [i32; PW_MAX_OPS],
-    pub ca: [f32; PW_MAX_OPS],
-    pub cb: [f32; PW_MAX_OPS],
+/// Every parameter struct's C name and layout.
+pub(crate) fn all_layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)> {
+    fn one<T: Params>() -> (&'static str, usize, Vec<(&'static str, usize, usize)>) {
+        (T::C_NAME, std::mem::size_of::<T>(), T::layout())
+    }
+    vec![
+        one::<UnaryParams>(),
+        one::<PointwiseParams>(),
+        one::<BinaryParams>(),
+        one::<BinarySameParams>(),
+        one::<CopyParams>(),
+        one::<PadParams>(),
+        one::<ConvParams>(),
+        one::<GemmParams>(),
+        one::<PoolParams>(),
+        one::<ResizeParams>(),
+        one::<ReduceParams>(),
+        one::<SoftmaxParams>(),
+    ]
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BinaryParams {
-    pub a: u64,
-    pub b: u64,
-    pub y: u64,
-    pub n: i32,
-    pub rank: i32,
-    pub op: i32,
-    pub act: i32,
-    pub dims: [i32; MAX_RANK],
-    pub va: View,
-    pub vb: View,
+/// C++ `static_assert`s that the C structs and codes have the layout and values Rust uses:
+/// the emulator compiles them with the kernels, so a mismatch fails its build.
+pub(crate) fn abi_checks() -> String {
+    let mut out = String::from("// ---- ABI checks generated from kernels.rs ----\n");
+    for (name, size, fields) in all_layouts() {
+        out.push_str(&format!(
+            "static_assert(sizeof({name}) == {size}, \"sizeof({name})\");\n"
+        ));
+        for (field, offset, _) in fields.iter().filter(|f| !f.0.starts_with('_')) {
+            out.push_str(&format!(
+                "static_assert(__builtin_offsetof({name}, {field}) == {offset}, \"{name}.{field}\");\n"
+            ));
+        }
+    }
+    for (prefix, all) in code_families() {
+        for (name, v) in all {
+            out.push_str(&format!(
+                "static_assert({prefix}{name} == {v}, \"{prefix}{name}\");\n"
+            ));
+        }
+    }
+    for (name, v) in [
+        ("MY_MAX_RANK", MAX_RANK as i32),
+        ("PW_MAX_IN", PW_MAX_IN as i32),
+        ("PW_MAX_OPS", PW_MAX_OPS as i32),
+        ("PW_ACT_BASE", PW_ACT_BASE),
+    ] {
+        out.push_str(&format!("static_assert({name} == {v}, \"{name}\");\n"));
+    }
+    out
 }
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct BinarySameParams {
-    pub a: u64,
-    pub b: u64,
-    pub y: u64,
-    pub n: i32,
-    pub op: i32,
-    pub act: i32,
-    pub vec4: i32,
+/// Every code family: its C prefix and its codes.
+pub(crate) fn code_families() -> [(&'static str, &'static [(&'static str, i32)]); 6] {
+    [
+        (act::PREFIX, act::ALL),
+        (bin::PREFIX, bin::ALL),
+        (pool::PREFIX, pool::ALL),
+        (coord::PREFIX, coord::ALL),
+        (nearest::PREFIX, nearest::ALL),
+        (red::PREFIX, red::ALL),
+    ]
 }
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CopyParams {
-    pub x: u64,
-    pub y: u64,
-    pub n: i32,
-    pub rank: i32,
-    pub dims: [i32; MAX_RANK],
-    pub x_dims: [i32; MAX_RANK],
-    pub vx: View,
-    pub vy: View,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PadParams {
-    pub x: u64,
-    pub y: u64,
-    pub n: i32,
-    pub rank: i32,
-    pub value: f32,
-    pub dims: [i32; MAX_RANK],
-    pub x_dims: [i32; MAX_RANK],
-    pub before: [i32; MAX_RANK],
-    pub _pad: i32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ConvParams {
-    pub x: u64,
-    pub wt: u64,
-    pub bias: u64,
-    pub y: u64,
-    pub n: i32,
-    pub c: i32,
-    pub h: i32,
-    pub w: i32,
-    pub co: i32,
-    pub oh: i32,
-    pub ow: i32,
-    pub kh: i32,
-    pub kw: i32,
-    pub sh: i32,
-    pub sw: i32,
-    pub dh: i32,
-    pub dw: i32,
-    pub pt: i32,
-    pub pl: i32,
-    pub group: i32,
-    pub act: i32,
-    pub a: f32,
-    pub b: f32,
-    pub _pad: i32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GemmParams {
-    pub a: u64,
-    pub b: u64,
-    pub c: u64,
-    pub batch: i32,
-    pub m: i32,
-    pub n: i32,
-    pub k: i32,
-    pub sab: i32,
-    pub sam: i32,
-    pub sak: i32,
-    pub sbb: i32,
-    pub sbk: i32,
-    pub sbn: i32,
-    pub scb: i32,
-    pub scm: i32,
-    pub scn: i32,
-    pub act: i32,
-}
-
-/// `POOL_*` modes.
-pub(crate) mod pool {
-    pub const AVG: i32 = 0;
-    pub const MAX: i32 = 1;
-    pub const SUM: i32 = 2;
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PoolParams {
-    pub x: u64,
-    pub y: u64,
-    pub nc: i32,
-    pub h: i32,
-    pub w: i32,
-    pub oh: i32,
-    pub ow: i32,
-    pub kh: i32,
-    pub kw: i32,
-    pub sh: i32,
-    pub sw: i32,
-    pub dh: i32,
-    pub dw: i32,
-    pub pt: i32,
-    pub pl: i32,
-    pub mode: i32,
-    pub count_pad: i32,
-    pub _pad: i32,
-}
-
-/// `COORD_*` and `NEAREST_*` modes.
-pub(crate) mod resize {
-    pub const HALF_PIXEL: i32 = 0;
-    pub const ASYMMETRIC: i32 = 1;
-    pub const ALIGN_CORNERS: i32 = 2;
-    pub const ROUND_PREFER_FLOOR: i32 = 0;
-    pub const ROUND_PREFER_CEIL: i32 = 1;
-    pub const FLOOR: i32 = 2;
-    pub const CEIL: i32 = 3;
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ResizeParams {
-    pub x: u64,
-    pub y: u64,
-    pub nc: i32,
-    pub h: i32,
-    pub w: i32,
-    pub oh: i32,
-    pub ow: i32,
-    pub scale_h: f32,
-    pub scale_w: f32,
-    pub coord: i32,
-    pub linear: i32,
-    pub nearest: i32,
-}
-
-/// `RED_*` operators.
-pub(crate) mod red {
-    pub const SUM: i32 = 0;
-    pub const MAX: i32 = 1;
-    pub const MIN: i32 = 2;
-    pub const PROD: i32 = 3;
-    pub const SUM_SQUARES: i32 = 4;
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ReduceParams {
-    pub x: u64,
-    pub y: u64,
-    pub n_out: i32,
-    pub rank: i32,
-    pub out_dims: [i32; MAX_RANK],
-    pub vout: View,
-    pub red_rank: i32,
-    pub red_dims: [i32; MAX_RANK],
-    pub red_strides: [i32; MAX_RANK],
-    pub op: i32,
-    pub scale: f32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct SoftmaxParams {
-    pub x: u64,
-    pub y: u64,
-    pub outer: i32,
-    pub axis: i32,
-    pub inner: i32,
-    pub log: i32,
-}
-
-/// A parameter struct: `#[repr(C)]`, integers and floats only, no implicit padding (every
-/// struct above ends with an explicit `_pad` where C would pad), so all its bytes are
-/// initialised.
-pub(crate) trait Params: Copy {}
-impl Params for UnaryParams {}
-impl Params for PointwiseParams {}
-impl Params for BinaryParams {}
-impl Params for BinarySameParams {}
-impl Params for CopyParams {}
-impl Params for PadParams {}
-impl Params for ConvParams {}
-impl Params for GemmParams {}
-impl Params for PoolParams {}
-impl Params for ResizeParams {}
-impl Params for ReduceParams {}
-impl Params for SoftmaxParams {}
 
 /// The bytes of a parameter struct, as the launch passes them.
 pub(crate) fn bytes_of<T: Params>(p: &T) -> Vec<u8> {
     let size = std::mem::size_of::<T>();
     let mut v = vec![0u8; size];
-    // SAFETY: `Params` structs are #[repr(C)] integers and floats without padding.
+    // SAFETY: `Params` (an unsafe trait) promises #[repr(C)] integers and floats without
+    // padding: every byte of `p` is initialised.
     unsafe { std::ptr::copy_nonoverlapping(p as *const T as *const u8, v.as_mut_ptr(), size) };
     v
 }
@@ -503,23 +433,143 @@ mod tests {
         );
     }
 
+    /// The C fields of `struct name { ... };` in `src`: (name, size, alignment) in order,
+    /// from their declarations (`const float* x;`, `int n, c;`, `int dims[MY_MAX_RANK];`).
+    fn c_fields(src: &str, name: &str) -> Vec<(String, usize, usize)> {
+        let start = src
+            .find(&format!("struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name} is not in kernels/*.cu"));
+        let body = &src[start..];
+        let body = &body[body.find('{').unwrap() + 1..body.find("};").unwrap()];
+        let consts = [
+            ("MY_MAX_RANK", MAX_RANK),
+            ("PW_MAX_IN", PW_MAX_IN),
+            ("PW_MAX_OPS", PW_MAX_OPS),
+        ];
+        let mut out = Vec::new();
+        for decl in body.split(';') {
+            let decl: String = decl
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let decl = decl.trim();
+            if decl.is_empty() {
+                continue;
+            }
+            let decl = decl.trim_start_matches("const ").trim();
+            let (base, rest) = decl.split_once([' ', '*']).unwrap();
+            let pointer = decl[base.len()..].trim_start().starts_with('*');
+            let (size, align) = match (pointer, base) {
+                (true, _) => (8, 8),
+                (false, "int") | (false, "float") => (4, 4),
+                (false, "MyView") => (4 * (1 + MAX_RANK), 4),
+                other => panic!("{name}: unknown C type {other:?} in '{decl}'"),
+            };
+            // `int n, c, h, w` declares several fields.
+            let all_names: Vec<String> = rest
+                .trim_start_matches(['*', ' '])
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .collect();
+            for n in all_names {
+                let (field, count) = match n.split_once('[') {
+                    Some((f, len)) => {
+                        let len = len.trim_end_matches(']');
+                        let count = consts
+                            .iter()
+                            .find(|(c, _)| *c == len)
+                            .map(|(_, v)| *v)
+                            .unwrap_or_else(|| len.parse().unwrap());
+                        (f.trim().to_string(), count)
+                    }
+                    None => (n, 1),
+                };
+                out.push((field, size * count, align));
+            }
+        }
+        out
+    }
+
     #[test]
-    fn parameter_structs_have_no_implicit_padding() {
-        // Sizes of the C structs on LP64 (host and CUDA agree); a Rust field added without
-        // its C twin, or implicit padding, changes them.
-        assert_eq!(std::mem::size_of::<View>(), 28);
-        assert_eq!(std::mem::size_of::<UnaryParams>(), 40);
-        assert_eq!(std::mem::size_of::<PointwiseParams>(), 656);
-        assert_eq!(std::mem::size_of::<BinaryParams>(), 120);
-        assert_eq!(std::mem::size_of::<BinarySameParams>(), 40);
-        assert_eq!(std::mem::size_of::<CopyParams>(), 128);
-        assert_eq!(std::mem::size_of::<PadParams>(), 104);
-        assert_eq!(std::mem::size_of::<ConvParams>(), 112);
-        assert_eq!(std::mem::size_of::<GemmParams>(), 80);
-        assert_eq!(std::mem::size_of::<PoolParams>(), 80);
-        assert_eq!(std::mem::size_of::<ResizeParams>(), 56);
-        assert_eq!(std::mem::size_of::<ReduceParams>(), 136);
-        assert_eq!(std::mem::size_of::<SoftmaxParams>(), 32);
+    fn parameter_structs_match_their_c_twins() {
+        let src = source();
+        for (name, rust_size, rust) in all_layouts() {
+            let c = c_fields(&src, name);
+            let rust_fields: Vec<_> = rust.iter().filter(|f| !f.0.starts_with('_')).collect();
+            let names =
+                |v: &[(String, usize, usize)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+            assert_eq!(
+                names(&c),
+                rust_fields
+                    .iter()
+                    .map(|f| f.0.to_string())
+                    .collect::<Vec<_>>(),
+                "{name}: the fields differ in name or order"
+            );
+            // C's natural layout (LP64, the host and CUDA agree) against Rust's offsets.
+            let mut offset = 0usize;
+            let mut max_align = 1usize;
+            for ((field, size, align), (_, rust_offset, rust_size)) in c.iter().zip(&rust_fields) {
+                offset = offset.next_multiple_of(*align);
+                max_align = max_align.max(*align);
+                assert_eq!(offset, *rust_offset, "{name}.{field}: offset");
+                assert_eq!(size, rust_size, "{name}.{field}: size");
+                offset += size;
+            }
+            assert_eq!(
+                offset.next_multiple_of(max_align),
+                rust_size,
+                "{name}: size"
+            );
+            // No implicit padding on the Rust side: the fields, `_pad` included, fill it.
+            assert_eq!(
+                rust.iter().map(|f| f.2).sum::<usize>(),
+                rust_size,
+                "{name}: padding"
+            );
+        }
+    }
+
+    #[test]
+    fn every_code_has_the_value_of_its_c_define() {
+        let src = source();
+        let defines: Vec<(String, i32)> = src
+            .lines()
+            .filter_map(|l| {
+                let rest = l.trim().strip_prefix("#define ")?;
+                let mut words = rest.split_whitespace();
+                let name = words.next()?;
+                let value = words.next()?.parse().ok()?;
+                Some((name.to_string(), value))
+            })
+            .collect();
+        for (prefix, all) in code_families() {
+            let c: Vec<(String, i32)> = defines
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .cloned()
+                .collect();
+            let rust: Vec<(String, i32)> = all
+                .iter()
+                .map(|(n, v)| (format!("{prefix}{n}"), *v))
+                .collect();
+            assert_eq!(
+                c, rust,
+                "the {prefix}* codes of kernels/*.cu and kernels.rs differ"
+            );
+        }
+        for (name, v) in [
+            ("MY_MAX_RANK", MAX_RANK as i32),
+            ("PW_MAX_IN", PW_MAX_IN as i32),
+            ("PW_MAX_OPS", PW_MAX_OPS as i32),
+            ("PW_ACT_BASE", PW_ACT_BASE),
+        ] {
+            assert!(
+                defines.contains(&(name.to_string(), v)),
+                "{name} is not {v} in kernels/*.cu"
+            );
+        }
     }
 
     #[test]

@@ -357,7 +357,7 @@ fn act_of(e: &ElementWiseOp) -> Option<(i32, f32, f32)> {
         "Cos" => (act::COS, 0.0, 0.0),
         "Sin" => (act::SIN, 0.0, 0.0),
         "RoundHalfToEven" => (act::ROUND, 0.0, 0.0),
-        "HardSwish" => (12, 1.0 / 6.0, 0.5),
+        "HardSwish" => (act::HARD_SWISH, 1.0 / 6.0, 0.5),
         _ => return None,
     })
 }

@@ -780,7 +780,7 @@ impl Lowering<'_> {
         p.views[0] = view(0, &strides_of(oshape));
         p.views[1] = view(0, &broadcast_strides(&mshape, oshape));
         let (m, t) = (1, k::PW_MAX_IN as i32);
-        p.code[0] = 100 + act::RSQRT_ADD;
+        p.code[0] = k::PW_ACT_BASE + act::RSQRT_ADD;
         p.a[0] = m;
         p.ca[0] = eps;
         p.code[1] = bin::MUL;
@@ -811,9 +811,9 @@ impl Lowering<'_> {
             Some(rest[..end].to_string())
         };
         let coord = match field("coord_transformer").as_deref() {
-            Some("HalfPixel") => k::resize::HALF_PIXEL,
-            Some("Asymmetric") => k::resize::ASYMMETRIC,
-            Some("AlignCorners") => k::resize::ALIGN_CORNERS,
+            Some("HalfPixel") => k::coord::HALF_PIXEL,
+            Some("Asymmetric") => k::coord::ASYMMETRIC,
+            Some("AlignCorners") => k::coord::ALIGN_CORNERS,
             _ => return Ok(None),
         };
         let linear = match field("interpolator").as_deref() {
@@ -822,10 +822,10 @@ impl Lowering<'_> {
             _ => return Ok(None),
         };
         let nearest = match field("nearest").as_deref() {
-            Some("Floor") => k::resize::FLOOR,
-            Some("Ceil") => k::resize::CEIL,
-            Some("RoundPreferFloor") => k::resize::ROUND_PREFER_FLOOR,
-            Some("RoundPreferCeil") => k::resize::ROUND_PREFER_CEIL,
+            Some("Floor") => k::nearest::FLOOR,
+            Some("Ceil") => k::nearest::CEIL,
+            Some("RoundPreferFloor") => k::nearest::ROUND_PREFER_FLOOR,
+            Some("RoundPreferCeil") => k::nearest::ROUND_PREFER_CEIL,
             _ => return Ok(None),
         };
         let (ishape, _) = self.fact_shape(node.inputs[0])?;

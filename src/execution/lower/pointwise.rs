@@ -21,7 +21,7 @@ impl Lowering<'_> {
         }
         if let Some(e) = node.op_as::<ElementWiseOp>() {
             let (code, a, b) = act_of(e)?;
-            return Some((100 + code, a, b, false));
+            return Some((k::PW_ACT_BASE + code, a, b, false));
         }
         let b = node.op_as::<TypedBinOp>()?;
         if node.inputs.len() != 2 {
