@@ -235,7 +235,7 @@ impl Scheduler {
             token.listen(self);
         }
         let mut st = self.state.lock();
-        let seq = self.enqueue(&mut st, req)?;
+        let seq = self.enqueue(&mut st, req, Instant::now())?;
         self.wake.notify_all();
         loop {
             if let Some(r) = self.take(&mut st, seq) {
@@ -287,7 +287,8 @@ impl Scheduler {
         }
     }
 
-    fn enqueue(&self, st: &mut State, req: Submit) -> Result<u64> {
+    /// Puts `req` in its priority level's queue, as if it arrived at `now`.
+    fn enqueue(&self, st: &mut State, req: Submit, now: Instant) -> Result<u64> {
         let level = match req.priority as usize {
             p if p == 0 || p > self.levels.len() => self.default_level,
             p => p - 1,
@@ -306,7 +307,6 @@ impl Scheduler {
             (Some(r), Some(d)) if policy.allow_override => Some(r.min(d)),
             (_, d) => d,
         };
-        let now = Instant::now();
         let seq = st.next_seq;
         st.next_seq += 1;
         st.queues[level].push_back(Queued {
@@ -476,6 +476,205 @@ impl Queued {
             deadline: None,
             delay_on_timeout: false,
             cancel: req.cancel,
+        }
+    }
+}
+
+/// Batch forming without a clock: requests are queued at chosen instants and batches formed
+/// at others, so each case states exactly which requests join which batch, in which order.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler(config: &str) -> Scheduler {
+        Scheduler::new(&ModelConfig::from_pbtxt(config).unwrap(), 1)
+    }
+
+    fn request(rows: usize, width: usize, priority: u32, timeout: Option<Duration>) -> Submit {
+        Submit {
+            inputs: vec![(
+                "INPUT0".into(),
+                Tensor::from(ndarray::Array2::<f32>::zeros((rows, width))),
+            )],
+            outputs: vec!["OUTPUT0".into()],
+            batch: rows,
+            priority,
+            timeout,
+            cancel: None,
+        }
+    }
+
+    /// Queues `reqs` at `t0`, in order; returns their sequence numbers.
+    fn queue(s: &Scheduler, t0: Instant, reqs: Vec<Submit>) -> Vec<u64> {
+        let mut st = s.state.lock();
+        reqs.into_iter()
+            .map(|r| s.enqueue(&mut st, r, t0).unwrap())
+            .collect()
+    }
+
+    /// The batch formed at `now`, as sequence numbers; `Err(wait)` when the scheduler waits
+    /// until `now + wait`, `Err(MAX)` when the queue is empty.
+    fn form(s: &Scheduler, now: Instant) -> std::result::Result<Vec<u64>, Duration> {
+        let mut st = s.state.lock();
+        s.purge(&mut st, now);
+        match s.form(&mut st, now) {
+            Form::Batch(b) => Ok(b.iter().map(|q| q.seq).collect()),
+            Form::WaitUntil(t) => Err(t.saturating_duration_since(now)),
+            Form::Empty => Err(Duration::MAX),
+        }
+    }
+
+    const BATCHING: &str = "name: \"m\" max_batch_size: 8 ";
+
+    #[test]
+    fn the_largest_preferred_size_is_taken_and_the_rest_follows() {
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 4, 6 ] }}"
+        ));
+        let t0 = Instant::now();
+        let seqs = queue(&s, t0, (0..7).map(|_| request(1, 16, 0, None)).collect());
+        assert_eq!(form(&s, t0), Ok(seqs[..6].to_vec()));
+        // One left, no delay configured: it goes at once, alone.
+        assert_eq!(form(&s, t0), Ok(vec![seqs[6]]));
+        assert_eq!(form(&s, t0), Err(Duration::MAX));
+    }
+
+    #[test]
+    fn rows_count_and_a_batch_never_passes_max_batch_size() {
+        let s = scheduler(&format!("{BATCHING} dynamic_batching {{ }}"));
+        let t0 = Instant::now();
+        let seqs = queue(&s, t0, (0..3).map(|_| request(3, 16, 0, None)).collect());
+        // 3 + 3 = 6 rows; a third request would make 9 > 8.
+        assert_eq!(form(&s, t0), Ok(seqs[..2].to_vec()));
+        assert_eq!(form(&s, t0), Ok(vec![seqs[2]]));
+    }
+
+    #[test]
+    fn the_queue_delay_waits_for_a_preferred_size_then_sends_what_there_is() {
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 1000 }}"
+        ));
+        let t0 = Instant::now();
+        let seqs = queue(
+            &s,
+            t0,
+            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
+        );
+        assert_eq!(form(&s, t0), Err(Duration::from_micros(1000)));
+        assert_eq!(
+            form(&s, t0 + Duration::from_micros(400)),
+            Err(Duration::from_micros(600))
+        );
+        // Two more arrive before the delay is over: a preferred batch of 4 goes at once.
+        let more = queue(
+            &s,
+            t0,
+            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
+        );
+        let all: Vec<u64> = seqs.iter().chain(&more).copied().collect();
+        assert_eq!(form(&s, t0 + Duration::from_micros(500)), Ok(all));
+        // Alone past the delay, a request goes without reaching a preferred size.
+        let late = queue(&s, t0, vec![request(1, 16, 0, None)]);
+        assert_eq!(form(&s, t0 + Duration::from_micros(1000)), Ok(late));
+    }
+
+    #[test]
+    fn requests_with_other_shapes_wait_for_the_next_batch() {
+        let s = scheduler(&format!("{BATCHING} dynamic_batching {{ }}"));
+        let t0 = Instant::now();
+        let seqs = queue(
+            &s,
+            t0,
+            vec![
+                request(1, 16, 0, None),
+                request(1, 8, 0, None),
+                request(1, 16, 0, None),
+            ],
+        );
+        // The batch stops at the first request that cannot join (queue order is kept).
+        assert_eq!(form(&s, t0), Ok(vec![seqs[0]]));
+        assert_eq!(form(&s, t0), Ok(vec![seqs[1]]));
+        assert_eq!(form(&s, t0), Ok(vec![seqs[2]]));
+    }
+
+    #[test]
+    fn higher_priority_levels_go_first_and_default_priority_applies() {
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 2 ] priority_levels: 2 default_priority_level: 2 }}"
+        ));
+        let t0 = Instant::now();
+        let low = queue(
+            &s,
+            t0,
+            vec![request(1, 16, 2, None), request(1, 16, 0, None)],
+        );
+        let high = queue(&s, t0, vec![request(1, 16, 1, None)]);
+        // Level 1 first, then the oldest of level 2 (priority 0 means the default, level 2).
+        assert_eq!(form(&s, t0), Ok(vec![high[0], low[0]]));
+        assert_eq!(form(&s, t0), Ok(vec![low[1]]));
+    }
+
+    #[test]
+    fn expired_requests_are_rejected_or_delayed_as_the_policy_says() {
+        let ms = Duration::from_millis;
+        let reject = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 100000 default_queue_policy {{ allow_timeout_override: true }} }}"
+        ));
+        let t0 = Instant::now();
+        let seqs = queue(
+            &reject,
+            t0,
+            vec![request(1, 16, 0, Some(ms(10))), request(1, 16, 0, None)],
+        );
+        assert_eq!(form(&reject, t0 + ms(20)), Err(ms(80)));
+        let answer = reject.state.lock().finished.remove(&seqs[0]).unwrap();
+        let e = answer.err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert_eq!(e.message(), "Request timeout expired");
+        assert!(reject.state.lock().finished.is_empty());
+
+        let delay = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ default_queue_policy {{ allow_timeout_override: true timeout_action: DELAY }} }}"
+        ));
+        let seqs = queue(
+            &delay,
+            t0,
+            vec![
+                request(1, 16, 0, Some(ms(10))),
+                request(1, 8, 0, None),
+                request(1, 8, 0, None),
+            ],
+        );
+        // The expired request moves behind the others and is no longer timed.
+        assert_eq!(form(&delay, t0 + ms(20)), Ok(vec![seqs[1], seqs[2]]));
+        assert_eq!(form(&delay, t0 + ms(20)), Ok(vec![seqs[0]]));
+        assert!(delay.state.lock().finished.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_with_resource_exhausted() {
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ default_queue_policy {{ max_queue_size: 2 }} }}"
+        ));
+        let t0 = Instant::now();
+        queue(
+            &s,
+            t0,
+            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
+        );
+        let mut st = s.state.lock();
+        let e = s.enqueue(&mut st, request(1, 16, 0, None), t0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        assert_eq!(e.message(), "Exceeds maximum queue size");
+    }
+
+    #[test]
+    fn without_dynamic_batching_each_request_runs_alone_in_arrival_order() {
+        let s = scheduler(BATCHING);
+        let t0 = Instant::now();
+        let seqs = queue(&s, t0, (0..3).map(|_| request(2, 16, 0, None)).collect());
+        for seq in seqs {
+            assert_eq!(form(&s, t0), Ok(vec![seq]));
         }
     }
 }

@@ -10,8 +10,32 @@ use super::kernels::Kernel;
 /// A device address (`CUdeviceptr`, or a host address in the emulator).
 pub(crate) type DevPtr = u64;
 
-/// A failed device call: what was tried and why it failed.
-pub(crate) type DeviceResult<T> = std::result::Result<T, String>;
+/// Why a device call failed. The executor maps the kinds to [`crate::ErrorKind`]s: memory
+/// to `ResourceExhausted`, everything else to `Execution`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DeviceError {
+    /// Device memory ran out.
+    #[error("out of device memory ({bytes} bytes requested{detail})")]
+    OutOfMemory { bytes: usize, detail: String },
+    /// Page-locked host memory (staging for copies) ran out.
+    #[error("out of page-locked host memory ({bytes} bytes requested): {detail}")]
+    HostOutOfMemory { bytes: usize, detail: String },
+    /// A driver call failed: which, and the driver's code.
+    #[error("{call}: {detail}")]
+    Driver { call: String, detail: String },
+    /// The kernels did not compile (NVRTC, or the emulator's host compiler).
+    #[error("{0}")]
+    Compile(String),
+    /// A node of a GPU plan that runs on the CPU (tract) failed.
+    #[error("{0}")]
+    Cpu(String),
+    /// The executor or a kernel broke one of its own rules (a bug, not the input's fault).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A failed device call.
+pub(crate) type DeviceResult<T> = std::result::Result<T, DeviceError>;
 
 /// One device: memory, copies, launches. Calls on one stream run in order; `sync` waits.
 pub(crate) trait Device: Send + Sync {
@@ -84,7 +108,7 @@ pub(crate) mod cuda_impl {
     use cudarc::driver::{result, sys};
     use cudarc::nvrtc;
 
-    use super::{cache_dir, write_atomically, DevPtr, Device, DeviceResult};
+    use super::{cache_dir, write_atomically, DevPtr, Device, DeviceError, DeviceResult};
     use crate::execution::cuda::kernels::{self, Kernel};
 
     /// Statistics of the kernel cache, for tests: (compiled, read from the cache).
@@ -104,7 +128,7 @@ pub(crate) mod cuda_impl {
         // SAFETY: two out-parameters.
         let r = unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
         if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("nvrtcVersion: {r:?}"));
+            return Err(DeviceError::Compile(format!("nvrtcVersion: {r:?}")));
         }
         let key = kernels::fnv1a(&[src.as_bytes(), arch.as_bytes(), &[major as u8, minor as u8]]);
         let path = cache.join(format!("kernels-{key:016x}-{arch}.cubin"));
@@ -115,9 +139,10 @@ pub(crate) mod cuda_impl {
             }
         }
         let started = std::time::Instant::now();
-        let csrc = std::ffi::CString::new(src).map_err(|_| "kernel source has a NUL byte")?;
+        let csrc = std::ffi::CString::new(src)
+            .map_err(|_| DeviceError::Compile("kernel source has a NUL byte".into()))?;
         let prog = nvrtc::result::create_program(&csrc, None)
-            .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+            .map_err(|e| DeviceError::Compile(format!("nvrtcCreateProgram: {e:?}")))?;
         let opts = [
             format!("--gpu-architecture={arch}"),
             "--std=c++17".to_string(),
@@ -136,9 +161,9 @@ pub(crate) mod cuda_impl {
                             .to_string()
                     })
                     .unwrap_or_default();
-                Err(format!(
+                Err(DeviceError::Compile(format!(
                     "NVRTC failed to compile the kernels for {arch} ({e:?}): {log}"
-                ))
+                )))
             }
         };
         // SAFETY: as above.
@@ -162,12 +187,12 @@ pub(crate) mod cuda_impl {
         let mut size = 0usize;
         let r = nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size);
         if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("nvrtcGetCUBINSize: {r:?}"));
+            return Err(DeviceError::Compile(format!("nvrtcGetCUBINSize: {r:?}")));
         }
         let mut buf = vec![0u8; size];
         let r = nvrtc::sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _);
         if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("nvrtcGetCUBIN: {r:?}"));
+            return Err(DeviceError::Compile(format!("nvrtcGetCUBIN: {r:?}")));
         }
         Ok(buf)
     }
@@ -185,8 +210,15 @@ pub(crate) mod cuda_impl {
     unsafe impl Send for CudaDevice {}
     unsafe impl Sync for CudaDevice {}
 
-    fn err(what: &str, e: impl std::fmt::Debug) -> String {
-        format!("{what}: {e:?}")
+    fn err(what: &str, e: impl std::fmt::Debug) -> DeviceError {
+        DeviceError::Driver {
+            call: what.to_string(),
+            detail: format!("{e:?}"),
+        }
+    }
+
+    fn is_out_of_memory(e: &cudarc::driver::DriverError) -> bool {
+        e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY
     }
 
     impl CudaDevice {
@@ -223,7 +255,8 @@ pub(crate) mod cuda_impl {
                 .map_err(|e| err("cuModuleLoadData", e))?;
             let mut functions = HashMap::new();
             for &k in Kernel::ALL {
-                let cname = std::ffi::CString::new(k.name()).map_err(|e| e.to_string())?;
+                let cname = std::ffi::CString::new(k.name())
+                    .map_err(|e| DeviceError::Internal(e.to_string()))?;
                 // SAFETY: `module` is loaded; the name is NUL-terminated.
                 let f = unsafe { result::module::get_function(module, cname) }
                     .map_err(|e| err(&format!("cuModuleGetFunction({})", k.name()), e))?;
@@ -252,8 +285,11 @@ pub(crate) mod cuda_impl {
             self.current()?;
             // SAFETY: plain allocation.
             unsafe { result::malloc_sync(bytes.max(256)) }.map_err(|e| {
-                if format!("{e:?}").contains("OUT_OF_MEMORY") {
-                    format!("out of device memory ({bytes} bytes requested)")
+                if is_out_of_memory(&e) {
+                    DeviceError::OutOfMemory {
+                        bytes,
+                        detail: String::new(),
+                    }
                 } else {
                     err("cuMemAlloc", e)
                 }
@@ -272,7 +308,16 @@ pub(crate) mod cuda_impl {
             // SAFETY: plain page-locked allocation.
             unsafe { result::malloc_host(bytes.max(1), 0) }
                 .map(|p| p as *mut u8)
-                .map_err(|e| err("cuMemHostAlloc", e))
+                .map_err(|e| {
+                    if is_out_of_memory(&e) {
+                        DeviceError::HostOutOfMemory {
+                            bytes,
+                            detail: format!("cuMemHostAlloc: {e:?}"),
+                        }
+                    } else {
+                        err("cuMemHostAlloc", e)
+                    }
+                })
         }
 
         fn free_host(&self, ptr: *mut u8, _bytes: usize) {
@@ -383,6 +428,9 @@ mod tests {
         let broken =
             format!("{src}\nextern \"C\" __global__ void broken(int p) {{ undeclared = 1; }}\n");
         let e = compile_cubin(&broken, (9, 0), dir.path()).unwrap_err();
-        assert!(e.contains("undeclared"), "{e}");
+        assert!(
+            matches!(&e, super::DeviceError::Compile(log) if log.contains("undeclared")),
+            "{e}"
+        );
     }
 }

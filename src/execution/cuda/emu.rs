@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-use super::device::{cache_dir, write_atomically, DevPtr, Device, DeviceResult};
+use super::device::{cache_dir, write_atomically, DevPtr, Device, DeviceError, DeviceResult};
 use super::kernels::{self, Kernel};
 
 const PRELUDE: &str = include_str!("../../../kernels/emu/prelude.h");
@@ -121,19 +121,18 @@ impl Device for EmuDevice {
     }
 
     fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
-        let layout =
-            std::alloc::Layout::from_size_align(bytes.max(256), 256).map_err(|e| e.to_string())?;
+        let oom = |detail: String| DeviceError::OutOfMemory { bytes, detail };
+        let layout = std::alloc::Layout::from_size_align(bytes.max(256), 256)
+            .map_err(|e| oom(format!(": {e}")))?;
         let mut allocations = self.allocations.lock();
         let used: usize = allocations.values().map(|l| l.size()).sum();
         if used + layout.size() > MEMORY {
-            return Err(format!(
-                "out of device memory ({bytes} bytes requested, {used} of {MEMORY} in use)"
-            ));
+            return Err(oom(format!(", {used} of {MEMORY} in use")));
         }
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
         if p.is_null() {
-            return Err(format!("out of device memory ({bytes} bytes requested)"));
+            return Err(oom(String::new()));
         }
         allocations.insert(p as u64, layout);
         Ok(p as u64)
@@ -182,11 +181,11 @@ impl Device for EmuDevice {
     ) -> DeviceResult<()> {
         let (f, size) = self.launches[&kernel];
         if params.len() != size {
-            return Err(format!(
+            return Err(DeviceError::Internal(format!(
                 "{}: parameter struct is {} bytes in Rust, {size} in C++",
                 kernel.name(),
                 params.len()
-            ));
+            )));
         }
         let _one = self.running.lock();
         // SAFETY: `params` holds the kernel's parameter struct; its pointers name live

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tract_onnx::prelude::*;
 
-use super::device::{DevPtr, Device};
+use super::device::{DevPtr, Device, DeviceError, DeviceResult};
 use super::kernels::Kernel;
 use super::ExecutionReport;
 use crate::error::{Error, ErrorKind, Result};
@@ -72,11 +72,17 @@ impl Drop for GpuPlan {
     }
 }
 
-fn device_error(model: &str, device: &dyn Device, what: &str, e: String) -> Error {
-    let kind = if e.contains("out of device memory") {
-        ErrorKind::ResourceExhausted
-    } else {
-        ErrorKind::Execution
+/// A value the program should have computed before this step (a lowering bug).
+fn missing(what: &str) -> DeviceError {
+    DeviceError::Internal(format!("{what} was not computed"))
+}
+
+fn device_error(model: &str, device: &dyn Device, what: &str, e: DeviceError) -> Error {
+    let kind = match e {
+        DeviceError::OutOfMemory { .. } | DeviceError::HostOutOfMemory { .. } => {
+            ErrorKind::ResourceExhausted
+        }
+        _ => ErrorKind::Execution,
     };
     Error::new(
         kind,
@@ -258,7 +264,7 @@ impl GpuExecutable {
                 }
             }
             self.device.sync(inst.stream)?;
-            Ok::<_, String>(started.elapsed())
+            Ok::<_, DeviceError>(started.elapsed())
         })();
         plan.pool.lock().push(inst);
         timed.map_err(|e| device_error(m, self.device, "timing the kernels", e))
@@ -271,7 +277,7 @@ impl GpuExecutable {
 }
 
 impl GpuPlan {
-    fn instance(&self) -> std::result::Result<Instance, String> {
+    fn instance(&self) -> DeviceResult<Instance> {
         if let Some(i) = self.pool.lock().pop() {
             return Ok(i);
         }
@@ -343,17 +349,19 @@ impl GpuPlan {
         self.device.free_stream(inst.stream);
     }
 
-    fn ptr(&self, inst: &Instance, v: ValueId) -> std::result::Result<DevPtr, String> {
+    fn ptr(&self, inst: &Instance, v: ValueId) -> DeviceResult<DevPtr> {
         let root = self.program.values[v].root;
         match self.program.values[root].storage {
             Storage::Arena(o) => Ok(inst.arena + o as u64),
             Storage::Weight(i) => Ok(self.weights[i]),
-            Storage::None => Err(format!("value {v} has no device storage")),
+            Storage::None => Err(DeviceError::Internal(format!(
+                "value {v} has no device storage"
+            ))),
         }
     }
 
     /// Runs the program; `inputs` are in the model's input order.
-    fn run(&self, inst: &Instance, inputs: &[TValue]) -> std::result::Result<Vec<TValue>, String> {
+    fn run(&self, inst: &Instance, inputs: &[TValue]) -> DeviceResult<Vec<TValue>> {
         let p = &self.program;
         let dev = self.device;
         let mut host: Vec<Option<TValue>> = vec![None; p.values.len()];
@@ -363,7 +371,7 @@ impl GpuPlan {
         let mut pending: Vec<(ValueId, usize)> = Vec::new();
         let flush = |pending: &mut Vec<(ValueId, usize)>, host: &mut Vec<Option<TValue>>| {
             if pending.is_empty() {
-                return Ok::<(), String>(());
+                return Ok::<(), DeviceError>(());
             }
             dev.sync(inst.stream)?;
             for (v, off) in pending.drain(..) {
@@ -379,7 +387,7 @@ impl GpuPlan {
                     )
                 };
                 let t = tract_ndarray::ArrayD::from_shape_vec(val.shape.as_slice(), data)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| DeviceError::Internal(e.to_string()))?;
                 host[v] = Some(t.into_tvalue());
             }
             Ok(())
@@ -390,7 +398,9 @@ impl GpuPlan {
                 Step::UploadInput { input, value } | Step::HostInput { input, value }
                     if inputs.get(*input).is_none() =>
                 {
-                    return Err(format!("input {input} missing for value {value}"));
+                    return Err(DeviceError::Internal(format!(
+                        "input {input} missing for value {value}"
+                    )));
                 }
                 Step::UploadInput { input, value } => {
                     self.stage_upload(inst, i, *value, &inputs[*input])?;
@@ -399,7 +409,7 @@ impl GpuPlan {
                 Step::Upload { value } => {
                     let t = host[*value]
                         .clone()
-                        .ok_or("a value to upload was not computed")?;
+                        .ok_or_else(|| missing("a value to upload"))?;
                     self.stage_upload(inst, i, *value, &t)?;
                 }
                 Step::Download { value } => {
@@ -430,12 +440,12 @@ impl GpuPlan {
                         .map(|v| {
                             host[*v]
                                 .clone()
-                                .ok_or("a CPU island input was not computed")
+                                .ok_or_else(|| missing("a CPU island input"))
                         })
                         .collect::<std::result::Result<TVec<_>, _>>()?;
                     let res = catch_unwind(AssertUnwindSafe(|| island.run(args)))
-                        .map_err(|_| "a CPU island panicked".to_string())?
-                        .map_err(|e| format!("CPU island: {e:#}"))?;
+                        .map_err(|_| DeviceError::Cpu("a CPU island panicked".to_string()))?
+                        .map_err(|e| DeviceError::Cpu(format!("CPU island: {e:#}")))?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
                     }
@@ -449,13 +459,18 @@ impl GpuPlan {
                     let node = p.model.node(*node);
                     let args = ins
                         .iter()
-                        .map(|v| host[*v].clone().ok_or("a CPU step input was not computed"))
+                        .map(|v| host[*v].clone().ok_or_else(|| missing("a CPU step input")))
                         .collect::<std::result::Result<TVec<_>, _>>()?;
                     let res = catch_unwind(AssertUnwindSafe(|| node.op.eval_out_of_plan(args)))
-                        .map_err(|_| format!("CPU node '{}' panicked", node.name))?
-                        .map_err(|e| format!("CPU node '{}': {e:#}", node.name))?
+                        .map_err(|_| {
+                            DeviceError::Cpu(format!("CPU node '{}' panicked", node.name))
+                        })?
+                        .map_err(|e| DeviceError::Cpu(format!("CPU node '{}': {e:#}", node.name)))?
                         .ok_or_else(|| {
-                            format!("CPU node '{}' only runs inside a plan", node.name)
+                            DeviceError::Cpu(format!(
+                                "CPU node '{}' only runs inside a plan",
+                                node.name
+                            ))
                         })?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
@@ -467,11 +482,7 @@ impl GpuPlan {
         dev.sync(inst.stream)?;
         p.outputs
             .iter()
-            .map(|v| {
-                host[*v]
-                    .clone()
-                    .ok_or_else(|| "an output was not computed".to_string())
-            })
+            .map(|v| host[*v].clone().ok_or_else(|| missing("an output")))
             .collect()
     }
 
@@ -481,15 +492,15 @@ impl GpuPlan {
         step: usize,
         v: ValueId,
         t: &TValue,
-    ) -> std::result::Result<(), String> {
+    ) -> DeviceResult<()> {
         let want = &self.program.values[v];
         if t.datum_type() != DatumType::F32 || t.shape() != want.shape.as_slice() {
-            return Err(format!(
+            return Err(DeviceError::Internal(format!(
                 "value {v}: expected f32 {:?}, got {:?} {:?}",
                 want.shape,
                 t.datum_type(),
                 t.shape()
-            ));
+            )));
         }
         let bytes = t.as_bytes();
         let off = self.staging[step];
@@ -549,7 +560,7 @@ impl Executable for GpuExecutable {
             .instance()
             .map_err(|e| device_error(m, self.device, "preparing an instance", e))?;
         let result = catch_unwind(AssertUnwindSafe(|| plan.run(&inst, &values)))
-            .unwrap_or_else(|_| Err("the executor panicked".into()));
+            .unwrap_or_else(|_| Err(DeviceError::Internal("the executor panicked".into())));
         match result {
             Ok(values) => {
                 plan.pool.lock().push(inst);

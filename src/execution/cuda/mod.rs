@@ -116,8 +116,13 @@ fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn device::Devic
     let mut devices = DEVICES.get_or_init(Default::default).lock();
     let entry = devices.entry(ordinal).or_insert_with(|| {
         std::panic::catch_unwind(|| device::CudaDevice::open(ordinal))
-            .unwrap_or_else(|_| Err("the CUDA libraries panicked while opening the device".into()))
+            .unwrap_or_else(|_| {
+                Err(device::DeviceError::Internal(
+                    "the CUDA libraries panicked while opening the device".into(),
+                ))
+            })
             .map(|d| &*Box::leak(Box::new(d)))
+            .map_err(|e| e.to_string())
     });
     entry.clone().map(|d| d as &'static dyn device::Device)
 }
