@@ -497,6 +497,9 @@ fn parse_int_text(text: &str) -> Option<u128> {
     }
 }
 
+// Long: one match over protobuf's scalar kinds, each with text format's own spellings
+// (hex/octal ints, `inf`/`nan`, enum names or numbers); split, the cases would only be harder
+// to compare with protobuf's tokenizer.
 fn parse_scalar(lx: &mut Lexer, kind: &Kind, field: &FieldDescriptor) -> Result<Value, ParseError> {
     let negative = lx.try_consume('-')?;
     let tok = lx.tok.clone();

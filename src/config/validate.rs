@@ -67,97 +67,8 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
         return err(format!("must specify 'version policy' for {m}"));
     }
     match &config.scheduling_choice {
-        Some(SchedulingChoice::DynamicBatching(db)) => {
-            for &size in &db.preferred_batch_size {
-                if size <= 0 {
-                    return err(format!(
-                        "dynamic batching preferred size must be positive for {m}"
-                    ));
-                }
-                if size > config.max_batch_size {
-                    return err(format!(
-                        "dynamic batching preferred size must be <= max batch size for {m}"
-                    ));
-                }
-            }
-            if db.priority_levels != 0 {
-                let levels = db.priority_levels;
-                if db.default_priority_level == 0 || db.default_priority_level > levels {
-                    return err(format!(
-                        "default priority level must be in range [1, {levels}] for {m}"
-                    ));
-                }
-                for &level in db.priority_queue_policy.keys() {
-                    if level == 0 || level > levels {
-                        return err(format!(
-                            "priority queue policy must have priority level in range [1, {levels}] for {m}"
-                        ));
-                    }
-                }
-            }
-            // Stricter than Triton, which accepts unknown enum numbers and fails later (or
-            // never): a queue policy whose timeout action we cannot honour is refused.
-            for p in db
-                .default_queue_policy
-                .iter()
-                .chain(db.priority_queue_policy.values())
-            {
-                if TimeoutAction::try_from(p.timeout_action).is_err() {
-                    return err(format!(
-                        "unexpected timeout action {} in a queue policy of {m}",
-                        p.timeout_action
-                    ));
-                }
-            }
-            if db.preserve_ordering {
-                if db.priority_levels > 1 {
-                    return err(format!(
-                        "Only one priority level is allowed when 'preserve_ordering' is true for {m}"
-                    ));
-                }
-                let delays = db
-                    .default_queue_policy
-                    .iter()
-                    .chain(db.priority_queue_policy.values())
-                    .any(|p| {
-                        p.default_timeout_microseconds != 0
-                            && p.timeout_action() == TimeoutAction::Delay
-                    });
-                if delays {
-                    return err(format!(
-                        "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true for {m}"
-                    ));
-                }
-            }
-        }
-        Some(SchedulingChoice::SequenceBatching(sb)) => {
-            if config.response_cache.as_ref().is_some_and(|c| c.enable) {
-                return err(format!("Response Cache does not currently support model {m} with sequence batching scheduler. Please disable the response cache."));
-            }
-            validate_sequence_controls(sb, m)?;
-            match &sb.strategy_choice {
-                Some(model_sequence_batching::StrategyChoice::Oldest(o)) => {
-                    for &size in &o.preferred_batch_size {
-                        if size <= 0 {
-                            return err(format!(
-                                "sequence batching preferred batch size must be positive for {m}"
-                            ));
-                        }
-                        if size > config.max_batch_size {
-                            return err(format!(
-                                "sequence batching preferred batch size must be <= max batch size for {m}"
-                            ));
-                        }
-                    }
-                }
-                Some(model_sequence_batching::StrategyChoice::Direct(d))
-                    if !(0.0..=1.0).contains(&d.minimum_slot_utilization) =>
-                {
-                    return err(format!("sequence batching minimum slot utilization must be in range (0.0, 1.0] for {m}"));
-                }
-                _ => {}
-            }
-        }
+        Some(SchedulingChoice::DynamicBatching(db)) => validate_dynamic_batching(config, db)?,
+        Some(SchedulingChoice::SequenceBatching(sb)) => validate_sequence_batching(config, sb)?,
         _ => {}
     }
     if config.ensemble().is_some() {
@@ -175,6 +86,115 @@ pub fn validate_model_config(config: &ModelConfig) -> Result<()> {
     {
         return err(format!("Response Cache does not currently support model {m} with 'decoupled' transaction policy. Please disable the response cache."));
     }
+    validate_model_metrics(config)
+}
+
+/// Each preferred batch size is positive and at most `max_batch_size` (`what` names them as
+/// Triton's messages do).
+fn preferred_sizes(config: &ModelConfig, sizes: &[i32], what: &str) -> Result<()> {
+    let m = &config.name;
+    for &size in sizes {
+        if size <= 0 {
+            return err(format!("{what} must be positive for {m}"));
+        }
+        if size > config.max_batch_size {
+            return err(format!("{what} must be <= max batch size for {m}"));
+        }
+    }
+    Ok(())
+}
+
+/// `dynamic_batching`: preferred sizes, priority levels, queue policies, ordering.
+fn validate_dynamic_batching(config: &ModelConfig, db: &super::ModelDynamicBatching) -> Result<()> {
+    let m = &config.name;
+    preferred_sizes(
+        config,
+        &db.preferred_batch_size,
+        "dynamic batching preferred size",
+    )?;
+    if db.priority_levels != 0 {
+        let levels = db.priority_levels;
+        if db.default_priority_level == 0 || db.default_priority_level > levels {
+            return err(format!(
+                "default priority level must be in range [1, {levels}] for {m}"
+            ));
+        }
+        for &level in db.priority_queue_policy.keys() {
+            if level == 0 || level > levels {
+                return err(format!(
+                    "priority queue policy must have priority level in range [1, {levels}] for {m}"
+                ));
+            }
+        }
+    }
+    // Stricter than Triton, which accepts unknown enum numbers and fails later (or
+    // never): a queue policy whose timeout action we cannot honour is refused.
+    for p in db
+        .default_queue_policy
+        .iter()
+        .chain(db.priority_queue_policy.values())
+    {
+        if TimeoutAction::try_from(p.timeout_action).is_err() {
+            return err(format!(
+                "unexpected timeout action {} in a queue policy of {m}",
+                p.timeout_action
+            ));
+        }
+    }
+    if db.preserve_ordering {
+        if db.priority_levels > 1 {
+            return err(format!(
+                "Only one priority level is allowed when 'preserve_ordering' is true for {m}"
+            ));
+        }
+        let delays = db
+            .default_queue_policy
+            .iter()
+            .chain(db.priority_queue_policy.values())
+            .any(|p| {
+                p.default_timeout_microseconds != 0 && p.timeout_action() == TimeoutAction::Delay
+            });
+        if delays {
+            return err(format!(
+                    "Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true for {m}"
+                ));
+        }
+    }
+    Ok(())
+}
+
+/// `sequence_batching`: the response cache, control tensors and the strategy's sizes.
+fn validate_sequence_batching(
+    config: &ModelConfig,
+    sb: &super::ModelSequenceBatching,
+) -> Result<()> {
+    let m = &config.name;
+    if config.response_cache.as_ref().is_some_and(|c| c.enable) {
+        return err(format!("Response Cache does not currently support model {m} with sequence batching scheduler. Please disable the response cache."));
+    }
+    validate_sequence_controls(sb, m)?;
+    match &sb.strategy_choice {
+        Some(model_sequence_batching::StrategyChoice::Oldest(o)) => {
+            preferred_sizes(
+                config,
+                &o.preferred_batch_size,
+                "sequence batching preferred batch size",
+            )?;
+        }
+        Some(model_sequence_batching::StrategyChoice::Direct(d))
+            if !(0.0..=1.0).contains(&d.minimum_slot_utilization) =>
+        {
+            return err(format!(
+                "sequence batching minimum slot utilization must be in range (0.0, 1.0] for {m}"
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `model_metrics`: each metric control names a family and its histogram buckets.
+fn validate_model_metrics(config: &ModelConfig) -> Result<()> {
     if let Some(metrics) = &config.model_metrics {
         for mc in &metrics.metric_control {
             let Some(id) = &mc.metric_identifier else {
@@ -269,6 +289,8 @@ struct EnsembleTensor {
 }
 
 /// `ValidateEnsembleSchedulingConfig`: the step graph, before any composing model is known.
+// Long on purpose: Triton's checks one by one, in its order (the first failing check
+// decides the message its QA cases expect).
 fn validate_ensemble_scheduling(config: &ModelConfig) -> Result<()> {
     let m = &config.name;
     if config.platform != ENSEMBLE_PLATFORM {

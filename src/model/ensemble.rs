@@ -108,6 +108,37 @@ fn adapt(tensor: &Tensor, model: &ModelConfig, input: &str, from_batching: bool)
 }
 
 impl Ensemble {
+    /// Runs step `i` on the ensemble tensors it maps; returns the tensors it produced.
+    fn run_step(&self, i: usize, tensors: &BTreeMap<String, (Tensor, bool)>) -> Result<Produced> {
+        let step = &self.steps[i];
+        let cfg = step.model.config();
+        let mut step_inputs = Vec::with_capacity(step.inputs.len());
+        for (input, tensor) in &step.inputs {
+            if let Some((t, from_batching)) = tensors.get(tensor) {
+                step_inputs.push((input.clone(), adapt(t, cfg, input, *from_batching)?));
+            }
+        }
+        let wanted: Vec<&str> = step.outputs.iter().map(|(o, _)| o.as_str()).collect();
+        let out = step
+            .model
+            .infer_outputs(step_inputs, &wanted)
+            .map_err(|e| {
+                e.context(format!(
+                    "in ensemble '{}', step {} ('{}' version {}): ",
+                    self.name,
+                    i,
+                    step.model.name(),
+                    step.model.version()
+                ))
+            })?;
+        let batching = cfg.max_batch_size > 0;
+        Ok(step
+            .outputs
+            .iter()
+            .filter_map(|(o, t)| out.get(o).map(|v| (t.clone(), (v.clone(), batching))))
+            .collect())
+    }
+
     /// The composing model versions of the steps, in step order.
     pub(crate) fn models(&self) -> Vec<Model> {
         self.steps.iter().map(|s| s.model.clone()).collect()
@@ -143,35 +174,7 @@ impl Executable for Ensemble {
             if ready.is_empty() {
                 break;
             }
-            let run = |i: usize| -> Result<Produced> {
-                let step = &self.steps[i];
-                let cfg = step.model.config();
-                let mut step_inputs = Vec::with_capacity(step.inputs.len());
-                for (input, tensor) in &step.inputs {
-                    if let Some((t, from_batching)) = tensors.get(tensor) {
-                        step_inputs.push((input.clone(), adapt(t, cfg, input, *from_batching)?));
-                    }
-                }
-                let wanted: Vec<&str> = step.outputs.iter().map(|(o, _)| o.as_str()).collect();
-                let out = step
-                    .model
-                    .infer_outputs(step_inputs, &wanted)
-                    .map_err(|e| {
-                        e.context(format!(
-                            "in ensemble '{}', step {} ('{}' version {}): ",
-                            self.name,
-                            i,
-                            step.model.name(),
-                            step.model.version()
-                        ))
-                    })?;
-                let batching = cfg.max_batch_size > 0;
-                Ok(step
-                    .outputs
-                    .iter()
-                    .filter_map(|(o, t)| out.get(o).map(|v| (t.clone(), (v.clone(), batching))))
-                    .collect())
-            };
+            let run = |i: usize| self.run_step(i, &tensors);
             let results: Vec<Result<Produced>> = if ready.len() == 1 {
                 vec![run(ready[0])]
             } else {

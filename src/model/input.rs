@@ -1,7 +1,7 @@
 //! Request checks before anything runs (Triton's `InferenceRequest::Normalize`, spec section
 //! (h)): names, count, data types, batch size, shapes; then `reshape` is applied.
 
-use crate::config::{dims_to_string, ModelConfig};
+use crate::config::{dims_to_string, ModelConfig, ModelInput};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -22,6 +22,22 @@ pub(crate) fn prepare(
     config: &ModelConfig,
     inputs: Vec<(String, Tensor)>,
 ) -> Result<Vec<(String, Tensor)>> {
+    check_names(config, &inputs)?;
+    let mut batch: Option<usize> = None;
+    let mut out = Vec::with_capacity(inputs.len());
+    for (name, tensor) in inputs {
+        let Some(cfg) = config.input.iter().find(|c| c.name == name) else {
+            continue;
+        };
+        let tensor = check_input(config, cfg, &name, tensor, &mut batch)
+            .map_err(|e| e.with_tensor(name.clone()))?;
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+/// No input twice, none the config does not declare, every required one there.
+fn check_names(config: &ModelConfig, inputs: &[(String, Tensor)]) -> Result<()> {
     let m = config.name.as_str();
     for (i, (name, _)) in inputs.iter().enumerate() {
         if inputs[..i].iter().any(|(n, _)| n == name) {
@@ -43,112 +59,110 @@ pub(crate) fn prepare(
         .filter(|c| !c.optional && !inputs.iter().any(|(n, _)| n == &c.name))
         .map(|c| c.name.as_str())
         .collect();
-    if !missing.is_empty() {
-        let required = config.input.iter().filter(|c| !c.optional).count();
-        let total = config.input.len();
-        let got = quoted_list(inputs.iter().map(|(n, _)| n.as_str()));
-        let head = if required == total {
-            format!(
-                "expected {total} inputs but got {} inputs for model '{m}'",
-                inputs.len()
-            )
-        } else {
-            format!("expected number of inputs between {required} and {total} but got {} inputs for model '{m}'", inputs.len())
-        };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let required = config.input.iter().filter(|c| !c.optional).count();
+    let total = config.input.len();
+    let got = quoted_list(inputs.iter().map(|(n, _)| n.as_str()));
+    let head = if required == total {
+        format!(
+            "expected {total} inputs but got {} inputs for model '{m}'",
+            inputs.len()
+        )
+    } else {
+        format!("expected number of inputs between {required} and {total} but got {} inputs for model '{m}'", inputs.len())
+    };
+    Err(Error::invalid_input(format!(
+        "{head}. Got input(s) {got}, but missing required input(s) {}. Please provide all required input(s).",
+        quoted_list(missing)
+    )))
+}
+
+/// One input: its data type, its batch size (the same as the inputs before it, in `batch`),
+/// its shape against the config's dims; then `reshape` applied.
+fn check_input(
+    config: &ModelConfig,
+    cfg: &ModelInput,
+    name: &str,
+    tensor: Tensor,
+    batch: &mut Option<usize>,
+) -> Result<Tensor> {
+    let m = config.name.as_str();
+    let batching = config.max_batch_size > 0;
+    if tensor.data_type() as i32 != cfg.data_type {
         return Err(Error::invalid_input(format!(
-            "{head}. Got input(s) {got}, but missing required input(s) {}. Please provide all required input(s).",
-            quoted_list(missing)
+            "inference input '{name}' data-type is '{}', but model '{m}' expects '{}'",
+            tensor.data_type().protocol_name(),
+            cfg.data_type().protocol_name()
         )));
     }
-    let batching = config.max_batch_size > 0;
-    let mut batch: Option<usize> = None;
-    let mut out = Vec::with_capacity(inputs.len());
-    for (name, tensor) in inputs {
-        let Some(cfg) = config.input.iter().find(|c| c.name == name) else {
-            continue;
+    let shape = shape_i64(tensor.shape());
+    let body: &[i64] = if batching {
+        let Some(&b) = shape.first() else {
+            return Err(Error::invalid_input(format!(
+                "input '{name}' has no shape but model requires batch dimension for '{m}'"
+            )));
         };
-        let tagged = |e: Error| e.with_tensor(name.clone());
-        if tensor.data_type() as i32 != cfg.data_type {
-            return Err(tagged(Error::invalid_input(format!(
-                "inference input '{name}' data-type is '{}', but model '{m}' expects '{}'",
-                tensor.data_type().protocol_name(),
-                cfg.data_type().protocol_name()
-            ))));
+        let b = usize::try_from(b).unwrap_or(usize::MAX);
+        if batch.get_or_insert(b) != &b {
+            return Err(Error::invalid_input(format!(
+                "input '{name}' batch size does not match other inputs for '{m}'"
+            )));
         }
-        let shape = shape_i64(tensor.shape());
-        let body: &[i64] = if batching {
-            let Some(&b) = shape.first() else {
-                return Err(tagged(Error::invalid_input(format!(
-                    "input '{name}' has no shape but model requires batch dimension for '{m}'"
-                ))));
-            };
-            let b = usize::try_from(b).unwrap_or(usize::MAX);
-            match batch {
-                None => batch = Some(b),
-                Some(prev) if prev != b => {
-                    return Err(tagged(Error::invalid_input(format!(
-                        "input '{name}' batch size does not match other inputs for '{m}'"
-                    ))));
-                }
-                Some(_) => {}
-            }
-            if b > config.max_batch_size as usize {
-                return Err(tagged(Error::invalid_input(format!(
-                    "inference request batch-size must be <= {} for '{m}'",
-                    config.max_batch_size
-                ))));
-            }
-            &shape[1..]
+        if b > config.max_batch_size as usize {
+            return Err(Error::invalid_input(format!(
+                "inference request batch-size must be <= {} for '{m}'",
+                config.max_batch_size
+            )));
+        }
+        &shape[1..]
+    } else {
+        &shape
+    };
+    if !crate::util::dims::fits(&cfg.dims, body) {
+        let expected: Vec<i64> = if batching {
+            std::iter::once(-1)
+                .chain(cfg.dims.iter().copied())
+                .collect()
         } else {
-            &shape
+            cfg.dims.clone()
         };
-        if !crate::util::dims::fits(&cfg.dims, body) {
-            let expected: Vec<i64> = if batching {
-                std::iter::once(-1)
-                    .chain(cfg.dims.iter().copied())
-                    .collect()
-            } else {
-                cfg.dims.clone()
-            };
-            let note = if batching {
-                " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
-            } else {
-                ""
-            };
-            return Err(tagged(Error::invalid_input(format!(
-                "unexpected shape for input '{name}' for model '{m}'. Expected {}, got {}.{note}",
-                dims_to_string(&expected),
-                dims_to_string(&shape)
-            ))));
-        }
-        let tensor = match &cfg.reshape {
-            Some(r) => {
-                let mut variable = body
-                    .iter()
-                    .zip(&cfg.dims)
-                    .filter(|(_, &d)| d == -1)
-                    .map(|(&s, _)| s);
-                let mut new_shape: Vec<usize> = Vec::with_capacity(r.shape.len() + 1);
-                if batching {
-                    new_shape.push(tensor.shape()[0]);
-                }
-                for &d in &r.shape {
-                    let v = if d == -1 {
-                        variable.next().unwrap_or(1)
-                    } else {
-                        d
-                    };
-                    new_shape.push(usize::try_from(v).unwrap_or(0));
-                }
-                tensor
-                    .reshaped(&new_shape)
-                    .map_err(|e| tagged(e.context(format!("input '{name}' for model '{m}': "))))?
-            }
-            None => tensor,
+        let note = if batching {
+            " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try setting max_batch_size to zero. See the model configuration docs for more info on max_batch_size."
+        } else {
+            ""
         };
-        out.push((name, tensor));
+        return Err(Error::invalid_input(format!(
+            "unexpected shape for input '{name}' for model '{m}'. Expected {}, got {}.{note}",
+            dims_to_string(&expected),
+            dims_to_string(&shape)
+        )));
     }
-    Ok(out)
+    let Some(r) = &cfg.reshape else {
+        return Ok(tensor);
+    };
+    // The reshape's -1 dims take the request's sizes of the config's -1 dims, in order.
+    let mut variable = body
+        .iter()
+        .zip(&cfg.dims)
+        .filter(|(_, &d)| d == -1)
+        .map(|(&s, _)| s);
+    let mut new_shape: Vec<usize> = Vec::with_capacity(r.shape.len() + 1);
+    if batching {
+        new_shape.push(tensor.shape()[0]);
+    }
+    for &d in &r.shape {
+        let v = if d == -1 {
+            variable.next().unwrap_or(1)
+        } else {
+            d
+        };
+        new_shape.push(usize::try_from(v).unwrap_or(0));
+    }
+    tensor
+        .reshaped(&new_shape)
+        .map_err(|e| e.context(format!("input '{name}' for model '{m}': ")))
 }
 
 /// Checks requested output names.

@@ -251,6 +251,8 @@ impl OcrPipeline {
         Ok(out)
     }
 
+    // Long: the tutorial client's stages in order, each timed (decode, resize, detect, NMS,
+    // crops, recognise); splitting would scatter the timings.
     fn run_east(&self, img: &RgbImage) -> Result<(Vec<TextLine>, Timings)> {
         let mut t = Timings::default();
         let clock = Instant::now();

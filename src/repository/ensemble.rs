@@ -125,6 +125,8 @@ fn merge(
 
 /// `ValidateEnsembleConfig`: batch sizes, input/output maps and tensor consistency, with the
 /// completed configs of the step models (`steps[i]` is the config of step i).
+// Long on purpose: Triton's `ValidateEnsembleConfig` step by step, in its order (the
+// first failing check decides the message).
 pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> Result<()> {
     let m = &config.name;
     let batching = config.max_batch_size > 0;
@@ -173,19 +175,19 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
             )));
         }
         let step_batching = sc.max_batch_size > 0;
+        let node = |data_type: i32, dims: &[i64]| TensorNode {
+            model: s.clone(),
+            batching: step_batching,
+            data_type,
+            dims: dims.to_vec(),
+        };
         for (input, tensor) in &step.input_map {
             let Some(mi) = sc.input.iter().find(|x| &x.name == input) else {
                 return Err(Error::invalid_config(format!(
                     "in ensemble {m}, ensemble tensor {tensor} is mapping to non-existing input {input} in model {s}"
                 )));
             };
-            let node = TensorNode {
-                model: s.clone(),
-                batching: step_batching,
-                data_type: mi.data_type,
-                dims: mi.dims.clone(),
-            };
-            merge(&mut tensors, m, tensor, node)?;
+            merge(&mut tensors, m, tensor, node(mi.data_type, &mi.dims))?;
         }
         for mi in &sc.input {
             if !mi.optional && !step.input_map.contains_key(&mi.name) {
@@ -201,13 +203,7 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
                     "in ensemble {m}, ensemble tensor {tensor} is mapped from non-existing output {output} in model {s}"
                 )));
             };
-            let node = TensorNode {
-                model: s.clone(),
-                batching: step_batching,
-                data_type: mo.data_type,
-                dims: mo.dims.clone(),
-            };
-            merge(&mut tensors, m, tensor, node)?;
+            merge(&mut tensors, m, tensor, node(mo.data_type, &mo.dims))?;
         }
     }
     Ok(())

@@ -72,6 +72,26 @@ impl Drop for GpuPlan {
     }
 }
 
+/// Runs `f` (tract, on the host) on the host values `ins`, its panics caught.
+fn run_cpu(
+    what: &str,
+    host: &[Option<TValue>],
+    ins: &[ValueId],
+    f: impl FnOnce(TVec<TValue>) -> TractResult<TVec<TValue>>,
+) -> DeviceResult<TVec<TValue>> {
+    let args = ins
+        .iter()
+        .map(|v| {
+            host[*v]
+                .clone()
+                .ok_or_else(|| missing(&format!("an input of {what}")))
+        })
+        .collect::<DeviceResult<TVec<_>>>()?;
+    catch_unwind(AssertUnwindSafe(|| f(args)))
+        .map_err(|_| DeviceError::Cpu(format!("{what} panicked")))?
+        .map_err(|e| DeviceError::Cpu(format!("{what}: {e:#}")))
+}
+
 /// A value the program should have computed before this step (a lowering bug).
 fn missing(what: &str) -> DeviceError {
     DeviceError::Internal(format!("{what} was not computed"))
@@ -137,44 +157,9 @@ impl GpuExecutable {
                 report.cpu_nodes.join(", ")
             );
         }
-        let mut weights = Vec::with_capacity(program.weights.len());
-        let mut uploaded = 0usize;
-        {
-            let mut cache = self.weights.lock();
-            let stream = self
-                .device
-                .new_stream()
-                .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
-            let mut result = Ok(());
-            for w in &program.weights {
-                let bytes = w.as_bytes();
-                let key = (super::kernels::fnv1a(&[bytes]), bytes.len());
-                if let Some(p) = cache.get(&key) {
-                    weights.push(*p);
-                    continue;
-                }
-                let p = match self.device.alloc(bytes.len()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                cache.insert(key, p);
-                weights.push(p);
-                uploaded += bytes.len();
-                if let Err(e) = self.device.upload(stream, p, bytes.as_ptr(), bytes.len()) {
-                    result = Err(e);
-                    break;
-                }
-            }
-            let synced = self.device.sync(stream);
-            self.device.free_stream(stream);
-            // What was uploaded stays in the cache (freed with the executable), even on error.
-            result
-                .and(synced)
-                .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
-        }
+        let (weights, uploaded) = self
+            .upload_weights(&program.weights)
+            .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
         report.uploaded_weight_bytes = uploaded;
         let mut staging = vec![0; program.steps.len()];
         let mut staging_bytes = 0usize;
@@ -199,6 +184,48 @@ impl GpuExecutable {
         });
         self.cache.lock().insert(shapes.to_vec(), plan.clone());
         Ok(plan)
+    }
+
+    /// The device addresses of `program_weights`, uploading those no plan of this model
+    /// uploaded yet (by content), and the bytes uploaded now.
+    fn upload_weights(
+        &self,
+        program_weights: &[Arc<Tensor>],
+    ) -> DeviceResult<(Vec<DevPtr>, usize)> {
+        let mut weights = Vec::with_capacity(program_weights.len());
+        let mut uploaded = 0usize;
+        {
+            let mut cache = self.weights.lock();
+            let stream = self.device.new_stream()?;
+            let mut result = Ok(());
+            for w in program_weights {
+                let bytes = w.as_bytes();
+                let key = (super::kernels::fnv1a(&[bytes]), bytes.len());
+                if let Some(p) = cache.get(&key) {
+                    weights.push(*p);
+                    continue;
+                }
+                let p = match self.device.alloc(bytes.len()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                cache.insert(key, p);
+                weights.push(p);
+                uploaded += bytes.len();
+                if let Err(e) = self.device.upload(stream, p, bytes.as_ptr(), bytes.len()) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let synced = self.device.sync(stream);
+            self.device.free_stream(stream);
+            // What was uploaded stays in the cache (freed with the executable), even on error.
+            result.and(synced)?;
+        }
+        Ok((weights, uploaded))
     }
 
     /// Builds the plan for the input shapes the config fixes (batch 1 for a batching model),
@@ -360,6 +387,8 @@ impl GpuPlan {
         }
     }
 
+    // Long: the program's interpreter, one arm per step kind, sharing the staging and
+    // pending-download state; each arm is a few lines.
     /// Runs the program; `inputs` are in the model's input order.
     fn run(&self, inst: &Instance, inputs: &[TValue]) -> DeviceResult<Vec<TValue>> {
         let p = &self.program;
@@ -435,17 +464,7 @@ impl GpuPlan {
                     outputs: outs,
                 } => {
                     flush(&mut pending, &mut host)?;
-                    let args = ins
-                        .iter()
-                        .map(|v| {
-                            host[*v]
-                                .clone()
-                                .ok_or_else(|| missing("a CPU island input"))
-                        })
-                        .collect::<std::result::Result<TVec<_>, _>>()?;
-                    let res = catch_unwind(AssertUnwindSafe(|| island.run(args)))
-                        .map_err(|_| DeviceError::Cpu("a CPU island panicked".to_string()))?
-                        .map_err(|e| DeviceError::Cpu(format!("CPU island: {e:#}")))?;
+                    let res = run_cpu("a CPU island", &host, ins, |args| island.run(args))?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
                     }
@@ -457,21 +476,14 @@ impl GpuPlan {
                 } => {
                     flush(&mut pending, &mut host)?;
                     let node = p.model.node(*node);
-                    let args = ins
-                        .iter()
-                        .map(|v| host[*v].clone().ok_or_else(|| missing("a CPU step input")))
-                        .collect::<std::result::Result<TVec<_>, _>>()?;
-                    let res = catch_unwind(AssertUnwindSafe(|| node.op.eval_out_of_plan(args)))
-                        .map_err(|_| {
-                            DeviceError::Cpu(format!("CPU node '{}' panicked", node.name))
-                        })?
-                        .map_err(|e| DeviceError::Cpu(format!("CPU node '{}': {e:#}", node.name)))?
-                        .ok_or_else(|| {
-                            DeviceError::Cpu(format!(
-                                "CPU node '{}' only runs inside a plan",
-                                node.name
-                            ))
-                        })?;
+                    let what = format!("CPU node '{}'", node.name);
+                    let res = run_cpu(&what, &host, ins, |args| {
+                        node.op.eval_out_of_plan(args)?.ok_or_else(|| {
+                            tract_onnx::tract_core::internal::format_err!(
+                                "it only runs inside a plan"
+                            )
+                        })
+                    })?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
                     }

@@ -169,6 +169,13 @@ pub(crate) const PW_MAX_IN: usize = 8;
 pub(crate) const PW_MAX_OPS: usize = 16;
 /// `pointwise_f32` op codes: `BIN_*` as they are, activations as `PW_ACT_BASE + ACT_*`.
 pub(crate) const PW_ACT_BASE: i32 = 100;
+/// The sizes above with their C names, checked against the `#define`s.
+const SIZES: [(&str, i32); 4] = [
+    ("MY_MAX_RANK", MAX_RANK as i32),
+    ("PW_MAX_IN", PW_MAX_IN as i32),
+    ("PW_MAX_OPS", PW_MAX_OPS as i32),
+    ("PW_ACT_BASE", PW_ACT_BASE),
+];
 
 codes! {
     /// Activation codes (`ACT_*` in common.cu).
@@ -210,7 +217,7 @@ pub(crate) unsafe trait Params: Copy {
     /// The C struct's name.
     const C_NAME: &'static str;
     /// (C field name, Rust offset, Rust size) of each field; explicit `_pad` fields included.
-    fn layout() -> Vec<(&'static str, usize, usize)>;
+    fn layout() -> Fields;
 }
 
 /// Declares the `#[repr(C)]` twin of a C parameter struct, field by field in C order (a field
@@ -228,7 +235,7 @@ macro_rules! params {
         // where C pads; `parameter_structs_match_their_c_twins` checks the layout.
         unsafe impl Params for $name {
             const C_NAME: &'static str = stringify!($name);
-            fn layout() -> Vec<(&'static str, usize, usize)> {
+            fn layout() -> Fields {
                 vec![$((
                     params!(@cname $field $($cname)?),
                     std::mem::offset_of!($name, $field),
@@ -333,9 +340,12 @@ params! {
     struct SoftmaxParams { x: u64, y: u64, outer: i32, axis: i32, inner: i32, log: i32 }
 }
 
-/// Every parameter struct's C name and layout.
-pub(crate) fn all_layouts() -> Vec<(&'static str, usize, Vec<(&'static str, usize, usize)>)> {
-    fn one<T: Params>() -> (&'static str, usize, Vec<(&'static str, usize, usize)>) {
+/// (C field name, Rust offset, Rust size) of each field of a parameter struct.
+pub(crate) type Fields = Vec<(&'static str, usize, usize)>;
+
+/// Every parameter struct's C name, size and fields.
+pub(crate) fn all_layouts() -> Vec<(&'static str, usize, Fields)> {
+    fn one<T: Params>() -> (&'static str, usize, Fields) {
         (T::C_NAME, std::mem::size_of::<T>(), T::layout())
     }
     vec![
@@ -375,12 +385,7 @@ pub(crate) fn abi_checks() -> String {
             ));
         }
     }
-    for (name, v) in [
-        ("MY_MAX_RANK", MAX_RANK as i32),
-        ("PW_MAX_IN", PW_MAX_IN as i32),
-        ("PW_MAX_OPS", PW_MAX_OPS as i32),
-        ("PW_ACT_BASE", PW_ACT_BASE),
-    ] {
+    for (name, v) in SIZES {
         out.push_str(&format!("static_assert({name} == {v}, \"{name}\");\n"));
     }
     out
@@ -441,11 +446,7 @@ mod tests {
             .unwrap_or_else(|| panic!("struct {name} is not in kernels/*.cu"));
         let body = &src[start..];
         let body = &body[body.find('{').unwrap() + 1..body.find("};").unwrap()];
-        let consts = [
-            ("MY_MAX_RANK", MAX_RANK),
-            ("PW_MAX_IN", PW_MAX_IN),
-            ("PW_MAX_OPS", PW_MAX_OPS),
-        ];
+        let consts = SIZES.map(|(n, v)| (n, v as usize));
         let mut out = Vec::new();
         for decl in body.split(';') {
             let decl: String = decl
@@ -559,12 +560,7 @@ mod tests {
                 "the {prefix}* codes of kernels/*.cu and kernels.rs differ"
             );
         }
-        for (name, v) in [
-            ("MY_MAX_RANK", MAX_RANK as i32),
-            ("PW_MAX_IN", PW_MAX_IN as i32),
-            ("PW_MAX_OPS", PW_MAX_OPS as i32),
-            ("PW_ACT_BASE", PW_ACT_BASE),
-        ] {
+        for (name, v) in SIZES {
             assert!(
                 defines.contains(&(name.to_string(), v)),
                 "{name} is not {v} in kernels/*.cu"

@@ -2,13 +2,123 @@
 
 use super::*;
 
+/// The launches planned for one node, and the activation fused into them.
+pub(super) type Planned = (Vec<LaunchSpec>, Option<Fusable>);
+
+/// One operator's translator: its launches for `node` (whose single f32 output has shape
+/// `oshape`), or `None` when the node is not its operator or no kernel takes this case.
+type Translate = fn(&Lowering<'_>, &TypedNode, &[usize]) -> TractResult<Option<Planned>>;
+
+/// Every operator a kernel takes, next to the translator that plans it. `f32_inputs`: the
+/// kernel reads every input as f32 (the others read integer constants at load).
+struct Translator {
+    op: &'static str,
+    f32_inputs: bool,
+    translate: Translate,
+}
+
+const TRANSLATORS: &[Translator] = &[
+    Translator {
+        op: "Conv",
+        f32_inputs: false,
+        translate: conv_node,
+    },
+    Translator {
+        op: "Deconv",
+        f32_inputs: false,
+        translate: deconv_node,
+    },
+    Translator {
+        op: "EinSum",
+        f32_inputs: false,
+        translate: einsum_node,
+    },
+    Translator {
+        op: "Resize",
+        f32_inputs: false,
+        translate: resize_node,
+    },
+    Translator {
+        op: "ElementWiseOp",
+        f32_inputs: true,
+        translate: unary_node,
+    },
+    Translator {
+        op: "TypedBinOp",
+        f32_inputs: true,
+        translate: binary_node,
+    },
+    Translator {
+        op: "AxisOp::Move",
+        f32_inputs: true,
+        translate: move_axis_node,
+    },
+    Translator {
+        op: "TypedConcat",
+        f32_inputs: true,
+        translate: concat_node,
+    },
+    Translator {
+        op: "Slice",
+        f32_inputs: true,
+        translate: slice_node,
+    },
+    Translator {
+        op: "Downsample",
+        f32_inputs: true,
+        translate: downsample_node,
+    },
+    Translator {
+        op: "MultiBroadcastTo",
+        f32_inputs: true,
+        translate: broadcast_node,
+    },
+    Translator {
+        op: "NearestUpsample",
+        f32_inputs: true,
+        translate: upsample_node,
+    },
+    Translator {
+        op: "Tile",
+        f32_inputs: true,
+        translate: tile_node,
+    },
+    Translator {
+        op: "Pad",
+        f32_inputs: true,
+        translate: pad_node,
+    },
+    Translator {
+        op: "MaxPool",
+        f32_inputs: true,
+        translate: max_pool_node,
+    },
+    Translator {
+        op: "SumPool",
+        f32_inputs: true,
+        translate: sum_pool_node,
+    },
+    Translator {
+        op: "Reduce",
+        f32_inputs: true,
+        translate: reduce_node,
+    },
+    Translator {
+        op: "RmsNorm",
+        f32_inputs: true,
+        translate: rms_norm_node,
+    },
+    Translator {
+        op: "Softmax",
+        f32_inputs: true,
+        translate: softmax_node,
+    },
+];
+
 impl Lowering<'_> {
-    /// The launches for node `id`, or `None` when no kernel takes it.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn plan(
-        &self,
-        id: usize,
-    ) -> TractResult<Option<(Vec<LaunchSpec>, Option<Fusable>)>> {
+    /// The launches for node `id`, or `None` when no kernel takes it: the first translator
+    /// that plans it wins.
+    pub(super) fn plan(&self, id: usize) -> TractResult<Option<Planned>> {
         let node = self.model.node(id);
         let out = OutletId::new(id, 0);
         if node.outputs.len() != 1 || !self.is_f32(out) {
@@ -19,225 +129,287 @@ impl Lowering<'_> {
         if !fits_i32(n) || oshape.len() > MAX_RANK {
             return Ok(None);
         }
-        let op = &node.op;
-        if let Some(c) = op.downcast_ref::<Conv>() {
-            let fused = self.fusable_after(id);
-            return Ok(self
-                .conv(node, c, &oshape, fused.as_ref())?
-                .map(|l| (vec![l], fused)));
-        }
-        if let Some(d) = op.downcast_ref::<Deconv>() {
-            let fused = self.fusable_after(id);
-            return Ok(self
-                .deconv(node, d, &oshape, fused.as_ref())?
-                .map(|l| (vec![l], fused)));
-        }
-        if let Some(e) = op.downcast_ref::<EinSum>() {
-            // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
-            let fused = self.fusable_after(id).filter(|f| f.act != act::CLIP);
-            return Ok(self
-                .einsum(node, e, &oshape, fused.as_ref())?
-                .map(|l| (vec![l], fused)));
-        }
-        if op.name() == "Resize" && self.is_f32(node.inputs[0]) {
-            // Its other inputs (roi, scales, sizes) are constants read at load.
-            return Ok(self.resize(node, &oshape)?.map(|l| (vec![l], None)));
-        }
-        // Every other kernel reads f32 inputs only.
-        if !node.inputs.iter().all(|i| self.is_f32(*i)) {
-            return Ok(None);
-        }
-        let one = |l: Option<LaunchSpec>| l.map(|l| (vec![l], None));
-        if let Some(e) = op.downcast_ref::<ElementWiseOp>() {
-            return Ok(one(unary(e, n)));
-        }
-        if let Some(b) = op.downcast_ref::<TypedBinOp>() {
-            return Ok(one(self.binary(node, b, &oshape)?));
-        }
-        if let Some(AxisOp::Move(from, to)) = op.downcast_ref::<AxisOp>() {
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            let mut axes: Vec<usize> = (0..ishape.len()).collect();
-            let a = axes.remove(*from);
-            axes.insert(*to, a);
-            let istr = strides_of(&ishape);
-            let xs: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
-            return Ok(one(Some(copy(
-                &oshape,
-                &oshape,
-                view(0, &xs),
-                view(0, &strides_of(&oshape)),
-            ))));
-        }
-        if let Some(c) = op.downcast_ref::<TypedConcat>() {
-            let ostr = strides_of(&oshape);
-            let mut at = 0usize;
-            let mut launches = Vec::new();
-            for (i, input) in node.inputs.iter().enumerate() {
-                let (ishape, _) = self.fact_shape(*input)?;
-                if ishape.iter().product::<usize>() > 0 {
-                    let mut l = copy(
-                        &ishape,
-                        &ishape,
-                        view(0, &strides_of(&ishape)),
-                        view(at * ostr[c.axis], &ostr),
-                    );
-                    l.fixups[0].1 = Operand::Input(i);
-                    launches.push(l);
-                }
-                at += ishape[c.axis];
+        let f32_inputs = node.inputs.iter().all(|i| self.is_f32(*i));
+        for t in TRANSLATORS.iter().filter(|t| f32_inputs || !t.f32_inputs) {
+            if let Some(planned) = (t.translate)(self, node, &oshape)? {
+                tracing::trace!("node '{}' lowered as {}", node.name, t.op);
+                return Ok(Some(planned));
             }
-            return Ok(Some((launches, None)));
-        }
-        if let Some(s) = op.downcast_ref::<Slice>() {
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            let start = s.start.to_i64()? as usize;
-            let istr = strides_of(&ishape);
-            return Ok(one(Some(copy(
-                &oshape,
-                &oshape,
-                view(start * istr[s.axis], &istr),
-                view(0, &strides_of(&oshape)),
-            ))));
-        }
-        if let Some(d) = op.downcast_ref::<Downsample>() {
-            if d.stride <= 0 {
-                return Ok(None);
-            }
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            let mut istr = strides_of(&ishape);
-            let offset = d.modulo * istr[d.axis];
-            istr[d.axis] *= d.stride as usize;
-            return Ok(one(Some(copy(
-                &oshape,
-                &oshape,
-                view(offset, &istr),
-                view(0, &strides_of(&oshape)),
-            ))));
-        }
-        if op.downcast_ref::<MultiBroadcastTo>().is_some() {
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            let xs = broadcast_strides(&ishape, &oshape);
-            return Ok(one(Some(copy(
-                &oshape,
-                &oshape,
-                view(0, &xs),
-                view(0, &strides_of(&oshape)),
-            ))));
-        }
-        if let Some(u) = op.downcast_ref::<NearestUpsample>() {
-            // Replication by integer factors (tract's form of a nearest Resize): the output
-            // seen with one extra axis of size `s` after each scaled axis, which the input
-            // view does not advance along.
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            if u.scales.len() != ishape.len() || u.scales.contains(&0) {
-                return Ok(None);
-            }
-            let (mut dims, mut xs) = (Vec::new(), Vec::new());
-            for ((&d, &s), st) in ishape.iter().zip(&u.scales).zip(strides_of(&ishape)) {
-                dims.push(d);
-                xs.push(st);
-                if s > 1 {
-                    dims.push(s);
-                    xs.push(0);
-                }
-            }
-            if dims.len() > MAX_RANK {
-                return Ok(None);
-            }
-            return Ok(one(Some(copy(
-                &dims,
-                &dims,
-                view(0, &xs),
-                view(0, &strides_of(&dims)),
-            ))));
-        }
-        if op.downcast_ref::<Tile>().is_some() {
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            if ishape.len() != oshape.len() {
-                return Ok(None);
-            }
-            return Ok(one(Some(copy(
-                &oshape,
-                &ishape,
-                view(0, &strides_of(&ishape)),
-                view(0, &strides_of(&oshape)),
-            ))));
-        }
-        if let Some(p) = op.downcast_ref::<Pad>() {
-            let PadMode::Constant(value) = &p.mode else {
-                return Ok(None);
-            };
-            let (ishape, _) = self.fact_shape(node.inputs[0])?;
-            let params = k::PadParams {
-                n: n as i32,
-                rank: oshape.len() as i32,
-                value: value.cast_to_scalar::<f32>()?,
-                dims: dims6(&oshape),
-                x_dims: dims6(&ishape),
-                before: dims6(&p.pads.iter().map(|(b, _)| *b).collect::<Vec<_>>()),
-                ..Default::default()
-            };
-            return Ok(one(Some(launch(
-                Kernel::Pad,
-                grid_1d(n),
-                &params,
-                vec![Operand::Input(0), Operand::Output],
-            ))));
-        }
-        if let Some(p) = op.downcast_ref::<MaxPool>() {
-            if p.with_index_outputs.is_some() {
-                return Ok(None);
-            }
-            return Ok(one(self.pool(
-                node,
-                &p.pool_spec,
-                k::pool::MAX,
-                false,
-                &oshape,
-            )?));
-        }
-        if let Some(p) = op.downcast_ref::<SumPool>() {
-            let mode = if p.normalize {
-                k::pool::AVG
-            } else {
-                k::pool::SUM
-            };
-            return Ok(one(self.pool(
-                node,
-                &p.pool_spec,
-                mode,
-                p.count_include_pad,
-                &oshape,
-            )?));
-        }
-        if let Some(r) = op.downcast_ref::<Reduce>() {
-            return Ok(one(self.reduce(node, r, &oshape)?));
-        }
-        if let Some(r) = op.downcast_ref::<RmsNorm>() {
-            return Ok(self.rms_norm(r, &oshape)?.map(|l| (l, None)));
-        }
-        if let Some(s) = op.downcast_ref::<Softmax>() {
-            if s.axes.len() != 1 || s.quant_output_dt.is_some() {
-                return Ok(None);
-            }
-            let a = s.axes[0];
-            let params = k::SoftmaxParams {
-                outer: oshape[..a].iter().product::<usize>() as i32,
-                axis: oshape[a] as i32,
-                inner: oshape[a + 1..].iter().product::<usize>() as i32,
-                ..Default::default()
-            };
-            let rows = n / oshape[a].max(1);
-            return Ok(one(Some(launch(
-                Kernel::Softmax,
-                grid_1d(rows),
-                &params,
-                vec![Operand::Input(0), Operand::Output],
-            ))));
         }
         Ok(None)
     }
+}
 
+/// A translator for operator type `$op`: `$body` runs when the node's op is one, with the
+/// lowering, the node, the op and the output shape bound to the names given.
+macro_rules! translator {
+    ($name:ident, $op:ty, |$l:tt, $node:ident, $x:ident, $oshape:tt| $body:block) => {
+        fn $name(
+            lowering: &Lowering<'_>,
+            $node: &TypedNode,
+            oshape: &[usize],
+        ) -> TractResult<Option<Planned>> {
+            let Some($x) = $node.op.downcast_ref::<$op>() else {
+                return Ok(None);
+            };
+            translator!(@bind $l lowering);
+            translator!(@bind $oshape oshape);
+            $body
+        }
+    };
+    (@bind _ $v:ident) => { let _ = $v; };
+    (@bind $name:ident $v:ident) => { let $name = $v; };
+}
+
+/// One launch, no fused activation.
+fn one(l: Option<LaunchSpec>) -> Option<Planned> {
+    l.map(|l| (vec![l], None))
+}
+
+/// A copy of the input, seen through `x` (offset and strides), into the contiguous output.
+fn copy_from(oshape: &[usize], x: View) -> Option<Planned> {
+    one(Some(copy(oshape, oshape, x, view(0, &strides_of(oshape)))))
+}
+
+fn conv_node(l: &Lowering<'_>, node: &TypedNode, oshape: &[usize]) -> TractResult<Option<Planned>> {
+    let Some(c) = node.op.downcast_ref::<Conv>() else {
+        return Ok(None);
+    };
+    let fused = l.fusable_after(node.id);
+    Ok(l.conv(node, c, oshape, fused.as_ref())?
+        .map(|x| (vec![x], fused)))
+}
+
+translator!(deconv_node, Deconv, |l, node, d, oshape| {
+    let fused = l.fusable_after(node.id);
+    Ok(l.deconv(node, d, oshape, fused.as_ref())?
+        .map(|x| (vec![x], fused)))
+});
+
+translator!(einsum_node, EinSum, |l, node, e, oshape| {
+    // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
+    let fused = l.fusable_after(node.id).filter(|f| f.act != act::CLIP);
+    Ok(l.einsum(node, e, oshape, fused.as_ref())?
+        .map(|x| (vec![x], fused)))
+});
+
+fn resize_node(
+    l: &Lowering<'_>,
+    node: &TypedNode,
+    oshape: &[usize],
+) -> TractResult<Option<Planned>> {
+    // tract-onnx's Resize (its type is private to tract-onnx-opl); its other inputs (roi,
+    // scales, sizes) are constants read at load.
+    if node.op.name() != "Resize" || !l.is_f32(node.inputs[0]) {
+        return Ok(None);
+    }
+    Ok(one(l.resize(node, oshape)?))
+}
+
+translator!(unary_node, ElementWiseOp, |_, node, e, oshape| {
+    Ok(one(unary(e, oshape.iter().product())))
+});
+
+translator!(binary_node, TypedBinOp, |l, node, b, oshape| {
+    Ok(one(l.binary(node, b, oshape)?))
+});
+
+fn move_axis_node(
+    l: &Lowering<'_>,
+    node: &TypedNode,
+    oshape: &[usize],
+) -> TractResult<Option<Planned>> {
+    let Some(AxisOp::Move(from, to)) = node.op.downcast_ref::<AxisOp>() else {
+        return Ok(None);
+    };
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    let mut axes: Vec<usize> = (0..ishape.len()).collect();
+    let a = axes.remove(*from);
+    axes.insert(*to, a);
+    let istr = strides_of(&ishape);
+    let xs: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
+    Ok(copy_from(oshape, view(0, &xs)))
+}
+
+translator!(concat_node, TypedConcat, |l, node, c, oshape| {
+    let ostr = strides_of(oshape);
+    let mut at = 0usize;
+    let mut launches = Vec::new();
+    for (i, input) in node.inputs.iter().enumerate() {
+        let (ishape, _) = l.fact_shape(*input)?;
+        if ishape.iter().product::<usize>() > 0 {
+            let mut x = copy(
+                &ishape,
+                &ishape,
+                view(0, &strides_of(&ishape)),
+                view(at * ostr[c.axis], &ostr),
+            );
+            x.fixups[0].1 = Operand::Input(i);
+            launches.push(x);
+        }
+        at += ishape[c.axis];
+    }
+    Ok(Some((launches, None)))
+});
+
+translator!(slice_node, Slice, |l, node, s, oshape| {
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    let start = s.start.to_i64()? as usize;
+    let istr = strides_of(&ishape);
+    Ok(copy_from(oshape, view(start * istr[s.axis], &istr)))
+});
+
+translator!(downsample_node, Downsample, |l, node, d, oshape| {
+    if d.stride <= 0 {
+        return Ok(None);
+    }
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    let mut istr = strides_of(&ishape);
+    let offset = d.modulo * istr[d.axis];
+    istr[d.axis] *= d.stride as usize;
+    Ok(copy_from(oshape, view(offset, &istr)))
+});
+
+fn broadcast_node(
+    l: &Lowering<'_>,
+    node: &TypedNode,
+    oshape: &[usize],
+) -> TractResult<Option<Planned>> {
+    if node.op.downcast_ref::<MultiBroadcastTo>().is_none() {
+        return Ok(None);
+    }
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    Ok(copy_from(
+        oshape,
+        view(0, &broadcast_strides(&ishape, oshape)),
+    ))
+}
+
+fn upsample_node(l: &Lowering<'_>, node: &TypedNode, _: &[usize]) -> TractResult<Option<Planned>> {
+    let Some(u) = node.op.downcast_ref::<NearestUpsample>() else {
+        return Ok(None);
+    };
+    // Replication by integer factors (tract's form of a nearest Resize): the output seen with
+    // one extra axis of size `s` after each scaled axis, which the input view does not advance
+    // along.
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    if u.scales.len() != ishape.len() || u.scales.contains(&0) {
+        return Ok(None);
+    }
+    let (mut dims, mut xs) = (Vec::new(), Vec::new());
+    for ((&d, &s), st) in ishape.iter().zip(&u.scales).zip(strides_of(&ishape)) {
+        dims.push(d);
+        xs.push(st);
+        if s > 1 {
+            dims.push(s);
+            xs.push(0);
+        }
+    }
+    if dims.len() > MAX_RANK {
+        return Ok(None);
+    }
+    Ok(copy_from(&dims, view(0, &xs)))
+}
+
+fn tile_node(l: &Lowering<'_>, node: &TypedNode, oshape: &[usize]) -> TractResult<Option<Planned>> {
+    if node.op.downcast_ref::<Tile>().is_none() {
+        return Ok(None);
+    }
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    if ishape.len() != oshape.len() {
+        return Ok(None);
+    }
+    Ok(one(Some(copy(
+        oshape,
+        &ishape,
+        view(0, &strides_of(&ishape)),
+        view(0, &strides_of(oshape)),
+    ))))
+}
+
+fn pad_node(l: &Lowering<'_>, node: &TypedNode, oshape: &[usize]) -> TractResult<Option<Planned>> {
+    let Some(p) = node.op.downcast_ref::<Pad>() else {
+        return Ok(None);
+    };
+    let PadMode::Constant(value) = &p.mode else {
+        return Ok(None);
+    };
+    let (ishape, _) = l.fact_shape(node.inputs[0])?;
+    let n = oshape.iter().product::<usize>();
+    let params = k::PadParams {
+        n: n as i32,
+        rank: oshape.len() as i32,
+        value: value.cast_to_scalar::<f32>()?,
+        dims: dims6(oshape),
+        x_dims: dims6(&ishape),
+        before: dims6(&p.pads.iter().map(|(b, _)| *b).collect::<Vec<_>>()),
+        ..Default::default()
+    };
+    Ok(one(Some(launch(
+        Kernel::Pad,
+        grid_1d(n),
+        &params,
+        vec![Operand::Input(0), Operand::Output],
+    ))))
+}
+
+translator!(max_pool_node, MaxPool, |l, node, p, oshape| {
+    if p.with_index_outputs.is_some() {
+        return Ok(None);
+    }
+    Ok(one(l.pool(
+        node,
+        &p.pool_spec,
+        k::pool::MAX,
+        false,
+        oshape,
+    )?))
+});
+
+translator!(sum_pool_node, SumPool, |l, node, p, oshape| {
+    let mode = if p.normalize {
+        k::pool::AVG
+    } else {
+        k::pool::SUM
+    };
+    Ok(one(l.pool(
+        node,
+        &p.pool_spec,
+        mode,
+        p.count_include_pad,
+        oshape,
+    )?))
+});
+
+translator!(reduce_node, Reduce, |l, node, r, oshape| {
+    Ok(one(l.reduce(node, r, oshape)?))
+});
+
+translator!(rms_norm_node, RmsNorm, |l, node, r, oshape| {
+    Ok(l.rms_norm(r, oshape)?.map(|x| (x, None)))
+});
+
+translator!(softmax_node, Softmax, |_, node, s, oshape| {
+    if s.axes.len() != 1 || s.quant_output_dt.is_some() {
+        return Ok(None);
+    }
+    let a = s.axes[0];
+    let params = k::SoftmaxParams {
+        outer: oshape[..a].iter().product::<usize>() as i32,
+        axis: oshape[a] as i32,
+        inner: oshape[a + 1..].iter().product::<usize>() as i32,
+        ..Default::default()
+    };
+    let rows = oshape.iter().product::<usize>() / oshape[a].max(1);
+    Ok(one(Some(launch(
+        Kernel::Softmax,
+        grid_1d(rows),
+        &params,
+        vec![Operand::Input(0), Operand::Output],
+    ))))
+});
+
+impl Lowering<'_> {
     fn binary(
         &self,
         node: &TypedNode,
@@ -287,6 +459,8 @@ impl Lowering<'_> {
         )))
     }
 
+    // Long: the choice between the conv kernels (1x1, narrow, depthwise, tiled) and their
+    // parameters in one place, so each case can be read against the kernel it picks.
     fn conv(
         &self,
         node: &TypedNode,
@@ -521,6 +695,8 @@ impl Lowering<'_> {
         )))
     }
 
+    // Long: the EinSum expressions a GEMM takes (batch, transposes, broadcast operands)
+    // recognised in one place, against the strides the kernel reads.
     fn einsum(
         &self,
         node: &TypedNode,
