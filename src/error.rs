@@ -37,7 +37,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Triton's status code string, as it appears in "failed to load 'm' version 1: <Code>: <msg>".
+    /// Triton's status code string, as it appears in "failed to load 'm' version 1: `<Code>: <msg>`".
     pub fn triton_code(self) -> &'static str {
         match self {
             ErrorKind::Parse | ErrorKind::Execution => "Internal",

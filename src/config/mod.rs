@@ -51,7 +51,7 @@ impl ModelConfig {
     }
 
     /// Reads and parses a `config.pbtxt`; errors name the file, line and column:
-    /// "failed to read text proto from <path>: <line>:<col>: <reason>".
+    /// "failed to read text proto from `<path>`: `<line>:<col>`: `<reason>`".
     pub fn from_pbtxt_file(path: impl AsRef<std::path::Path>) -> Result<ModelConfig> {
         let path = path.as_ref();
         let bytes = std::fs::read(path)
