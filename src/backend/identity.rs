@@ -6,8 +6,7 @@ use std::sync::Arc;
 use super::{Backend, LoadOptions};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::execution::Executable;
-use crate::tensor::Tensor;
+use crate::execution::{Executable, Named};
 
 pub(crate) struct IdentityBackend;
 
@@ -41,11 +40,7 @@ impl Backend for IdentityBackend {
 }
 
 impl Executable for Identity {
-    fn execute(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, Tensor)>> {
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let produced = self.pairs.iter().filter_map(|(input, output)| {
             let (_, t) = inputs.iter().find(|(n, _)| n == input)?;
             Some((output.clone(), t.clone()))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::{Backend, LoadOptions};
 use crate::config::{dims_to_string, ModelConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::execution::Executable;
+use crate::execution::{Executable, Named};
 use crate::tensor::Tensor;
 
 /// A model implemented in Rust.
@@ -66,11 +66,7 @@ impl Backend for NativeBackend {
 }
 
 impl Executable for Native {
-    fn execute(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, Tensor)>> {
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let m = &self.config.name;
         let produced = match catch_unwind(AssertUnwindSafe(|| self.model.execute(&inputs, outputs)))
         {

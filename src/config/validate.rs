@@ -469,10 +469,10 @@ fn validate_io_shape(
     data_type: i32,
     dims: &[i64],
     reshape: Option<&ModelTensorReshape>,
-    max_batch_size: i32,
+    config: &ModelConfig,
     prefix: &str,
-    m: &str,
 ) -> Result<()> {
+    let (m, max_batch_size) = (&config.name, config.max_batch_size);
     if name.is_empty() {
         return err(format!("{prefix}must specify 'name' for {m}"));
     }
@@ -544,15 +544,8 @@ fn tensorrt_only_flags(shape_tensor: bool, non_linear: bool, config: &ModelConfi
 
 fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
     let m = &config.name;
-    validate_io_shape(
-        &io.name,
-        io.data_type,
-        &io.dims,
-        io.reshape.as_ref(),
-        config.max_batch_size,
-        "model input ",
-        m,
-    )?;
+    let r = io.reshape.as_ref();
+    validate_io_shape(&io.name, io.data_type, &io.dims, r, config, "model input ")?;
     use super::model_input::Format;
     if matches!(io.format(), Format::Nhwc | Format::Nchw) && io.dims.len() != 3 {
         return err(format!("model input NHWC/NCHW require 3 dims for {m}"));
@@ -561,16 +554,8 @@ fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
 }
 
 fn validate_output(io: &ModelOutput, config: &ModelConfig) -> Result<()> {
-    let m = &config.name;
-    validate_io_shape(
-        &io.name,
-        io.data_type,
-        &io.dims,
-        io.reshape.as_ref(),
-        config.max_batch_size,
-        "model output ",
-        m,
-    )?;
+    let r = io.reshape.as_ref();
+    validate_io_shape(&io.name, io.data_type, &io.dims, r, config, "model output ")?;
     tensorrt_only_flags(io.is_shape_tensor, io.is_non_linear_format_io, config)
 }
 

@@ -18,6 +18,9 @@ use crate::tensor::Tensor;
 
 pub use cuda::ExecutionReport;
 
+/// Tensors by name: what a model takes and gives.
+pub(crate) type Named = Vec<(String, Tensor)>;
+
 /// One loaded model version, ready to execute.
 pub(crate) trait Executable: Send + Sync {
     /// Key/value metadata stored in the model file (ONNX `metadata_props`).
@@ -42,9 +45,5 @@ pub(crate) trait Executable: Send + Sync {
 
     /// Runs the model. `inputs` are checked and shaped as the backend expects (reshape
     /// applied); `outputs` names the outputs wanted (non-empty).
-    fn execute(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, Tensor)>>;
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named>;
 }

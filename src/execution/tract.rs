@@ -11,7 +11,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::tract_data::prelude::Blob;
 use tract_onnx::prelude::*;
 
-use super::Executable;
+use super::{Executable, Named};
 use crate::error::{Error, ErrorKind, Result};
 use crate::tensor::Tensor as MyTensor;
 use crate::util::lru::Lru;
@@ -236,11 +236,7 @@ impl Executable for Plans {
         Some(&self.metadata)
     }
 
-    fn execute(
-        &self,
-        inputs: Vec<(String, MyTensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, MyTensor)>> {
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let (shapes, values) = self.ordered_inputs(&inputs)?;
         let plan = self.plan_for(&shapes)?;
         let what = format!("failed to run model '{}'", self.model_name);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Model;
 use crate::config::ModelConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::execution::Executable;
+use crate::execution::{Executable, Named};
 use crate::tensor::Tensor;
 
 /// A loaded ensemble: its steps, each bound to the composing model version it runs (`-1`
@@ -146,11 +146,7 @@ impl Ensemble {
 }
 
 impl Executable for Ensemble {
-    fn execute(
-        &self,
-        inputs: Vec<(String, Tensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, Tensor)>> {
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let needed = self.needed_steps(outputs);
         let mut done = vec![false; self.steps.len()];
         // Ensemble tensor → (value, produced by a batching model).

@@ -504,6 +504,11 @@ mod tests {
         }
     }
 
+    /// `n` one-row requests of the same shape, default priority, no timeout.
+    fn rows(n: usize) -> Vec<Submit> {
+        (0..n).map(|_| request(1, 16, 0, None)).collect()
+    }
+
     /// Queues `reqs` at `t0`, in order; returns their sequence numbers.
     fn queue(s: &Scheduler, t0: Instant, reqs: Vec<Submit>) -> Vec<u64> {
         let mut st = s.state.lock();
@@ -532,7 +537,7 @@ mod tests {
             "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 4, 6 ] }}"
         ));
         let t0 = Instant::now();
-        let seqs = queue(&s, t0, (0..7).map(|_| request(1, 16, 0, None)).collect());
+        let seqs = queue(&s, t0, rows(7));
         assert_eq!(form(&s, t0), Ok(seqs[..6].to_vec()));
         // One left, no delay configured: it goes at once, alone.
         assert_eq!(form(&s, t0), Ok(vec![seqs[6]]));
@@ -555,26 +560,18 @@ mod tests {
             "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 1000 }}"
         ));
         let t0 = Instant::now();
-        let seqs = queue(
-            &s,
-            t0,
-            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
-        );
+        let seqs = queue(&s, t0, rows(2));
         assert_eq!(form(&s, t0), Err(Duration::from_micros(1000)));
         assert_eq!(
             form(&s, t0 + Duration::from_micros(400)),
             Err(Duration::from_micros(600))
         );
         // Two more arrive before the delay is over: a preferred batch of 4 goes at once.
-        let more = queue(
-            &s,
-            t0,
-            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
-        );
+        let more = queue(&s, t0, rows(2));
         let all: Vec<u64> = seqs.iter().chain(&more).copied().collect();
         assert_eq!(form(&s, t0 + Duration::from_micros(500)), Ok(all));
         // Alone past the delay, a request goes without reaching a preferred size.
-        let late = queue(&s, t0, vec![request(1, 16, 0, None)]);
+        let late = queue(&s, t0, rows(1));
         assert_eq!(form(&s, t0 + Duration::from_micros(1000)), Ok(late));
     }
 
@@ -657,11 +654,7 @@ mod tests {
             "{BATCHING} dynamic_batching {{ default_queue_policy {{ max_queue_size: 2 }} }}"
         ));
         let t0 = Instant::now();
-        queue(
-            &s,
-            t0,
-            vec![request(1, 16, 0, None), request(1, 16, 0, None)],
-        );
+        queue(&s, t0, rows(2));
         let mut st = s.state.lock();
         let e = s.enqueue(&mut st, request(1, 16, 0, None), t0).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ResourceExhausted);

@@ -131,37 +131,19 @@ pub(crate) fn validate_tensors(config: &ModelConfig, steps: &[ModelConfig]) -> R
     let m = &config.name;
     let batching = config.max_batch_size > 0;
     let mut tensors: BTreeMap<String, TensorNode> = BTreeMap::new();
+    let own = |data_type: i32, dims: &[i64], reshape: Option<&[i64]>| TensorNode {
+        model: m.clone(),
+        batching,
+        data_type,
+        dims: reshape.unwrap_or(dims).to_vec(),
+    };
     for i in &config.input {
-        let dims = i
-            .reshape
-            .as_ref()
-            .map(|r| r.shape.clone())
-            .unwrap_or_else(|| i.dims.clone());
-        tensors.insert(
-            i.name.clone(),
-            TensorNode {
-                model: m.clone(),
-                batching,
-                data_type: i.data_type,
-                dims,
-            },
-        );
+        let reshape = i.reshape.as_ref().map(|r| r.shape.as_slice());
+        tensors.insert(i.name.clone(), own(i.data_type, &i.dims, reshape));
     }
     for o in &config.output {
-        let dims = o
-            .reshape
-            .as_ref()
-            .map(|r| r.shape.clone())
-            .unwrap_or_else(|| o.dims.clone());
-        tensors.insert(
-            o.name.clone(),
-            TensorNode {
-                model: m.clone(),
-                batching,
-                data_type: o.data_type,
-                dims,
-            },
-        );
+        let reshape = o.reshape.as_ref().map(|r| r.shape.as_slice());
+        tensors.insert(o.name.clone(), own(o.data_type, &o.dims, reshape));
     }
     let Some(e) = config.ensemble() else {
         return Ok(());

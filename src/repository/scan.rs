@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
+/// The folders directly in `dir` (links to folders included), by file name.
+fn subdirs(dir: &Path, what: &str) -> Result<Vec<(std::ffi::OsString, PathBuf)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, what, e))?;
+    Ok(entries
+        .flatten()
+        .map(|e| (e.file_name(), e.path()))
+        .filter(|(_, p)| p.is_dir())
+        .collect())
+}
+
 /// Model folders of a repository, sorted by name. Files at the top level are ignored; hidden
 /// folders are models too, as in Triton.
 pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -21,14 +31,8 @@ pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
         ));
     }
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(root)
-        .map_err(|e| Error::io(root, "failed to read model repository", e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        match entry.file_name().into_string() {
+    for (file_name, path) in subdirs(root, "failed to read model repository")? {
+        match file_name.into_string() {
             Ok(name) => out.push((name, path)),
             Err(name) => {
                 tracing::warn!("ignoring model directory {name:?}: its name is not valid UTF-8")
@@ -43,14 +47,8 @@ pub(crate) fn model_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// are skipped with a warning (`warmup`, `initial_state` and `configs` silently).
 pub(crate) fn version_dirs(model_dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(model_dir)
-        .map_err(|e| Error::io(model_dir, "failed to read model directory", e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (file_name, path) in subdirs(model_dir, "failed to read model directory")? {
+        let name = file_name.to_string_lossy().into_owned();
         if matches!(name.as_str(), "warmup" | "initial_state" | "configs") {
             continue;
         }

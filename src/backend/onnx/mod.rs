@@ -166,6 +166,30 @@ fn dims_match(model: &[i64], config: &[i64], exact: bool) -> bool {
     }
 }
 
+/// One config tensor against the model's: its data type, then its dims (or its reshape).
+/// Inputs accept a fixed dim where the model has -1; outputs must match exactly.
+fn check_tensor(
+    config: &ModelConfig,
+    kind: &str,
+    name: &str,
+    data_type: i32,
+    dims: &[i64],
+    reshape: Option<&[i64]>,
+    t: &io::OnnxTensor,
+) -> Result<()> {
+    let m = &config.name;
+    check_data_type(m, kind, name, data_type, t.data_type)?;
+    let dims = reshape.unwrap_or(dims);
+    compare_dims(
+        m,
+        name,
+        &t.dims,
+        dims,
+        config.max_batch_size,
+        kind == "output",
+    )
+}
+
 fn validate_inputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
     let m = &config.name;
     let optional = config.input.iter().filter(|i| i.optional).count();
@@ -207,19 +231,13 @@ fn validate_inputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
             )
             .with_tensor(n));
         }
-        check_data_type(m, "input", n, input.data_type, t.data_type)?;
-        let dims = input
-            .reshape
-            .as_ref()
-            .map(|r| r.shape.as_slice())
-            .unwrap_or(&input.dims);
-        compare_dims(m, n, &t.dims, dims, config.max_batch_size, false)?;
+        let reshape = input.reshape.as_ref().map(|r| r.shape.as_slice());
+        check_tensor(config, "input", n, input.data_type, &input.dims, reshape, t)?;
     }
     Ok(())
 }
 
 fn validate_outputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
-    let m = &config.name;
     for output in &config.output {
         let n = &output.name;
         let Some(t) = io.outputs.iter().find(|t| &t.name == n) else {
@@ -231,13 +249,16 @@ fn validate_outputs(config: &ModelConfig, io: &OnnxIo) -> Result<()> {
             ))
             .with_tensor(n));
         };
-        check_data_type(m, "output", n, output.data_type, t.data_type)?;
-        let dims = output
-            .reshape
-            .as_ref()
-            .map(|r| r.shape.as_slice())
-            .unwrap_or(&output.dims);
-        compare_dims(m, n, &t.dims, dims, config.max_batch_size, true)?;
+        let reshape = output.reshape.as_ref().map(|r| r.shape.as_slice());
+        check_tensor(
+            config,
+            "output",
+            n,
+            output.data_type,
+            &output.dims,
+            reshape,
+            t,
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use super::ExecutionReport;
 use crate::error::{Error, ErrorKind, Result};
 use crate::execution::lower::{self, Program, Step, Storage, ValueId};
 use crate::execution::tract::Plans;
-use crate::execution::Executable;
+use crate::execution::{Executable, Named};
 use crate::tensor::Tensor as MyTensor;
 use crate::util::lru::Lru;
 
@@ -545,11 +545,7 @@ impl Executable for GpuExecutable {
         Some(GpuExecutable::time_kernels(self, &shapes, iters))
     }
 
-    fn execute(
-        &self,
-        inputs: Vec<(String, MyTensor)>,
-        outputs: &[String],
-    ) -> Result<Vec<(String, MyTensor)>> {
+    fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let (shapes, values) = self.plans.ordered_inputs(&inputs)?;
         let plan = match self.plan_for(&shapes) {
             Ok(plan) => plan,

@@ -348,20 +348,23 @@ pub(crate) fn all_layouts() -> Vec<(&'static str, usize, Fields)> {
     fn one<T: Params>() -> (&'static str, usize, Fields) {
         (T::C_NAME, std::mem::size_of::<T>(), T::layout())
     }
-    vec![
-        one::<UnaryParams>(),
-        one::<PointwiseParams>(),
-        one::<BinaryParams>(),
-        one::<BinarySameParams>(),
-        one::<CopyParams>(),
-        one::<PadParams>(),
-        one::<ConvParams>(),
-        one::<GemmParams>(),
-        one::<PoolParams>(),
-        one::<ResizeParams>(),
-        one::<ReduceParams>(),
-        one::<SoftmaxParams>(),
-    ]
+    macro_rules! each {
+        ($($t:ty),*) => { vec![$(one::<$t>()),*] };
+    }
+    each!(
+        UnaryParams,
+        PointwiseParams,
+        BinaryParams,
+        BinarySameParams,
+        CopyParams,
+        PadParams,
+        ConvParams,
+        GemmParams,
+        PoolParams,
+        ResizeParams,
+        ReduceParams,
+        SoftmaxParams
+    )
 }
 
 /// C++ `static_assert`s that the C structs and codes have the layout and values Rust uses:

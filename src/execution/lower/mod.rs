@@ -235,22 +235,12 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
             *report.kernels.entry(kernel.name().to_string()).or_default() += 1;
         }
     }
-    let up = steps
-        .iter()
-        .filter(|s| matches!(s, Step::Upload { .. }))
-        .count();
-    let inputs = steps
-        .iter()
-        .filter(|s| matches!(s, Step::UploadInput { .. }))
-        .count();
-    let down = steps
-        .iter()
-        .filter(|s| matches!(s, Step::Download { .. }))
-        .count();
-    let output_downloads = steps
-        .iter()
-        .filter(|s| matches!(s, Step::Download { value } if outputs.contains(value)))
-        .count();
+    let count = |f: &dyn Fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
+    let up = count(&|s| matches!(s, Step::Upload { .. }));
+    let inputs = count(&|s| matches!(s, Step::UploadInput { .. }));
+    let down = count(&|s| matches!(s, Step::Download { .. }));
+    let output_downloads =
+        count(&|s| matches!(s, Step::Download { value } if outputs.contains(value)));
     report.uploads = up + inputs;
     report.downloads = down;
     report.intermediate_copies = up + down - output_downloads;
