@@ -4,7 +4,9 @@
 //!
 //! Each test runs on every target this machine has: the emulator (the same `kernels/*.cu`
 //! compiled for the host CPU, needs a C++ compiler; required on Linux) and CUDA (when `gpu::probe` finds a
-//! driver and a device). Without CUDA the CUDA half prints a notice and passes, unless
+//! driver and a device), and, for the tests that compare with the CPU path, the native CPU
+//! engine (the same lowering and executor with our Rust kernels, `engine: "native"` on a
+//! `KIND_CPU` group). Without CUDA the CUDA half prints a notice and passes, unless
 //! `MODELYARD_REQUIRE_GPU=1`, which makes it fail (and skips the emulator half, which CI ran:
 //! GPU machine time is for the GPU). Fixtures are found through
 //! `MODELYARD_FIXTURES`, then `./fixtures`, then the source tree, so the binary can be
@@ -32,9 +34,19 @@ use onnx_builder::{add_model, attr_int, attr_ints, attr_str, random, OneOp};
 enum Target {
     Emulator,
     Cuda,
+    /// The native CPU engine: the same lowering and executor, our Rust kernels on the host.
+    Native,
 }
 
+/// Every target: the devices, then the native CPU engine (always there).
 fn targets() -> Vec<Target> {
+    let mut t = device_targets();
+    t.push(Target::Native);
+    t
+}
+
+/// The targets that are a device (`KIND_GPU`): the emulator and CUDA.
+fn device_targets() -> Vec<Target> {
     let mut t = Vec::new();
     let require_gpu = std::env::var("MODELYARD_REQUIRE_GPU").as_deref() == Ok("1");
     if require_gpu {
@@ -71,7 +83,15 @@ fn targets() -> Vec<Target> {
 fn cpu_and_gpu(src: &Path, target: Target) -> (tempfile::TempDir, Repository) {
     let tmp = tempfile::tempdir().unwrap();
     add_model(tmp.path(), src, "cpu", "KIND_CPU");
-    add_model(tmp.path(), src, "gpu", "KIND_GPU");
+    if target == Target::Native {
+        add_model(tmp.path(), src, "gpu", "KIND_CPU");
+        let cfg = tmp.path().join("gpu/config.pbtxt");
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str("parameters { key: \"engine\" value: { string_value: \"native\" } }\n");
+        std::fs::write(cfg, text).unwrap();
+    } else {
+        add_model(tmp.path(), src, "gpu", "KIND_GPU");
+    }
     let repo = Repository::builder(tmp.path())
         .cuda_emulator(target == Target::Emulator)
         .load()
@@ -559,7 +579,7 @@ fn paddleocr_models_match_the_cpu_path() {
 
 #[test]
 fn out_of_device_memory_is_an_error_and_the_models_keep_working() {
-    for target in targets() {
+    for target in device_targets() {
         let tmp = tempfile::tempdir().unwrap();
         let east = fixtures().join("tutorial_repository/text_detection");
         add_model(tmp.path(), &east, "gpu", "KIND_GPU");
@@ -615,7 +635,7 @@ fn out_of_device_memory_is_an_error_and_the_models_keep_working() {
 
 #[test]
 fn concurrent_callers_get_their_own_answers() {
-    for target in targets() {
+    for target in device_targets() {
         let tmp = tempfile::tempdir().unwrap();
         let east = fixtures().join("tutorial_repository/text_detection");
         add_model(tmp.path(), &east, "gpu", "KIND_GPU");
@@ -659,7 +679,7 @@ fn concurrent_callers_get_their_own_answers() {
 
 #[test]
 fn kernel_timing_for_benchmarks_runs_only_on_gpu_models() {
-    for target in targets() {
+    for target in device_targets() {
         let op = OneOp::new("Sigmoid", vec![("x", vec![4096])]);
         let folder = op.folder(None, &[4096]);
         let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
@@ -754,7 +774,7 @@ fn the_ocr_pipeline_reads_the_same_text_on_the_gpu() {
     for m in ["text_detection", "text_recognition", "text_classification"] {
         add_model(tmp.path(), &dir.join(m), m, "KIND_GPU");
     }
-    for target in targets() {
+    for target in device_targets() {
         let repo = Repository::builder(tmp.path())
             .cuda_emulator(target == Target::Emulator)
             .load()

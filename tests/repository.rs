@@ -560,3 +560,23 @@ fn runtime_escapes_and_missing_gpu_ids_use_tritons_wording() {
     };
     assert!(e.contains(&want), "{e}\nwanted: {want}");
 }
+
+/// `parameters { key: "engine" }` picks tract's plan or the native engine; anything else is a
+/// config error naming the model and the choices.
+#[test]
+fn an_unknown_engine_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    add_model(
+        tmp.path(),
+        "m",
+        &format!("{ADD_SUB} backend: \"onnxruntime\" parameters {{ key: \"engine\" value: {{ string_value: \"fast\" }} }}"),
+        &["1"],
+    );
+    let e = Repository::load(tmp.path()).unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "model 'm': unknown engine 'fast' in parameters (expected 'tract' or 'native')"
+        ),
+        "{e}"
+    );
+}

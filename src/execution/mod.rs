@@ -3,11 +3,14 @@
 //! shapes, into a flat program of kernel launches with an arena laid out by liveness and CPU
 //! islands for nodes without a kernel; [`cuda`] holds the kernels' ABI, the devices that run
 //! them (the CUDA driver, or the host emulator) and the executor of lowered programs. The
-//! lowering names kernels, not a device: the CPU engine is meant to be its second device.
+//! lowering names kernels, not a device: [`cpu`] is its second device (Rust kernels over host
+//! memory, opt-in per model with `parameters { key: "engine" value: { string_value: "native" } }`).
 //!
 //! Below the backends, above config/tensor/error/util: nothing here names a backend, a model
 //! or the repository.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cpu;
 pub(crate) mod cuda;
 #[cfg(feature = "cuda")]
 pub(crate) mod lower;

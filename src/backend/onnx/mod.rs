@@ -62,14 +62,48 @@ impl Backend for OnnxBackend {
             opts.plan_cache_capacity,
             intra_op_threads(config),
         )?;
+        let native = engine(config)?;
         #[cfg(feature = "cuda")]
-        if let Some(device) = crate::execution::cuda::device_for(config, opts.cuda_emulator)? {
-            use crate::execution::cuda::executor::GpuExecutable;
-            let exec = GpuExecutable::new(plans, device, opts.plan_cache_capacity);
-            exec.prepare(config)?;
-            return Ok(Arc::new(exec));
+        {
+            use crate::execution::cuda::executor::ProgramExecutable;
+            let device = match crate::execution::cuda::device_for(config, opts.cuda_emulator)? {
+                Some(gpu) => Some(gpu),
+                None if native => Some(crate::execution::cpu::device()),
+                None => None,
+            };
+            if let Some(device) = device {
+                let exec = ProgramExecutable::new(plans, device, opts.plan_cache_capacity);
+                exec.prepare(config)?;
+                return Ok(Arc::new(exec));
+            }
+        }
+        if native {
+            return Err(Error::new(
+                crate::error::ErrorKind::Unsupported,
+                format!(
+                    "model '{}': the native CPU engine needs modelyard's `cuda` feature (it runs the lowering the GPU uses)",
+                    config.name
+                ),
+            ));
         }
         Ok(Arc::new(plans))
+    }
+}
+
+/// `parameters { key: "engine" }`: `tract` (the default: tract's own optimised plan) or
+/// `native` (our kernels on the CPU, behind the lowering the GPU uses). Whether it is native.
+fn engine(config: &ModelConfig) -> Result<bool> {
+    match config
+        .parameters
+        .get("engine")
+        .map(|p| p.string_value.as_str())
+    {
+        None | Some("tract") => Ok(false),
+        Some("native") => Ok(true),
+        Some(other) => Err(Error::invalid_config(format!(
+            "model '{}': unknown engine '{other}' in parameters (expected 'tract' or 'native')",
+            config.name
+        ))),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::tensor::Tensor as MyTensor;
 use crate::util::lru::Lru;
 
 /// One model version on a device.
-pub(crate) struct GpuExecutable {
+pub(crate) struct ProgramExecutable {
     plans: Plans,
     device: &'static dyn Device,
     /// GPU plans by input shapes.
@@ -31,7 +31,7 @@ pub(crate) struct GpuExecutable {
     weights: Mutex<HashMap<(u64, usize), DevPtr>>,
 }
 
-impl Drop for GpuExecutable {
+impl Drop for ProgramExecutable {
     fn drop(&mut self) {
         // The plans (and their arenas) go with the cache; no execution runs while `self` drops.
         self.cache.get_mut().clear();
@@ -110,9 +110,9 @@ fn device_error(model: &str, device: &dyn Device, what: &str, e: DeviceError) ->
     )
 }
 
-impl GpuExecutable {
+impl ProgramExecutable {
     pub(crate) fn new(plans: Plans, device: &'static dyn Device, capacity: usize) -> Self {
-        GpuExecutable {
+        ProgramExecutable {
             plans,
             device,
             cache: Mutex::new(Lru::new(capacity)),
@@ -527,7 +527,7 @@ impl GpuPlan {
     }
 }
 
-impl Executable for GpuExecutable {
+impl Executable for ProgramExecutable {
     fn metadata(&self) -> Option<&std::collections::BTreeMap<String, String>> {
         self.plans.metadata()
     }
@@ -542,7 +542,7 @@ impl Executable for GpuExecutable {
         iters: u32,
     ) -> Option<Result<std::time::Duration>> {
         let shapes: Vec<TVec<usize>> = shapes.iter().map(|s| s.iter().copied().collect()).collect();
-        Some(GpuExecutable::time_kernels(self, &shapes, iters))
+        Some(ProgramExecutable::time_kernels(self, &shapes, iters))
     }
 
     fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
