@@ -2,6 +2,8 @@
 //!
 //! - `modelyard`: `Model::infer` on a `KIND_CPU` group with `intra_op_thread_count` (the
 //!   engine a Triton repository gets today: tract's optimised plan behind our checks);
+//! - `native`: the native CPU engine (`engine: "native"`: the lowering the GPU uses, our Rust
+//!   kernels; portable loops, one thread so far), at 1 thread only;
 //! - `tract`: the same tract plan called directly (tract's multithreaded executor for 2
 //!   threads), so the difference to `modelyard` is our overhead;
 //! - `ort`: ONNX Runtime 1.32 in the same process, the engine Triton itself uses for
@@ -116,7 +118,7 @@ fn flops(model: &TypedModel) -> u64 {
 }
 
 /// A one-model repository for `case` with `threads` intra-op threads on one CPU instance.
-fn repository(case: &Case, threads: usize) -> (tempfile::TempDir, Repository) {
+fn repository(case: &Case, threads: usize, engine: &str) -> (tempfile::TempDir, Repository) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     std::fs::create_dir_all(dir.join("1")).unwrap();
@@ -128,7 +130,8 @@ fn repository(case: &Case, threads: usize) -> (tempfile::TempDir, Repository) {
         format!(
             "backend: \"onnxruntime\"\nmax_batch_size: {max_batch}\n\
              instance_group [ {{ count: 1, kind: KIND_CPU }} ]\n\
-             parameters {{ key: \"intra_op_thread_count\" value: {{ string_value: \"{threads}\" }} }}\n"
+             parameters {{ key: \"intra_op_thread_count\" value: {{ string_value: \"{threads}\" }} }}\n\
+             parameters {{ key: \"engine\" value: {{ string_value: \"{engine}\" }} }}\n"
         ),
     )
     .unwrap();
@@ -195,11 +198,19 @@ fn engines(c: &mut Criterion) {
             g.sample_size(10);
             g.warm_up_time(Duration::from_millis(500));
             g.measurement_time(Duration::from_secs(3));
-            let (_tmp, repo) = repository(case, threads);
+            let (_tmp, repo) = repository(case, threads, "tract");
             let handle = repo.model("m").unwrap();
             g.bench_function(BenchmarkId::new("modelyard", format!("{threads}t")), |b| {
                 b.iter(|| handle.infer([(case.input, tensor.clone())]).unwrap())
             });
+            #[cfg(feature = "cuda")]
+            if threads == 1 {
+                let (_tmp, repo) = repository(case, threads, "native");
+                let native = repo.model("m").unwrap();
+                g.bench_function(BenchmarkId::new("native", "1t"), |b| {
+                    b.iter(|| native.infer([(case.input, tensor.clone())]).unwrap())
+                });
+            }
             let executor = (threads > 1).then(|| Executor::multithread(threads));
             g.bench_function(BenchmarkId::new("tract", format!("{threads}t")), |b| {
                 b.iter(|| match &executor {

@@ -329,12 +329,29 @@ unsafe fn conv(p: &k::ConvParams) {
         (lo, hi, start(0))
     };
     let spans: Vec<(usize, usize, isize)> = (0..kw).map(cols).collect();
+    // A 1x1 convolution without stride, padding or dilation reads whole input planes: one
+    // contiguous multiply-add per (output channel, input channel) over the plane.
+    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
     for b in 0..n {
         for oc in 0..co {
             let g = oc / mg.max(1);
             let out = std::slice::from_raw_parts_mut(y.add((b * co + oc) * oh * ow), oh * ow);
             let b0 = if bias.is_null() { 0.0 } else { *bias.add(oc) };
             out.fill(b0);
+            if pointwise && oh * ow == h * wd {
+                for ci in 0..cg {
+                    let plane = x.add((b * c + g * cg + ci) * h * wd);
+                    let xs = std::slice::from_raw_parts(plane, h * wd);
+                    let wv = *w.add(oc * cg + ci);
+                    for (o, v) in out.iter_mut().zip(xs) {
+                        *o += wv * v;
+                    }
+                }
+                for v in out.iter_mut() {
+                    *v = activate(*v, p.act, p.a, p.b);
+                }
+                continue;
+            }
             for ci in 0..cg {
                 let plane = x.add((b * c + g * cg + ci) * h * wd);
                 let taps = w.add((oc * cg + ci) * kh * kw);
@@ -423,24 +440,35 @@ unsafe fn gemm(p: &k::GemmParams) {
     let [batch, m, n, kk] = [p.batch, p.m, p.n, p.k].map(|v| v.max(0) as usize);
     let s = |v: i32| v as isize;
     let mut row = vec![0f32; n];
+    // B with its rows not contiguous (a transposed operand) is copied once per batch into
+    // `[k, n]` row-major, so the inner loop always runs along contiguous memory.
+    let mut packed = if p.sbn == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; kk * n]
+    };
     for z in 0..batch {
         let a = (p.a as *const f32).offset(z as isize * s(p.sab));
         let b = (p.b as *const f32).offset(z as isize * s(p.sbb));
         let c = (p.c as *mut f32).offset(z as isize * s(p.scb));
+        if p.sbn != 1 {
+            for q in 0..kk {
+                for j in 0..n {
+                    packed[q * n + j] = *b.offset(q as isize * s(p.sbk) + j as isize * s(p.sbn));
+                }
+            }
+        }
         for i in 0..m {
             row.fill(0.0);
             for q in 0..kk {
                 let av = *a.offset(i as isize * s(p.sam) + q as isize * s(p.sak));
-                let brow = b.offset(q as isize * s(p.sbk));
-                if p.sbn == 1 {
-                    let bs = std::slice::from_raw_parts(brow, n);
-                    for (r, v) in row.iter_mut().zip(bs) {
-                        *r += av * v;
-                    }
+                let bs = if p.sbn == 1 {
+                    std::slice::from_raw_parts(b.offset(q as isize * s(p.sbk)), n)
                 } else {
-                    for (j, r) in row.iter_mut().enumerate() {
-                        *r += av * *brow.offset(j as isize * s(p.sbn));
-                    }
+                    &packed[q * n..(q + 1) * n]
+                };
+                for (r, v) in row.iter_mut().zip(bs) {
+                    *r += av * v;
                 }
             }
             for (j, v) in row.iter().enumerate() {
