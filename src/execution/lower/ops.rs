@@ -1,6 +1,13 @@
 //! Node by node: the launches (kernel, grid, parameters) for each operator a kernel takes.
 
-use super::*;
+use super::{
+    act, act_of, bin, bin_of, broadcast_strides, bytes_of, copy, dims6, fits_i32, grid_1d, k,
+    launch, strides_of, tensor1, view, AxisOp, Conv, DataFormat, Deconv, Downsample, EinSum,
+    ElementWiseOp, Fusable, Kernel, KernelFormat, LaunchSpec, Lowering, MaxPool, MultiBroadcastTo,
+    NearestUpsample, Operand, Pad, PadMode, PaddingSpec, Reduce, Reducer, RmsNorm, Slice, Softmax,
+    SumPool, Tile, TypedBinOp, TypedConcat, View, B256, MAX_RANK,
+};
+use tract_onnx::prelude::*;
 
 /// The launches planned for one node, and the activation fused into them.
 pub(super) type Planned = (Vec<LaunchSpec>, Option<Fusable>);

@@ -1,7 +1,13 @@
 //! Element-wise fusion: connected chains of activations and binary ops become one
 //! `pointwise_f32` launch.
 
-use super::*;
+use super::{
+    act_of, bin_of, broadcast_strides, bytes_of, dims6, fits_i32, grid_1d, k, view, ElementWiseOp,
+    Kernel, Lowering, Step, Storage, TypedBinOp, B256, MAX_RANK,
+};
+use std::collections::HashMap;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::format_err;
 
 impl Lowering<'_> {
     /// A node one `pointwise_f32` operator can compute: an activation, or a binary op whose

@@ -1,6 +1,9 @@
 //! Passes over the finished steps: CPU islands and the activation arena's layout.
 
-use super::*;
+use super::{Step, Storage, Value, ValueId};
+use std::collections::HashMap;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::format_err;
 
 /// Runs of CPU steps (with the downloads between them, which move before the run: the values
 /// they read were computed before it) become one tract sub-model, optimised as tract
