@@ -390,45 +390,45 @@ unsafe fn conv(p: &k::ConvParams) {
     }
 }
 
-/// ConvTranspose (`deconv2d_f32`): weights `[co, c, kh, kw]`, one output at a time.
+/// ConvTranspose (`deconv2d_f32`): weights `[co, c, kh, kw]`. Each input pixel scatters into
+/// the outputs its taps reach (exactly the multiply-adds there are, where a gather over every
+/// output would test each tap for divisibility), bias first, activation last.
 unsafe fn deconv(p: &k::ConvParams) {
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
     let [n, c, h, wd, co, oh, ow, kh, kw] =
-        [p.n, p.c, p.h, p.w, p.co, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as isize);
+        [p.n, p.c, p.h, p.w, p.co, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
     let [sh, sw, dh, dw] = [p.sh, p.sw, p.dh, p.dw].map(|v| v.max(1) as isize);
     let (pt, pl) = (p.pt as isize, p.pl as isize);
-    let mut i = 0usize;
     for b in 0..n {
         for oc in 0..co {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = if bias.is_null() {
-                        0.0
-                    } else {
-                        *bias.offset(oc)
-                    };
-                    for ic in 0..c {
-                        let xp = x.offset((b * c + ic) * h * wd);
-                        let wp = w.offset((oc * c + ic) * kh * kw);
-                        for ky in 0..kh {
-                            let ty = oy + pt - ky * dh;
-                            if ty < 0 || ty % sh != 0 || ty / sh >= h {
+            let out = std::slice::from_raw_parts_mut(y.add((b * co + oc) * oh * ow), oh * ow);
+            out.fill(if bias.is_null() { 0.0 } else { *bias.add(oc) });
+            for ic in 0..c {
+                let xp = std::slice::from_raw_parts(x.add((b * c + ic) * h * wd), h * wd);
+                let wp = w.add((oc * c + ic) * kh * kw);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let wv = *wp.add(ky * kw + kx);
+                        let dx = kx as isize * dw - pl;
+                        for iy in 0..h {
+                            let oy = iy as isize * sh - pt + ky as isize * dh;
+                            if oy < 0 || oy >= oh as isize {
                                 continue;
                             }
-                            for kx in 0..kw {
-                                let tx = ox + pl - kx * dw;
-                                if tx < 0 || tx % sw != 0 || tx / sw >= wd {
-                                    continue;
+                            let orow = &mut out[oy as usize * ow..(oy as usize + 1) * ow];
+                            for (ix, v) in xp[iy * wd..(iy + 1) * wd].iter().enumerate() {
+                                let ox = ix as isize * sw + dx;
+                                if ox >= 0 && ox < ow as isize {
+                                    orow[ox as usize] += wv * v;
                                 }
-                                acc +=
-                                    *xp.offset(ty / sh * wd + tx / sw) * *wp.offset(ky * kw + kx);
                             }
                         }
                     }
-                    *y.add(i) = activate(acc, p.act, p.a, p.b);
-                    i += 1;
                 }
+            }
+            for v in out.iter_mut() {
+                *v = activate(*v, p.act, p.a, p.b);
             }
         }
     }
