@@ -252,8 +252,9 @@ impl Model {
     }
 
     /// Where this model's nodes ran the last time a plan was built, and the host↔device
-    /// copies per inference: `Some` for a model on a GPU instance group (or the emulator),
-    /// `None` on the CPU.
+    /// copies per inference: `Some` for a model run by the lowered program (a GPU instance
+    /// group, the emulator, or the native CPU engine, `engine: "native"`), `None` for tract's
+    /// own plan.
     pub fn execution_report(&self) -> Option<crate::execution::ExecutionReport> {
         self.inner.exec.execution_report()
     }
