@@ -12,23 +12,21 @@
 //!
 //! [`Program`]: super::lower::Program
 
-use std::collections::HashMap;
-
-use parking_lot::Mutex;
-
-use super::cuda::device::{DevPtr, Device, DeviceError, DeviceResult};
+use super::cuda::device::{
+    host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
+};
 use super::cuda::kernels::{self as k, act, bin, Kernel, View, MAX_RANK};
 
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
-    allocations: Mutex<HashMap<u64, std::alloc::Layout>>,
+    memory: HostMemory,
 }
 
 /// The process's CPU device.
 pub(crate) fn device() -> &'static dyn Device {
     static CPU: std::sync::OnceLock<CpuDevice> = std::sync::OnceLock::new();
     CPU.get_or_init(|| CpuDevice {
-        allocations: Mutex::new(HashMap::new()),
+        memory: HostMemory::new(64, usize::MAX),
     })
 }
 
@@ -52,57 +50,7 @@ impl Device for CpuDevice {
         "cpu (native kernels)".into()
     }
 
-    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
-        let layout = std::alloc::Layout::from_size_align(bytes.max(64), 64).map_err(|e| {
-            DeviceError::OutOfMemory {
-                bytes,
-                detail: format!(": {e}"),
-            }
-        })?;
-        // SAFETY: non-zero size. Zeroed, so a value never written reads as 0.0.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        if p.is_null() {
-            return Err(DeviceError::OutOfMemory {
-                bytes,
-                detail: String::new(),
-            });
-        }
-        self.allocations.lock().insert(p as u64, layout);
-        Ok(p as u64)
-    }
-
-    fn free(&self, ptr: DevPtr) {
-        if let Some(layout) = self.allocations.lock().remove(&ptr) {
-            // SAFETY: allocated above with this layout.
-            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-        }
-    }
-
-    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
-        self.alloc(bytes).map(|p| p as *mut u8)
-    }
-
-    fn free_host(&self, ptr: *mut u8, _bytes: usize) {
-        self.free(ptr as u64);
-    }
-
-    fn new_stream(&self) -> DeviceResult<u64> {
-        Ok(0)
-    }
-
-    fn free_stream(&self, _stream: u64) {}
-
-    fn upload(&self, _s: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
-        // SAFETY: the executor passes a live host range and an allocation of `len` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
-        Ok(())
-    }
-
-    fn download(&self, _s: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
-        // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
-        Ok(())
-    }
+    host_memory_methods!(memory);
 
     fn launch(
         &self,
@@ -134,10 +82,6 @@ impl Device for CpuDevice {
                 Kernel::Softmax => softmax(&params(bytes)?),
             }
         }
-        Ok(())
-    }
-
-    fn sync(&self, _stream: u64) -> DeviceResult<()> {
         Ok(())
     }
 }

@@ -71,6 +71,94 @@ pub(crate) trait Device: Send + Sync {
     fn sync(&self, stream: u64) -> DeviceResult<()>;
 }
 
+/// Host memory standing in for device memory (the emulator's and the CPU device's): aligned,
+/// zeroed allocations tracked by address, at most `limit` bytes in all.
+pub(crate) struct HostMemory {
+    align: usize,
+    limit: usize,
+    allocations: parking_lot::Mutex<std::collections::HashMap<u64, std::alloc::Layout>>,
+}
+
+impl HostMemory {
+    pub(crate) fn new(align: usize, limit: usize) -> HostMemory {
+        HostMemory {
+            align,
+            limit,
+            allocations: Default::default(),
+        }
+    }
+
+    pub(crate) fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
+        let oom = |detail: String| DeviceError::OutOfMemory { bytes, detail };
+        let layout = std::alloc::Layout::from_size_align(bytes.max(self.align), self.align)
+            .map_err(|e| oom(format!(": {e}")))?;
+        let mut allocations = self.allocations.lock();
+        let used: usize = allocations.values().map(|l| l.size()).sum();
+        if used + layout.size() > self.limit {
+            return Err(oom(format!(", {used} of {} in use", self.limit)));
+        }
+        // SAFETY: non-zero size. Zeroed, so a value never written reads as 0.0.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(oom(String::new()));
+        }
+        allocations.insert(p as u64, layout);
+        Ok(p as u64)
+    }
+
+    pub(crate) fn free(&self, ptr: DevPtr) {
+        if let Some(layout) = self.allocations.lock().remove(&ptr) {
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
+        }
+    }
+}
+
+/// The memory half of [`Device`] for a device whose memory is a [`HostMemory`] (field
+/// `$mem`): streams are no-ops, copies are `memcpy`s, everything runs in order.
+macro_rules! host_memory_methods {
+    ($mem:ident) => {
+        fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
+            self.$mem.alloc(bytes)
+        }
+
+        fn free(&self, ptr: DevPtr) {
+            self.$mem.free(ptr)
+        }
+
+        fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
+            self.$mem.alloc(bytes).map(|p| p as *mut u8)
+        }
+
+        fn free_host(&self, ptr: *mut u8, _bytes: usize) {
+            self.$mem.free(ptr as u64)
+        }
+
+        fn new_stream(&self) -> DeviceResult<u64> {
+            Ok(0)
+        }
+
+        fn free_stream(&self, _stream: u64) {}
+
+        fn upload(&self, _s: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
+            // SAFETY: the executor passes a live host range and an allocation of `len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
+            Ok(())
+        }
+
+        fn download(&self, _s: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
+            // SAFETY: as above.
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
+            Ok(())
+        }
+
+        fn sync(&self, _stream: u64) -> DeviceResult<()> {
+            Ok(())
+        }
+    };
+}
+pub(crate) use host_memory_methods;
+
 /// Where compiled kernels are kept: `MODELYARD_KERNEL_CACHE`, else `$XDG_CACHE_HOME/modelyard`
 /// or `~/.cache/modelyard`, else the temporary directory.
 pub(crate) fn cache_dir() -> PathBuf {

@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-use super::device::{cache_dir, write_atomically, DevPtr, Device, DeviceError, DeviceResult};
+use super::device::{
+    cache_dir, host_memory_methods, write_atomically, DevPtr, Device, DeviceError, DeviceResult,
+    HostMemory,
+};
 use super::kernels::{self, Kernel};
 
 const PRELUDE: &str = include_str!("../../../kernels/emu/prelude.h");
@@ -26,7 +29,7 @@ type SizeFn = unsafe extern "C" fn() -> u32;
 pub(crate) struct EmuDevice {
     _lib: libloading::Library,
     launches: HashMap<Kernel, (LaunchFn, usize)>,
-    allocations: Mutex<HashMap<u64, std::alloc::Layout>>,
+    memory: HostMemory,
     /// The emulated device runs one launch at a time (its built-ins are globals).
     running: Mutex<()>,
 }
@@ -109,7 +112,7 @@ impl EmuDevice {
         Ok(EmuDevice {
             _lib: lib,
             launches,
-            allocations: Mutex::new(HashMap::new()),
+            memory: HostMemory::new(256, MEMORY),
             running: Mutex::new(()),
         })
     }
@@ -120,56 +123,7 @@ impl Device for EmuDevice {
         "emulator (kernels compiled for the host CPU, 1 GiB)".into()
     }
 
-    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
-        let oom = |detail: String| DeviceError::OutOfMemory { bytes, detail };
-        let layout = std::alloc::Layout::from_size_align(bytes.max(256), 256)
-            .map_err(|e| oom(format!(": {e}")))?;
-        let mut allocations = self.allocations.lock();
-        let used: usize = allocations.values().map(|l| l.size()).sum();
-        if used + layout.size() > MEMORY {
-            return Err(oom(format!(", {used} of {MEMORY} in use")));
-        }
-        // SAFETY: non-zero size.
-        let p = unsafe { std::alloc::alloc(layout) };
-        if p.is_null() {
-            return Err(oom(String::new()));
-        }
-        allocations.insert(p as u64, layout);
-        Ok(p as u64)
-    }
-
-    fn free(&self, ptr: DevPtr) {
-        if let Some(layout) = self.allocations.lock().remove(&ptr) {
-            // SAFETY: allocated above with this layout.
-            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-        }
-    }
-
-    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
-        self.alloc(bytes).map(|p| p as *mut u8)
-    }
-
-    fn free_host(&self, ptr: *mut u8, _bytes: usize) {
-        self.free(ptr as u64);
-    }
-
-    fn new_stream(&self) -> DeviceResult<u64> {
-        Ok(0)
-    }
-
-    fn free_stream(&self, _stream: u64) {}
-
-    fn upload(&self, _s: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
-        // SAFETY: the executor passes a live host range and a device range of `len` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
-        Ok(())
-    }
-
-    fn download(&self, _s: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
-        // SAFETY: as above.
-        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
-        Ok(())
-    }
+    host_memory_methods!(memory);
 
     fn launch(
         &self,
@@ -201,10 +155,6 @@ impl Device for EmuDevice {
                 block[2],
             )
         };
-        Ok(())
-    }
-
-    fn sync(&self, _stream: u64) -> DeviceResult<()> {
         Ok(())
     }
 }
