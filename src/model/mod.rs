@@ -57,8 +57,8 @@ struct ModelInner {
     version: i64,
     config: ModelConfig,
     exec: Arc<dyn Executable>,
-    /// For an ensemble: its steps' composing versions, in step order.
-    steps: Vec<Model>,
+    /// For an ensemble: the same executable, whose steps hold the composing versions.
+    ensemble: Option<Arc<ensemble::Ensemble>>,
     labels: BTreeMap<String, Vec<String>>,
     stats: stats::Recorder,
     /// None for an ensemble: it has no scheduler of its own, its steps queue on their models.
@@ -192,7 +192,7 @@ impl Model {
                 version,
                 config,
                 exec,
-                steps: Vec::new(),
+                ensemble: None,
                 labels,
             }),
         }
@@ -206,15 +206,15 @@ impl Model {
         steps: Vec<Model>,
         max_request_bytes: usize,
     ) -> Model {
-        let exec = ensemble::Ensemble::new(&config, steps);
+        let exec = Arc::new(ensemble::Ensemble::new(&config, steps));
         Model {
             inner: Arc::new(ModelInner {
                 stats: stats::Recorder::new(&config.name, version),
                 max_request_bytes,
                 scheduler: None,
                 version,
-                steps: exec.models(),
-                exec: Arc::new(exec),
+                ensemble: Some(exec.clone()),
+                exec,
                 config,
                 labels: BTreeMap::new(),
             }),
@@ -227,8 +227,12 @@ impl Model {
     }
 
     /// For an ensemble: its steps' composing versions, in step order.
-    pub(crate) fn steps(&self) -> &[Model] {
-        &self.inner.steps
+    pub(crate) fn steps(&self) -> Vec<Model> {
+        self.inner
+            .ensemble
+            .as_ref()
+            .map(|e| e.models())
+            .unwrap_or_default()
     }
 
     /// Whether both handles are the same loaded version.

@@ -520,7 +520,7 @@ fn unchanged_ensemble(
     if steps.len() != config.ensemble()?.step.len() {
         return None;
     }
-    for ((dep, v), old) in wanted.zip(steps) {
+    for ((dep, v), old) in wanted.zip(&steps) {
         let now = composing_model(models, done, dep, v).ok()?;
         if !now.same_as(old) {
             return None;

@@ -76,7 +76,8 @@ pub(crate) trait Device: Send + Sync {
 pub(crate) struct HostMemory {
     align: usize,
     limit: usize,
-    allocations: parking_lot::Mutex<std::collections::HashMap<u64, std::alloc::Layout>>,
+    /// (bytes in use, the allocations by address)
+    allocations: parking_lot::Mutex<(usize, std::collections::HashMap<u64, std::alloc::Layout>)>,
 }
 
 impl HostMemory {
@@ -93,7 +94,7 @@ impl HostMemory {
         let layout = std::alloc::Layout::from_size_align(bytes.max(self.align), self.align)
             .map_err(|e| oom(format!(": {e}")))?;
         let mut allocations = self.allocations.lock();
-        let used: usize = allocations.values().map(|l| l.size()).sum();
+        let used = allocations.0;
         if used + layout.size() > self.limit {
             return Err(oom(format!(", {used} of {} in use", self.limit)));
         }
@@ -102,12 +103,15 @@ impl HostMemory {
         if p.is_null() {
             return Err(oom(String::new()));
         }
-        allocations.insert(p as u64, layout);
+        allocations.0 += layout.size();
+        allocations.1.insert(p as u64, layout);
         Ok(p as u64)
     }
 
     pub(crate) fn free(&self, ptr: DevPtr) {
-        if let Some(layout) = self.allocations.lock().remove(&ptr) {
+        let mut allocations = self.allocations.lock();
+        if let Some(layout) = allocations.1.remove(&ptr) {
+            allocations.0 -= layout.size();
             // SAFETY: allocated above with this layout.
             unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
         }

@@ -150,22 +150,18 @@ impl Lowering<'_> {
 /// A translator for operator type `$op`: `$body` runs when the node's op is one, with the
 /// lowering, the node, the op and the output shape bound to the names given.
 macro_rules! translator {
-    ($name:ident, $op:ty, |$l:tt, $node:ident, $x:ident, $oshape:tt| $body:block) => {
+    ($name:ident, $op:ty, |$l:pat_param, $node:ident, $x:ident, $oshape:pat_param| $body:block) => {
         fn $name(
-            lowering: &Lowering<'_>,
+            $l: &Lowering<'_>,
             $node: &TypedNode,
-            oshape: &[usize],
+            $oshape: &[usize],
         ) -> TractResult<Option<Planned>> {
             let Some($x) = $node.op.downcast_ref::<$op>() else {
                 return Ok(None);
             };
-            translator!(@bind $l lowering);
-            translator!(@bind $oshape oshape);
             $body
         }
     };
-    (@bind _ $v:ident) => { let _ = $v; };
-    (@bind $name:ident $v:ident) => { let $name = $v; };
 }
 
 /// One launch, no fused activation.
