@@ -17,6 +17,11 @@ use super::cuda::device::{
 };
 use super::cuda::kernels::{self as k, act, bin, Kernel, View, MAX_RANK};
 
+mod elementwise;
+mod gemm;
+
+use elementwise::{binary, binary_same, copy, pointwise, unary};
+
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
     memory: HostMemory,
@@ -63,6 +68,7 @@ impl Device for CpuDevice {
         // SAFETY (every arm): the lowering built the parameters from the program's values;
         // each pointer names a live arena slot, weight or input of the size and layout the
         // parameters describe (the same contract the CUDA kernels rely on).
+        let t0 = std::time::Instant::now();
         unsafe {
             match kernel {
                 Kernel::Unary => unary(&params(bytes)?),
@@ -75,15 +81,48 @@ impl Device for CpuDevice {
                     conv(&params(bytes)?)
                 }
                 Kernel::Deconv => deconv(&params(bytes)?),
-                Kernel::Gemm | Kernel::GemmNarrow => gemm(&params(bytes)?),
+                Kernel::Gemm | Kernel::GemmNarrow => matmul(&params(bytes)?),
                 Kernel::Pool => pool(&params(bytes)?),
                 Kernel::Resize => resize(&params(bytes)?),
                 Kernel::Reduce => reduce(&params(bytes)?),
                 Kernel::Softmax => softmax(&params(bytes)?),
             }
         }
+        if profiling() {
+            profile_line(kernel, bytes, t0.elapsed())?;
+        }
         Ok(())
     }
+}
+
+/// `MODELYARD_CPU_PROFILE=1`: every launch prints `PROF <kernel> <µs> <shape>` to stderr, a
+/// developer's per-kernel profile (sum the lines per kernel to see where the time goes).
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MODELYARD_CPU_PROFILE").is_some_and(|v| v == "1"))
+}
+
+fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> DeviceResult<()> {
+    let shape = match kernel {
+        Kernel::Conv
+        | Kernel::Conv1x1
+        | Kernel::ConvNarrow
+        | Kernel::ConvDepthwise
+        | Kernel::Deconv => {
+            let p: k::ConvParams = params(bytes)?;
+            format!(
+                "{}x{}x{}x{} -> {}x{}x{} k{}x{} s{} g{}",
+                p.n, p.c, p.h, p.w, p.co, p.oh, p.ow, p.kh, p.kw, p.sh, p.group
+            )
+        }
+        Kernel::Gemm | Kernel::GemmNarrow => {
+            let p: k::GemmParams = params(bytes)?;
+            format!("{}x[{}x{}x{}]", p.batch, p.m, p.n, p.k)
+        }
+        _ => String::new(),
+    };
+    eprintln!("PROF {kernel:?} {} {shape}", took.as_micros());
+    Ok(())
 }
 
 /// `my_act` of common.cu.
@@ -168,69 +207,6 @@ fn offset(mut idx: usize, rank: usize, dims: &[i32; MAX_RANK], v: &View) -> isiz
     off
 }
 
-unsafe fn unary(p: &k::UnaryParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    for i in 0..p.n.max(0) as usize {
-        *y.add(i) = activate(*x.add(i), p.act, p.a, p.b);
-    }
-}
-
-unsafe fn binary_same(p: &k::BinarySameParams) {
-    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
-    for i in 0..p.n.max(0) as usize {
-        *y.add(i) = activate(combine(*a.add(i), *b.add(i), p.op), p.act, 0.0, 0.0);
-    }
-}
-
-unsafe fn binary(p: &k::BinaryParams) {
-    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
-    let rank = p.rank as usize;
-    for i in 0..p.n.max(0) as usize {
-        let x = *a.offset(offset(i, rank, &p.dims, &p.va));
-        let z = *b.offset(offset(i, rank, &p.dims, &p.vb));
-        *y.add(i) = activate(combine(x, z, p.op), p.act, 0.0, 0.0);
-    }
-}
-
-unsafe fn pointwise(p: &k::PointwiseParams) {
-    let y = p.y as *mut f32;
-    let rank = p.rank as usize;
-    let (n_in, n_ops) = (p.n_in.max(0) as usize, p.n_ops.max(0) as usize);
-    let mut r = [0f32; k::PW_MAX_IN + k::PW_MAX_OPS];
-    for i in 0..p.n.max(0) as usize {
-        for (j, (input, view)) in p.inputs.iter().zip(&p.views).take(n_in).enumerate() {
-            r[j] = *(*input as *const f32).offset(offset(i, rank, &p.dims, view));
-        }
-        for o in 0..n_ops {
-            let x = r[p.a[o] as usize];
-            let c = p.code[o];
-            r[k::PW_MAX_IN + o] = if c >= k::PW_ACT_BASE {
-                activate(x, c - k::PW_ACT_BASE, p.ca[o], p.cb[o])
-            } else {
-                combine(x, r[p.b[o] as usize], c)
-            };
-        }
-        *y.add(i) = r[k::PW_MAX_IN + n_ops.max(1) - 1];
-    }
-}
-
-unsafe fn copy(p: &k::CopyParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    let rank = p.rank as usize;
-    for i in 0..p.n.max(0) as usize {
-        let mut idx = i;
-        let (mut ox, mut oy) = (p.vx.offset as isize, p.vy.offset as isize);
-        for d in (0..rank).rev() {
-            let n = p.dims[d].max(1) as usize;
-            let c = idx % n;
-            idx /= n;
-            ox += (c % p.x_dims[d].max(1) as usize) as isize * p.vx.strides[d] as isize;
-            oy += c as isize * p.vy.strides[d] as isize;
-        }
-        *y.offset(oy) = *x.offset(ox);
-    }
-}
-
 unsafe fn pad(p: &k::PadParams) {
     let (x, y) = (p.x as *const f32, p.y as *mut f32);
     let rank = p.rank as usize;
@@ -253,83 +229,285 @@ unsafe fn pad(p: &k::PadParams) {
 }
 
 /// Every convolution kernel (tiled, 1x1, narrow, depthwise): NCHW, weights `[co, c/group,
-/// kh, kw]`, bias and activation in the epilogue. Per output channel, each weight tap adds a
-/// scaled input row into the output row (contiguous when the stride is 1).
+/// kh, kw]`, bias and activation in the epilogue. Depthwise convolutions (one input channel
+/// per output channel) run [`depthwise`]; the others are one [`gemm`] product per image and
+/// group, `W_g[co/group, c/group·kh·kw] · patches`, the patches packed panel by panel from
+/// the image.
 unsafe fn conv(p: &k::ConvParams) {
+    let g = Geometry::of(p);
+    if g.cg == 1 && g.mg == 1 {
+        return depthwise(p, &g);
+    }
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
-    let [n, c, h, wd] = [p.n, p.c, p.h, p.w].map(|v| v.max(0) as usize);
-    let [co, oh, ow] = [p.co, p.oh, p.ow].map(|v| v.max(0) as usize);
-    let [kh, kw, sh, sw, dh, dw] = [p.kh, p.kw, p.sh, p.sw, p.dh, p.dw].map(|v| v.max(0) as usize);
-    let (pt, pl) = (p.pt as isize, p.pl as isize);
-    let group = p.group.max(1) as usize;
-    let (cg, mg) = (c / group, co / group);
-    // Output columns whose input column is inside for tap kx: [lo, hi).
-    let cols = |kx: usize| {
-        let start = |o: usize| o as isize * sw as isize - pl + (kx * dw) as isize;
-        let lo = (0..ow).find(|&o| start(o) >= 0).unwrap_or(ow);
-        let hi = (lo..ow).find(|&o| start(o) >= wd as isize).unwrap_or(ow);
-        (lo, hi, start(0))
-    };
-    let spans: Vec<(usize, usize, isize)> = (0..kw).map(cols).collect();
-    // A 1x1 convolution without stride, padding or dilation reads whole input planes: one
-    // contiguous multiply-add per (output channel, input channel) over the plane.
-    let pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0;
-    for b in 0..n {
-        for oc in 0..co {
-            let g = oc / mg.max(1);
-            let out = std::slice::from_raw_parts_mut(y.add((b * co + oc) * oh * ow), oh * ow);
-            let b0 = if bias.is_null() { 0.0 } else { *bias.add(oc) };
-            out.fill(b0);
-            if pointwise && oh * ow == h * wd {
-                for ci in 0..cg {
-                    let plane = x.add((b * c + g * cg + ci) * h * wd);
-                    let xs = std::slice::from_raw_parts(plane, h * wd);
-                    let wv = *w.add(oc * cg + ci);
-                    for (o, v) in out.iter_mut().zip(xs) {
-                        *o += wv * v;
+    let kk = g.cg * g.kh * g.kw;
+    let plane = g.oh * g.ow;
+    for b in 0..g.n {
+        for grp in 0..g.group {
+            let xg = gemm::Shared(x.add((b * g.c + grp * g.cg) * g.h * g.w));
+            let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+                pack_patches(&g, xg.get(), k0, kc, n0, nc, dst)
+            };
+            let prob = gemm::Problem {
+                m: g.mg,
+                n: plane,
+                k: kk,
+                a: w.add(grp * g.mg * kk),
+                rs_a: kk,
+                c: y.add((b * g.co + grp * g.mg) * plane),
+                rs_c: plane,
+                epilogue: gemm::Epilogue {
+                    bias: if bias.is_null() {
+                        bias
+                    } else {
+                        bias.add(grp * g.mg)
+                    },
+                    act: p.act,
+                    a: p.a,
+                    b: p.b,
+                },
+            };
+            gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+        }
+    }
+}
+
+/// A convolution's sizes, as `usize`.
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: isize,
+    pl: isize,
+    group: usize,
+    /// Input and output channels per group.
+    cg: usize,
+    mg: usize,
+}
+
+impl Geometry {
+    fn of(p: &k::ConvParams) -> Geometry {
+        let [n, c, h, w, co, oh, ow] =
+            [p.n, p.c, p.h, p.w, p.co, p.oh, p.ow].map(|v| v.max(0) as usize);
+        let [kh, kw, sh, sw, dh, dw] =
+            [p.kh, p.kw, p.sh, p.sw, p.dh, p.dw].map(|v| v.max(1) as usize);
+        let group = p.group.max(1) as usize;
+        Geometry {
+            n,
+            c,
+            h,
+            w,
+            co,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt: p.pt as isize,
+            pl: p.pl as isize,
+            group,
+            cg: c / group,
+            mg: co / group,
+        }
+    }
+
+    /// Output columns whose input column `o·sw − pl + kx·dw` is inside the row for every
+    /// tap: `[lo, hi)`, and the input column of output column 0 for tap 0.
+    fn interior(&self) -> (usize, usize) {
+        let reach = ((self.kw - 1) * self.dw) as isize;
+        let lo = (self.pl.max(0) as usize).div_ceil(self.sw).min(self.ow);
+        let last = self.w as isize - 1 - reach + self.pl;
+        let hi = if last < 0 {
+            0
+        } else {
+            (last as usize / self.sw + 1).min(self.ow)
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+/// Rows `k0 .. k0 + kc` of the image's patch matrix (row `(ci, ky, kx)`, column the output
+/// pixel), columns `n0 .. n0 + nc`, into `dst` (`kc` rows of [`gemm::NR`]), zeros outside
+/// the image and past `nc`.
+unsafe fn pack_patches(
+    g: &Geometry,
+    x: *const f32,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    dst: &mut [f32],
+) {
+    let taps = g.kh * g.kw;
+    let pointwise =
+        taps == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.oh == g.h && g.ow == g.w;
+    for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
+        let kq = k0 + q;
+        let (ci, t) = (kq / taps, kq % taps);
+        let (ky, kx) = (t / g.kw, t % g.kw);
+        let plane = x.add(ci * g.h * g.w);
+        row[nc..].fill(0.0);
+        if pointwise {
+            // SAFETY: n0 + nc <= h·w, the plane's size.
+            row[..nc].copy_from_slice(std::slice::from_raw_parts(plane.add(n0), nc));
+            continue;
+        }
+        let (mut oy, mut ox) = (n0 / g.ow, n0 % g.ow);
+        let mut j = 0;
+        while j < nc {
+            let run = (g.ow - ox).min(nc - j);
+            let out = &mut row[j..j + run];
+            let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
+            if iy < 0 || iy >= g.h as isize {
+                out.fill(0.0);
+            } else {
+                let src = plane.add(iy as usize * g.w);
+                let x0 = (ox * g.sw) as isize - g.pl + (kx * g.dw) as isize;
+                if g.sw == 1 {
+                    // Columns t with 0 <= x0 + t < w are inside the row.
+                    let lo = (-x0).clamp(0, run as isize) as usize;
+                    let hi = (g.w as isize - x0).clamp(lo as isize, run as isize) as usize;
+                    out[..lo].fill(0.0);
+                    out[lo..hi].copy_from_slice(std::slice::from_raw_parts(
+                        src.offset(x0 + lo as isize),
+                        hi - lo,
+                    ));
+                    out[hi..].fill(0.0);
+                } else {
+                    for (t, o) in out.iter_mut().enumerate() {
+                        let ix = x0 + (t * g.sw) as isize;
+                        *o = if ix >= 0 && ix < g.w as isize {
+                            *src.offset(ix)
+                        } else {
+                            0.0
+                        };
                     }
                 }
-                for v in out.iter_mut() {
-                    *v = activate(*v, p.act, p.a, p.b);
-                }
-                continue;
             }
-            for ci in 0..cg {
-                let plane = x.add((b * c + g * cg + ci) * h * wd);
-                let taps = w.add((oc * cg + ci) * kh * kw);
-                for oy in 0..oh {
-                    let row = &mut out[oy * ow..(oy + 1) * ow];
-                    for ky in 0..kh {
-                        let iy = (oy * sh) as isize - pt + (ky * dh) as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let src = plane.add(iy as usize * wd);
-                        for (kx, &(lo, hi, s0)) in spans.iter().enumerate() {
-                            let wv = *taps.add(ky * kw + kx);
-                            if hi <= lo {
-                                continue;
-                            }
-                            if sw == 1 {
-                                let base = src.offset(s0 + lo as isize);
-                                let xs = std::slice::from_raw_parts(base, hi - lo);
-                                for (o, v) in row[lo..hi].iter_mut().zip(xs) {
-                                    *o += wv * v;
-                                }
-                            } else {
-                                for (o, r) in row.iter_mut().enumerate().take(hi).skip(lo) {
-                                    *r += wv * *src.offset(s0 + (o * sw) as isize);
+            j += run;
+            ox = 0;
+            oy += 1;
+        }
+    }
+}
+
+/// A depthwise convolution (`group == c == co`): per channel and output row, each kernel row
+/// adds its taps into the row, the interior columns (every tap inside the image) in one
+/// vectorised pass for the common 3- and 5-wide kernels, the border columns tap by tap.
+unsafe fn depthwise(p: &k::ConvParams, g: &Geometry) {
+    match gemm::isa() {
+        #[cfg(target_arch = "x86_64")]
+        gemm::Isa::Avx512 => depthwise_avx512(p, g),
+        #[cfg(target_arch = "x86_64")]
+        gemm::Isa::Avx2 => depthwise_avx2(p, g),
+        _ => depthwise_rows(p, g),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn depthwise_avx512(p: &k::ConvParams, g: &Geometry) {
+    depthwise_rows(p, g)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_avx2(p: &k::ConvParams, g: &Geometry) {
+    depthwise_rows(p, g)
+}
+
+#[inline(always)]
+unsafe fn depthwise_rows(p: &k::ConvParams, g: &Geometry) {
+    let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
+    let bias = p.bias as *const f32;
+    let (lo, hi) = g.interior();
+    let taps = g.kh * g.kw;
+    for b in 0..g.n {
+        for ch in 0..g.c {
+            let plane = x.add((b * g.c + ch) * g.h * g.w);
+            let wk = std::slice::from_raw_parts(w.add(ch * taps), taps);
+            let out =
+                std::slice::from_raw_parts_mut(y.add((b * g.co + ch) * g.oh * g.ow), g.oh * g.ow);
+            let b0 = if bias.is_null() { 0.0 } else { *bias.add(ch) };
+            for (oy, row) in out.chunks_exact_mut(g.ow.max(1)).enumerate() {
+                row.fill(b0);
+                for ky in 0..g.kh {
+                    let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let src = plane.add(iy as usize * g.w);
+                    let wr = &wk[ky * g.kw..(ky + 1) * g.kw];
+                    // Interior: input column o·sw − pl + kx·dw is inside for every tap.
+                    let base = src.offset((lo * g.sw) as isize - g.pl);
+                    let inner = &mut row[lo..hi];
+                    match (g.kw, g.sw, g.dw) {
+                        (3, 1, 1) => taps_row::<3, 1>(inner, base, wr),
+                        (3, 2, 1) => taps_row::<3, 2>(inner, base, wr),
+                        (5, 1, 1) => taps_row::<5, 1>(inner, base, wr),
+                        (5, 2, 1) => taps_row::<5, 2>(inner, base, wr),
+                        _ => {
+                            for (kx, &wv) in wr.iter().enumerate() {
+                                for (i, o) in inner.iter_mut().enumerate() {
+                                    *o += wv * *base.add(i * g.sw + kx * g.dw);
                                 }
                             }
                         }
                     }
+                    // Borders: each tap checked.
+                    for o in (0..lo).chain(hi..g.ow) {
+                        for (kx, &wv) in wr.iter().enumerate() {
+                            let ix = (o * g.sw) as isize - g.pl + (kx * g.dw) as isize;
+                            if ix >= 0 && ix < g.w as isize {
+                                row[o] += wv * *src.offset(ix);
+                            }
+                        }
+                    }
                 }
-            }
-            for v in out.iter_mut() {
-                *v = activate(*v, p.act, p.a, p.b);
+                activate_row(row, p.act, p.a, p.b);
             }
         }
+    }
+}
+
+/// `out[i] += Σ_kx w[kx] · src[i·SW + kx]` over a row whose every tap is inside the input.
+#[inline(always)]
+unsafe fn taps_row<const KW: usize, const SW: usize>(out: &mut [f32], src: *const f32, w: &[f32]) {
+    let w: [f32; KW] = std::array::from_fn(|i| w[i]);
+    for (i, o) in out.iter_mut().enumerate() {
+        // SAFETY: the interior bounds keep i·SW + KW − 1 inside the input row.
+        let s = src.add(i * SW);
+        let mut acc = *o;
+        for (kx, wv) in w.iter().enumerate() {
+            acc += wv * *s.add(kx);
+        }
+        *o = acc;
+    }
+}
+
+/// The activation over a row, the match hoisted out of the loop.
+#[inline(always)]
+fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
+    match code {
+        act::NONE => {}
+        act::RELU => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+        act::HARD_SWISH => row
+            .iter_mut()
+            .for_each(|v| *v *= (a * *v + b).clamp(0.0, 1.0)),
+        _ => row.iter_mut().for_each(|v| *v = activate(*v, code, a, b)),
     }
 }
 
@@ -377,46 +555,77 @@ unsafe fn deconv(p: &k::ConvParams) {
     }
 }
 
-/// Batched strided GEMM, `c = act(a · b)`; rows of `b` and `c` are walked contiguously
-/// when their column stride is 1 (the common case), so the inner loop vectorises.
-unsafe fn gemm(p: &k::GemmParams) {
+/// Batched strided GEMM, `c = act(a · b)`: one [`gemm`] product per batch entry, B packed
+/// panel by panel through its strides, A used in place when its rows are contiguous.
+unsafe fn matmul(p: &k::GemmParams) {
     let [batch, m, n, kk] = [p.batch, p.m, p.n, p.k].map(|v| v.max(0) as usize);
     let s = |v: i32| v as isize;
-    let mut row = vec![0f32; n];
-    // B with its rows not contiguous (a transposed operand) is copied once per batch into
-    // `[k, n]` row-major, so the inner loop always runs along contiguous memory.
-    let mut packed = if p.sbn == 1 {
+    let a_direct = p.sak == 1 && p.sam >= 0;
+    let c_direct = p.scn == 1 && p.scm >= 0;
+    let mut a_buf = if a_direct {
         Vec::new()
     } else {
-        vec![0f32; kk * n]
+        vec![0f32; m * kk]
+    };
+    let mut c_buf = if c_direct {
+        Vec::new()
+    } else {
+        vec![0f32; m * n]
     };
     for z in 0..batch {
         let a = (p.a as *const f32).offset(z as isize * s(p.sab));
         let b = (p.b as *const f32).offset(z as isize * s(p.sbb));
         let c = (p.c as *mut f32).offset(z as isize * s(p.scb));
-        if p.sbn != 1 {
-            for q in 0..kk {
-                for j in 0..n {
-                    packed[q * n + j] = *b.offset(q as isize * s(p.sbk) + j as isize * s(p.sbn));
+        let (a_ptr, rs_a) = if a_direct {
+            (a, p.sam as usize)
+        } else {
+            for i in 0..m {
+                for q in 0..kk {
+                    a_buf[i * kk + q] = *a.offset(i as isize * s(p.sam) + q as isize * s(p.sak));
                 }
             }
-        }
-        for i in 0..m {
-            row.fill(0.0);
-            for q in 0..kk {
-                let av = *a.offset(i as isize * s(p.sam) + q as isize * s(p.sak));
-                let bs = if p.sbn == 1 {
-                    std::slice::from_raw_parts(b.offset(q as isize * s(p.sbk)), n)
+            (a_buf.as_ptr(), kk)
+        };
+        let (c_ptr, rs_c) = if c_direct {
+            (c, p.scm as usize)
+        } else {
+            (c_buf.as_mut_ptr(), n)
+        };
+        let b = gemm::Shared(b);
+        let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+            for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
+                let src = b
+                    .get()
+                    .offset((k0 + q) as isize * s(p.sbk) + n0 as isize * s(p.sbn));
+                if p.sbn == 1 {
+                    row[..nc].copy_from_slice(std::slice::from_raw_parts(src, nc));
                 } else {
-                    &packed[q * n..(q + 1) * n]
-                };
-                for (r, v) in row.iter_mut().zip(bs) {
-                    *r += av * v;
+                    for (j, v) in row[..nc].iter_mut().enumerate() {
+                        *v = *src.offset(j as isize * s(p.sbn));
+                    }
                 }
+                row[nc..].fill(0.0);
             }
-            for (j, v) in row.iter().enumerate() {
-                *c.offset(i as isize * s(p.scm) + j as isize * s(p.scn)) =
-                    activate(*v, p.act, 0.0, 0.0);
+        };
+        let prob = gemm::Problem {
+            m,
+            n,
+            k: kk,
+            a: a_ptr,
+            rs_a,
+            c: c_ptr,
+            rs_c,
+            epilogue: gemm::Epilogue {
+                act: p.act,
+                ..gemm::Epilogue::NONE
+            },
+        };
+        gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+        if !c_direct {
+            for i in 0..m {
+                for j in 0..n {
+                    *c.offset(i as isize * s(p.scm) + j as isize * s(p.scn)) = c_buf[i * n + j];
+                }
             }
         }
     }

@@ -1,0 +1,410 @@
+//! Element-wise kernels of the CPU device: unary, binary, the fused pointwise chains and
+//! strided copies. Each walks its tensors row by row after merging the dimensions every view
+//! traverses contiguously, so the index arithmetic happens once per row, and runs the fused
+//! chain over chunks of a row, one operator at a time with its `match` outside the loop,
+//! in loops the compiler vectorises (compiled for AVX-512 or AVX2 where the CPU has them).
+
+use super::gemm::{isa, Isa};
+use super::{activate, combine};
+use crate::execution::cuda::kernels::{self as k, act, bin, View, MAX_RANK};
+
+/// Elements per chunk of a fused chain: each register of the chain is this long.
+const CHUNK: usize = 256;
+
+/// Runs `f` compiled for the best instruction set this CPU has.
+#[inline(always)]
+unsafe fn vectorised(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    unsafe fn avx512(f: impl FnOnce()) {
+        f()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(f: impl FnOnce()) {
+        f()
+    }
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512(f),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2(f),
+        _ => f(),
+    }
+}
+
+/// Expands `$body` with `$f` bound to the activation `code` as a closure, one arm per
+/// activation, so each loop is specialised (and vectorised where the operation allows).
+macro_rules! with_act {
+    ($code:expr, $a:expr, $b:expr, |$f:ident| $body:expr) => {{
+        let (a, b): (f32, f32) = ($a, $b);
+        match $code {
+            act::NONE => {
+                let $f = |v: f32| v;
+                $body
+            }
+            act::RELU => {
+                let $f = |v: f32| v.max(0.0);
+                $body
+            }
+            act::CLIP => {
+                let $f = |v: f32| v.max(a).min(b);
+                $body
+            }
+            act::HARD_SIGMOID => {
+                let $f = |v: f32| (a * v + b).max(0.0).min(1.0);
+                $body
+            }
+            act::HARD_SWISH => {
+                let $f = |v: f32| v * (a * v + b).max(0.0).min(1.0);
+                $body
+            }
+            act::LEAKY_RELU => {
+                let $f = |v: f32| if v >= 0.0 { v } else { a * v };
+                $body
+            }
+            act::NEG => {
+                let $f = |v: f32| -v;
+                $body
+            }
+            act::ABS => {
+                let $f = |v: f32| v.abs();
+                $body
+            }
+            act::SQUARE => {
+                let $f = |v: f32| v * v;
+                $body
+            }
+            act::RECIP => {
+                let $f = |v: f32| 1.0 / v;
+                $body
+            }
+            act::SQRT => {
+                let $f = |v: f32| v.sqrt();
+                $body
+            }
+            code => {
+                let $f = |v: f32| activate(v, code, a, b);
+                $body
+            }
+        }
+    }};
+}
+
+/// Expands `$body` with `$f` bound to the binary operator `op` as a closure.
+macro_rules! with_bin {
+    ($op:expr, |$f:ident| $body:expr) => {{
+        match $op {
+            bin::ADD => {
+                let $f = |x: f32, y: f32| x + y;
+                $body
+            }
+            bin::SUB => {
+                let $f = |x: f32, y: f32| x - y;
+                $body
+            }
+            bin::MUL => {
+                let $f = |x: f32, y: f32| x * y;
+                $body
+            }
+            bin::DIV => {
+                let $f = |x: f32, y: f32| x / y;
+                $body
+            }
+            bin::MAX => {
+                let $f = |x: f32, y: f32| x.max(y);
+                $body
+            }
+            bin::MIN => {
+                let $f = |x: f32, y: f32| x.min(y);
+                $body
+            }
+            op => {
+                let $f = |x: f32, y: f32| combine(x, y, op);
+                $body
+            }
+        }
+    }};
+}
+
+/// `y = act(x)` over `n` contiguous elements.
+pub(super) unsafe fn unary(p: &k::UnaryParams) {
+    let n = p.n.max(0) as usize;
+    // `y` may be `x` (in place): raw pointers, no slices that would alias.
+    let (x, y) = (p.x as *const f32, p.y as *mut f32);
+    vectorised(|| {
+        with_act!(p.act, p.a, p.b, |f| for i in 0..n {
+            *y.add(i) = f(*x.add(i))
+        })
+    })
+}
+
+/// `y = act(a op b)` over `n` contiguous elements.
+pub(super) unsafe fn binary_same(p: &k::BinarySameParams) {
+    let n = p.n.max(0) as usize;
+    // `y` may be `a` or `b` (in place): raw pointers, no slices that would alias.
+    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
+    vectorised(|| {
+        with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| for i in 0..n {
+            *y.add(i) = f(g(*a.add(i), *b.add(i)))
+        }))
+    })
+}
+
+/// A row-major walk over a shape through `N` strided views: dimensions of size 1 dropped,
+/// neighbours every view traverses contiguously merged, then rows of the last dimension.
+struct Walk<const N: usize> {
+    rank: usize,
+    dims: [usize; MAX_RANK],
+    /// Per dimension, each view's stride.
+    strides: [[isize; N]; MAX_RANK],
+    offsets: [isize; N],
+}
+
+impl<const N: usize> Walk<N> {
+    fn new(dims: &[i32], views: [(isize, [isize; MAX_RANK]); N]) -> Self {
+        let mut w = Walk {
+            rank: 0,
+            dims: [1; MAX_RANK],
+            strides: [[0; N]; MAX_RANK],
+            offsets: views.map(|v| v.0),
+        };
+        for (d, &n) in dims.iter().enumerate() {
+            let n = n.max(0) as usize;
+            if n == 1 {
+                continue;
+            }
+            let here: [isize; N] = std::array::from_fn(|v| views[v].1[d]);
+            let r = w.rank;
+            let merges = r > 0
+                && w.strides[r - 1]
+                    .iter()
+                    .zip(&here)
+                    .all(|(outer, inner)| *outer == inner * n as isize);
+            if merges {
+                w.dims[r - 1] *= n;
+                w.strides[r - 1] = here;
+            } else {
+                w.dims[r] = n;
+                w.strides[r] = here;
+                w.rank += 1;
+            }
+        }
+        if w.rank == 0 {
+            w.rank = 1;
+        }
+        if dims.contains(&0) {
+            w.dims[0] = 0;
+        }
+        w
+    }
+
+    /// Calls `row(offsets, len, strides)` for every row, in row-major order.
+    fn rows(&self, mut row: impl FnMut(&[isize; N], usize, &[isize; N])) {
+        let last = self.rank - 1;
+        let len = self.dims[last];
+        let inner = self.strides[last];
+        if len == 0 || self.dims[..last].contains(&0) {
+            return;
+        }
+        let mut idx = [0usize; MAX_RANK];
+        let mut off = self.offsets;
+        loop {
+            row(&off, len, &inner);
+            // Odometer over the outer dimensions.
+            let mut d = last;
+            loop {
+                if d == 0 {
+                    return;
+                }
+                d -= 1;
+                idx[d] += 1;
+                for (o, s) in off.iter_mut().zip(&self.strides[d]) {
+                    *o += s;
+                }
+                if idx[d] < self.dims[d] {
+                    break;
+                }
+                for (o, s) in off.iter_mut().zip(&self.strides[d]) {
+                    *o -= s * self.dims[d] as isize;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+}
+
+fn view(v: &View) -> (isize, [isize; MAX_RANK]) {
+    (v.offset as isize, v.strides.map(|s| s as isize))
+}
+
+/// The row-major strides of `dims` (a contiguous output).
+fn dense(dims: &[i32]) -> (isize, [isize; MAX_RANK]) {
+    let mut s = [0isize; MAX_RANK];
+    let mut acc = 1isize;
+    for d in (0..dims.len()).rev() {
+        s[d] = acc;
+        acc *= dims[d].max(1) as isize;
+    }
+    (0, s)
+}
+
+/// `dst[t] = src[t · stride]` for `t < dst.len()`.
+#[inline(always)]
+unsafe fn gather(dst: &mut [f32], src: *const f32, stride: isize) {
+    match stride {
+        1 => dst.copy_from_slice(std::slice::from_raw_parts(src, dst.len())),
+        0 => dst.fill(*src),
+        _ => {
+            for (t, d) in dst.iter_mut().enumerate() {
+                *d = *src.offset(t as isize * stride);
+            }
+        }
+    }
+}
+
+/// `y = act(a op b)` with broadcasting views.
+pub(super) unsafe fn binary(p: &k::BinaryParams) {
+    let rank = p.rank as usize;
+    let dims = &p.dims[..rank];
+    let walk = Walk::new(dims, [view(&p.va), view(&p.vb), dense(dims)]);
+    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
+    vectorised(|| {
+        with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| walk.rows(
+            |off, len, st| {
+                let (pa, pb, py) = (a.offset(off[0]), b.offset(off[1]), y.offset(off[2]));
+                for t in 0..len as isize {
+                    *py.offset(t) = f(g(*pa.offset(t * st[0]), *pb.offset(t * st[1])));
+                }
+            }
+        )))
+    })
+}
+
+/// A fused chain: per row chunk, each input gathered into its register, then each operator
+/// over whole registers, the last register stored.
+pub(super) unsafe fn pointwise(p: &k::PointwiseParams) {
+    const R: usize = k::PW_MAX_IN + k::PW_MAX_OPS;
+    let rank = p.rank as usize;
+    let dims = &p.dims[..rank];
+    let (n_in, n_ops) = (p.n_in.max(0) as usize, p.n_ops.max(0) as usize);
+    let mut views = [dense(dims); k::PW_MAX_IN + 1];
+    for (v, src) in views.iter_mut().zip(&p.views).take(n_in) {
+        *v = view(src);
+    }
+    let walk = Walk::new(dims, views);
+    let y = p.y as *mut f32;
+    let out = k::PW_MAX_IN + n_ops.max(1) - 1;
+    let mut regs = vec![[0f32; CHUNK]; R];
+    vectorised(|| {
+        walk.rows(|off, len, st| {
+            let py = y.offset(off[k::PW_MAX_IN]);
+            let mut c0 = 0;
+            while c0 < len {
+                let l = CHUNK.min(len - c0);
+                for j in 0..n_in {
+                    let src = (p.inputs[j] as *const f32).offset(off[j] + c0 as isize * st[j]);
+                    gather(&mut regs[j][..l], src, st[j]);
+                }
+                for o in 0..n_ops {
+                    let (lo, hi) = regs.split_at_mut(k::PW_MAX_IN + o);
+                    let dst = &mut hi[0][..l];
+                    let xa = &lo[p.a[o] as usize][..l];
+                    let code = p.code[o];
+                    if code >= k::PW_ACT_BASE {
+                        with_act!(code - k::PW_ACT_BASE, p.ca[o], p.cb[o], |f| {
+                            for (d, s) in dst.iter_mut().zip(xa) {
+                                *d = f(*s)
+                            }
+                        })
+                    } else {
+                        let xb = &lo[p.b[o] as usize][..l];
+                        with_bin!(
+                            code,
+                            |g| for ((d, s), t) in dst.iter_mut().zip(xa).zip(xb) {
+                                *d = g(*s, *t)
+                            }
+                        )
+                    }
+                }
+                std::slice::from_raw_parts_mut(py.add(c0), l).copy_from_slice(&regs[out][..l]);
+                c0 += l;
+            }
+        })
+    })
+}
+
+/// A strided copy; `x_dims` below `dims` broadcasts (size 1) or tiles (`c mod x_dims`).
+pub(super) unsafe fn copy(p: &k::CopyParams) {
+    let (x, y) = (p.x as *const f32, p.y as *mut f32);
+    let rank = p.rank as usize;
+    let dims = &p.dims[..rank];
+    let tiles = (0..rank).any(|d| p.x_dims[d] != p.dims[d] && p.x_dims[d] != 1);
+    if !tiles {
+        // Broadcasting is a zero stride.
+        let mut vx = view(&p.vx);
+        for d in 0..rank {
+            if p.x_dims[d] != p.dims[d] {
+                vx.1[d] = 0;
+            }
+        }
+        let walk = Walk::new(dims, [vx, view(&p.vy)]);
+        return walk.rows(|off, len, st| {
+            let (px, py) = (x.offset(off[0]), y.offset(off[1]));
+            if st[1] == 1 {
+                gather(std::slice::from_raw_parts_mut(py, len), px, st[0]);
+            } else {
+                for t in 0..len as isize {
+                    *py.offset(t * st[1]) = *px.offset(t * st[0]);
+                }
+            }
+        });
+    }
+    for i in 0..p.n.max(0) as usize {
+        let mut idx = i;
+        let (mut ox, mut oy) = (p.vx.offset as isize, p.vy.offset as isize);
+        for d in (0..rank).rev() {
+            let n = p.dims[d].max(1) as usize;
+            let c = idx % n;
+            idx /= n;
+            ox += (c % p.x_dims[d].max(1) as usize) as isize * p.vx.strides[d] as isize;
+            oy += c as isize * p.vy.strides[d] as isize;
+        }
+        *y.offset(oy) = *x.offset(ox);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_merges_contiguous_dimensions_and_visits_every_element_once() {
+        // [2, 3, 4] dense, and a view broadcasting the middle dimension.
+        let dims = [2, 3, 4];
+        let dense_v = dense(&dims);
+        let mut bcast = dense_v;
+        bcast.1 = [4, 0, 1, 0, 0, 0];
+        let walk = Walk::new(&dims, [dense_v, bcast]);
+        assert_eq!(walk.rank, 3, "broadcast keeps the dimensions apart");
+        let mut seen = Vec::new();
+        walk.rows(|off, len, st| {
+            for t in 0..len as isize {
+                seen.push((off[0] + t * st[0], off[1] + t * st[1]));
+            }
+        });
+        let want: Vec<(isize, isize)> = (0..24)
+            .map(|i| (i as isize, ((i / 12) * 4 + i % 4) as isize))
+            .collect();
+        assert_eq!(seen, want);
+        let walk = Walk::new(&dims, [dense_v, dense_v]);
+        assert_eq!(
+            (walk.rank, walk.dims[0]),
+            (1, 24),
+            "dense views merge into one row"
+        );
+        // An empty dimension visits nothing.
+        let walk = Walk::new(&[2, 0, 3], [dense(&[2, 0, 3])]);
+        walk.rows(|_, _, _| panic!("a row of an empty tensor"));
+    }
+}
