@@ -4,34 +4,12 @@
 //! chain over chunks of a row, one operator at a time with its `match` outside the loop,
 //! in loops the compiler vectorises (compiled for AVX-512 or AVX2 where the CPU has them).
 
-use super::gemm::{isa, Isa};
+use super::isa::multiversion;
 use super::{activate, combine};
 use crate::execution::cuda::kernels::{self as k, act, bin, View, MAX_RANK};
 
 /// Elements per chunk of a fused chain: each register of the chain is this long.
 const CHUNK: usize = 256;
-
-/// Runs `f` compiled for the best instruction set this CPU has.
-#[inline(always)]
-unsafe fn vectorised(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    unsafe fn avx512(f: impl FnOnce()) {
-        f()
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(f: impl FnOnce()) {
-        f()
-    }
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512(f),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2(f),
-        _ => f(),
-    }
-}
 
 /// Expands `$body` with `$f` bound to the activation `code` as a closure, one arm per
 /// activation, so each loop is specialised (and vectorised where the operation allows).
@@ -127,28 +105,28 @@ macro_rules! with_bin {
     }};
 }
 
-/// `y = act(x)` over `n` contiguous elements.
-pub(super) unsafe fn unary(p: &k::UnaryParams) {
-    let n = p.n.max(0) as usize;
-    // `y` may be `x` (in place): raw pointers, no slices that would alias.
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    vectorised(|| {
-        with_act!(p.act, p.a, p.b, |f| for i in 0..n {
-            *y.add(i) = f(*x.add(i))
-        })
-    })
+multiversion! {
+    /// `y = act(x)` over `n` contiguous elements.
+    pub(super) unsafe fn unary(p: &k::UnaryParams) {
+        let n = p.n.max(0) as usize;
+        // `y` may be `x` (in place): raw pointers, no slices that would alias.
+        let (x, y) = (p.x as *const f32, p.y as *mut f32);
+            with_act!(p.act, p.a, p.b, |f| for i in 0..n {
+                *y.add(i) = f(*x.add(i))
+            })
+    }
 }
 
-/// `y = act(a op b)` over `n` contiguous elements.
-pub(super) unsafe fn binary_same(p: &k::BinarySameParams) {
-    let n = p.n.max(0) as usize;
-    // `y` may be `a` or `b` (in place): raw pointers, no slices that would alias.
-    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
-    vectorised(|| {
-        with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| for i in 0..n {
-            *y.add(i) = f(g(*a.add(i), *b.add(i)))
-        }))
-    })
+multiversion! {
+    /// `y = act(a op b)` over `n` contiguous elements.
+    pub(super) unsafe fn binary_same(p: &k::BinarySameParams) {
+        let n = p.n.max(0) as usize;
+        // `y` may be `a` or `b` (in place): raw pointers, no slices that would alias.
+        let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
+            with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| for i in 0..n {
+                *y.add(i) = f(g(*a.add(i), *b.add(i)))
+            }))
+    }
 }
 
 /// A row-major walk over a shape through `N` strided views: dimensions of size 1 dropped,
@@ -200,6 +178,7 @@ impl<const N: usize> Walk<N> {
     }
 
     /// Calls `row(offsets, len, strides)` for every row, in row-major order.
+    #[inline(always)]
     fn rows(&self, mut row: impl FnMut(&[isize; N], usize, &[isize; N])) {
         let last = self.rank - 1;
         let len = self.dims[last];
@@ -263,75 +242,194 @@ unsafe fn gather(dst: &mut [f32], src: *const f32, stride: isize) {
     }
 }
 
-/// `y = act(a op b)` with broadcasting views.
-pub(super) unsafe fn binary(p: &k::BinaryParams) {
-    let rank = p.rank as usize;
-    let dims = &p.dims[..rank];
-    let walk = Walk::new(dims, [view(&p.va), view(&p.vb), dense(dims)]);
-    let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
-    vectorised(|| {
-        with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| walk.rows(
-            |off, len, st| {
-                let (pa, pb, py) = (a.offset(off[0]), b.offset(off[1]), y.offset(off[2]));
-                for t in 0..len as isize {
-                    *py.offset(t) = f(g(*pa.offset(t * st[0]), *pb.offset(t * st[1])));
+multiversion! {
+    /// `y = act(a op b)` with broadcasting views.
+    pub(super) unsafe fn binary(p: &k::BinaryParams) {
+        let rank = p.rank as usize;
+        let dims = &p.dims[..rank];
+        let walk = Walk::new(dims, [view(&p.va), view(&p.vb), dense(dims)]);
+        let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
+            with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| walk.rows(
+                |off, len, st| {
+                    let (pa, pb, py) = (a.offset(off[0]), b.offset(off[1]), y.offset(off[2]));
+                    for t in 0..len as isize {
+                        *py.offset(t) = f(g(*pa.offset(t * st[0]), *pb.offset(t * st[1])));
+                    }
                 }
-            }
-        )))
-    })
+            )))
+    }
 }
 
-/// A fused chain: per row chunk, each input gathered into its register, then each operator
-/// over whole registers, the last register stored.
-pub(super) unsafe fn pointwise(p: &k::PointwiseParams) {
-    const R: usize = k::PW_MAX_IN + k::PW_MAX_OPS;
-    let rank = p.rank as usize;
-    let dims = &p.dims[..rank];
-    let (n_in, n_ops) = (p.n_in.max(0) as usize, p.n_ops.max(0) as usize);
-    let mut views = [dense(dims); k::PW_MAX_IN + 1];
-    for (v, src) in views.iter_mut().zip(&p.views).take(n_in) {
-        *v = view(src);
-    }
-    let walk = Walk::new(dims, views);
-    let y = p.y as *mut f32;
-    let out = k::PW_MAX_IN + n_ops.max(1) - 1;
-    let mut regs = vec![[0f32; CHUNK]; R];
-    vectorised(|| {
+multiversion! {
+    /// A fused chain: per row chunk, each operator over whole chunks of its operands (an
+    /// input row read in place, a broadcast input as a scalar, a strided one gathered), the
+    /// last one written straight into the output.
+    pub(super) unsafe fn pointwise(p: &k::PointwiseParams) {
+        let rank = p.rank as usize;
+        let dims = &p.dims[..rank];
+        let (n_in, n_ops) = (p.n_in.max(0) as usize, p.n_ops.max(0) as usize);
+        let mut views = [dense(dims); k::PW_MAX_IN + 1];
+        for (v, src) in views.iter_mut().zip(&p.views).take(n_in) {
+            *v = view(src);
+        }
+        let walk = Walk::new(dims, views);
+        let y = p.y as *mut f32;
+        let mut gathered = vec![[0f32; CHUNK]; k::PW_MAX_IN];
+        let mut temps = vec![[0f32; CHUNK]; k::PW_MAX_OPS];
         walk.rows(|off, len, st| {
             let py = y.offset(off[k::PW_MAX_IN]);
             let mut c0 = 0;
             while c0 < len {
                 let l = CHUNK.min(len - c0);
-                for j in 0..n_in {
+                let mut inputs = [Operand::Splat(0.0); k::PW_MAX_IN];
+                for (j, g) in gathered.iter_mut().enumerate().take(n_in) {
                     let src = (p.inputs[j] as *const f32).offset(off[j] + c0 as isize * st[j]);
-                    gather(&mut regs[j][..l], src, st[j]);
+                    inputs[j] = match st[j] {
+                        0 => Operand::Splat(*src),
+                        // SAFETY: the view holds `len` elements from `src` at stride 1.
+                        1 => Operand::Row(std::slice::from_raw_parts(src, l)),
+                        s => {
+                            gather(&mut g[..l], src, s);
+                            Operand::Row(&g[..l])
+                        }
+                    };
+                }
+                // SAFETY: the output is dense and never one of the inputs (the arena keeps
+                // a node's inputs alive while it writes its output).
+                let out = std::slice::from_raw_parts_mut(py.add(c0), l);
+                if n_ops == 0 {
+                    store(out, inputs[0]);
                 }
                 for o in 0..n_ops {
-                    let (lo, hi) = regs.split_at_mut(k::PW_MAX_IN + o);
-                    let dst = &mut hi[0][..l];
-                    let xa = &lo[p.a[o] as usize][..l];
+                    let (done, rest) = temps.split_at_mut(o);
+                    let operand = |r: i32| -> Operand {
+                        let r = r as usize;
+                        if r < k::PW_MAX_IN {
+                            inputs[r]
+                        } else {
+                            Operand::Row(&done[r - k::PW_MAX_IN][..l])
+                        }
+                    };
+                    let dst: &mut [f32] = if o + 1 == n_ops { &mut *out } else { &mut rest[0][..l] };
                     let code = p.code[o];
                     if code >= k::PW_ACT_BASE {
-                        with_act!(code - k::PW_ACT_BASE, p.ca[o], p.cb[o], |f| {
-                            for (d, s) in dst.iter_mut().zip(xa) {
-                                *d = f(*s)
+                        with_act!(code - k::PW_ACT_BASE, p.ca[o], p.cb[o], |f| match operand(p.a[o]) {
+                            Operand::Row(x) => {
+                                for (d, v) in dst.iter_mut().zip(x) {
+                                    *d = f(*v)
+                                }
                             }
+                            Operand::Splat(x) => dst.fill(f(x)),
                         })
                     } else {
-                        let xb = &lo[p.b[o] as usize][..l];
-                        with_bin!(
-                            code,
-                            |g| for ((d, s), t) in dst.iter_mut().zip(xa).zip(xb) {
-                                *d = g(*s, *t)
+                        with_bin!(code, |g| match (operand(p.a[o]), operand(p.b[o])) {
+                            (Operand::Row(x), Operand::Row(z)) => {
+                                for ((d, u), v) in dst.iter_mut().zip(x).zip(z) {
+                                    *d = g(*u, *v)
+                                }
                             }
-                        )
+                            (Operand::Row(x), Operand::Splat(v)) => {
+                                for (d, u) in dst.iter_mut().zip(x) {
+                                    *d = g(*u, v)
+                                }
+                            }
+                            (Operand::Splat(u), Operand::Row(z)) => {
+                                for (d, v) in dst.iter_mut().zip(z) {
+                                    *d = g(u, *v)
+                                }
+                            }
+                            (Operand::Splat(u), Operand::Splat(v)) => dst.fill(g(u, v)),
+                        })
                     }
                 }
-                std::slice::from_raw_parts_mut(py.add(c0), l).copy_from_slice(&regs[out][..l]);
                 c0 += l;
             }
         })
-    })
+    }
+}
+
+multiversion! {
+    /// A reduction: per output element, the reduced dimensions walked as coalesced rows, a
+    /// contiguous row folded in 16 lanes (partial results combined at the end).
+    pub(super) unsafe fn reduce(p: &k::ReduceParams) {
+        let x = p.x as *const f32;
+        let (rank, red_rank) = (p.rank.max(0) as usize, p.red_rank.max(0) as usize);
+        let mut red_view = (0isize, [0isize; MAX_RANK]);
+        for (s, &r) in red_view.1.iter_mut().zip(&p.red_strides[..red_rank]) {
+            *s = r as isize;
+        }
+        let red = Walk::new(&p.red_dims[..red_rank], [red_view]);
+        let outs = Walk::new(&p.out_dims[..rank], [view(&p.vout)]);
+        let n_out = p.n_out.max(0) as usize;
+        let y = std::slice::from_raw_parts_mut(p.y as *mut f32, n_out);
+        let mut i = 0;
+        macro_rules! run {
+            ($init:expr, $map:expr, $f:expr) => {
+                outs.rows(|off, len, st| {
+                    for t in 0..len as isize {
+                        let base = off[0] + t * st[0];
+                        let mut acc = $init;
+                        red.rows(|r, rlen, rst| {
+                            acc = $f(acc, fold(x.offset(base + r[0]), rlen, rst[0], $init, $map, $f));
+                        });
+                        if i < n_out {
+                            y[i] = acc * p.scale;
+                        }
+                        i += 1;
+                    }
+                })
+            };
+        }
+        match p.op {
+            k::red::MAX => run!(f32::NEG_INFINITY, |v: f32| v, |a: f32, b: f32| a.max(b)),
+            k::red::MIN => run!(f32::INFINITY, |v: f32| v, |a: f32, b: f32| a.min(b)),
+            k::red::PROD => run!(1.0f32, |v: f32| v, |a: f32, b: f32| a * b),
+            k::red::SUM_SQUARES => run!(0.0f32, |v: f32| v * v, |a: f32, b: f32| a + b),
+            _ => run!(0.0f32, |v: f32| v, |a: f32, b: f32| a + b),
+        }
+    }
+}
+
+/// Folds `n` elements `stride` apart with `f` after `map`, in 16 independent lanes when
+/// they are contiguous (so the loop vectorises).
+#[inline(always)]
+unsafe fn fold(
+    src: *const f32,
+    n: usize,
+    stride: isize,
+    init: f32,
+    map: impl Fn(f32) -> f32,
+    f: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    if stride != 1 {
+        return (0..n as isize).fold(init, |a, t| f(a, map(*src.offset(t * stride))));
+    }
+    let row = std::slice::from_raw_parts(src, n);
+    let mut lanes = [init; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, map(*v));
+        }
+    }
+    let acc = lanes.into_iter().fold(init, &f);
+    rest.iter().fold(acc, |a, v| f(a, map(*v)))
+}
+
+/// An operand of a fused operator over one chunk.
+#[derive(Clone, Copy)]
+enum Operand<'a> {
+    Row(&'a [f32]),
+    Splat(f32),
+}
+
+#[inline(always)]
+fn store(out: &mut [f32], v: Operand) {
+    match v {
+        Operand::Row(x) => out.copy_from_slice(x),
+        Operand::Splat(x) => out.fill(x),
+    }
 }
 
 /// A strided copy; `x_dims` below `dims` broadcasts (size 1) or tiles (`c mod x_dims`).

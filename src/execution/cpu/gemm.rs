@@ -10,6 +10,7 @@
 //! machines run the same loops written for the compiler to vectorise.
 
 use super::activate;
+use super::isa::{isa, Isa};
 use crate::execution::cuda::kernels::act;
 
 /// Rows of C per microkernel call (broadcast from A).
@@ -18,34 +19,6 @@ pub(super) const MR: usize = 6;
 pub(super) const NR: usize = 64;
 /// Depth of one packed panel: `KC x NR` floats = 32 KiB, inside the 48 KiB L1.
 pub(super) const KC: usize = 128;
-
-/// The instruction set the microkernel uses on this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
-    /// AVX-512F with FMA: the intrinsic microkernel.
-    Avx512,
-    /// AVX2 with FMA: the portable loops compiled for it.
-    Avx2,
-    /// Anything else: the portable loops.
-    Portable,
-}
-
-/// The best instruction set this CPU has.
-pub(super) fn isa() -> Isa {
-    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
-}
 
 /// What the last pass over `k` does to C before storing it.
 #[derive(Clone, Copy)]

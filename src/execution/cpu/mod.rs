@@ -15,12 +15,15 @@
 use super::cuda::device::{
     host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
 };
-use super::cuda::kernels::{self as k, act, bin, Kernel, View, MAX_RANK};
+use super::cuda::kernels::{self as k, act, bin, Kernel};
 
 mod elementwise;
 mod gemm;
+mod isa;
 
-use elementwise::{binary, binary_same, copy, pointwise, unary};
+use isa::{copy_short, zero_short};
+
+use elementwise::{binary, binary_same, copy, pointwise, reduce, unary};
 
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
@@ -117,7 +120,32 @@ fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> Devi
         }
         Kernel::Gemm | Kernel::GemmNarrow => {
             let p: k::GemmParams = params(bytes)?;
-            format!("{}x[{}x{}x{}]", p.batch, p.m, p.n, p.k)
+            format!(
+                "{}x[{}x{}x{}] a {},{} b {},{} c {},{}",
+                p.batch, p.m, p.n, p.k, p.sam, p.sak, p.sbk, p.sbn, p.scm, p.scn
+            )
+        }
+        Kernel::Reduce => {
+            let p: k::ReduceParams = params(bytes)?;
+            let r = p.red_rank.max(0) as usize;
+            format!(
+                "out {} red {:?} strides {:?} op {}",
+                p.n_out,
+                &p.red_dims[..r],
+                &p.red_strides[..r],
+                p.op
+            )
+        }
+        Kernel::Pointwise => {
+            let p: k::PointwiseParams = params(bytes)?;
+            let r = p.rank.max(0) as usize;
+            format!(
+                "n {} dims {:?} in {} ops {:?}",
+                p.n,
+                &p.dims[..r],
+                p.n_in,
+                &p.code[..p.n_ops.max(0) as usize]
+            )
         }
         _ => String::new(),
     };
@@ -194,17 +222,6 @@ fn combine(x: f32, y: f32, op: i32) -> f32 {
         bin::POW => x.powf(y),
         _ => x,
     }
-}
-
-/// `my_offset`: the offset in view `v` of the element with row-major index `idx` in `dims`.
-fn offset(mut idx: usize, rank: usize, dims: &[i32; MAX_RANK], v: &View) -> isize {
-    let mut off = v.offset as isize;
-    for d in (0..rank).rev() {
-        let n = dims[d].max(1) as usize;
-        off += (idx % n) as isize * v.strides[d] as isize;
-        idx /= n;
-    }
-    off
 }
 
 unsafe fn pad(p: &k::PadParams) {
@@ -359,20 +376,21 @@ unsafe fn pack_patches(
         let (ci, t) = (kq / taps, kq % taps);
         let (ky, kx) = (t / g.kw, t % g.kw);
         let plane = x.add(ci * g.h * g.w);
-        row[nc..].fill(0.0);
+        let row = row.as_mut_ptr();
+        zero_short(row.add(nc), gemm::NR - nc);
         if pointwise {
             // SAFETY: n0 + nc <= h·w, the plane's size.
-            row[..nc].copy_from_slice(std::slice::from_raw_parts(plane.add(n0), nc));
+            copy_short(row, plane.add(n0), nc);
             continue;
         }
         let (mut oy, mut ox) = (n0 / g.ow, n0 % g.ow);
         let mut j = 0;
         while j < nc {
             let run = (g.ow - ox).min(nc - j);
-            let out = &mut row[j..j + run];
+            let out = row.add(j);
             let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
             if iy < 0 || iy >= g.h as isize {
-                out.fill(0.0);
+                zero_short(out, run);
             } else {
                 let src = plane.add(iy as usize * g.w);
                 let x0 = (ox * g.sw) as isize - g.pl + (kx * g.dw) as isize;
@@ -380,16 +398,13 @@ unsafe fn pack_patches(
                     // Columns t with 0 <= x0 + t < w are inside the row.
                     let lo = (-x0).clamp(0, run as isize) as usize;
                     let hi = (g.w as isize - x0).clamp(lo as isize, run as isize) as usize;
-                    out[..lo].fill(0.0);
-                    out[lo..hi].copy_from_slice(std::slice::from_raw_parts(
-                        src.offset(x0 + lo as isize),
-                        hi - lo,
-                    ));
-                    out[hi..].fill(0.0);
+                    zero_short(out, lo);
+                    copy_short(out.add(lo), src.offset(x0 + lo as isize), hi - lo);
+                    zero_short(out.add(hi), run - hi);
                 } else {
-                    for (t, o) in out.iter_mut().enumerate() {
+                    for t in 0..run {
                         let ix = x0 + (t * g.sw) as isize;
-                        *o = if ix >= 0 && ix < g.w as isize {
+                        *out.add(t) = if ix >= 0 && ix < g.w as isize {
                             *src.offset(ix)
                         } else {
                             0.0
@@ -408,28 +423,10 @@ unsafe fn pack_patches(
 /// adds its taps into the row, the interior columns (every tap inside the image) in one
 /// vectorised pass for the common 3- and 5-wide kernels, the border columns tap by tap.
 unsafe fn depthwise(p: &k::ConvParams, g: &Geometry) {
-    match gemm::isa() {
-        #[cfg(target_arch = "x86_64")]
-        gemm::Isa::Avx512 => depthwise_avx512(p, g),
-        #[cfg(target_arch = "x86_64")]
-        gemm::Isa::Avx2 => depthwise_avx2(p, g),
-        _ => depthwise_rows(p, g),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn depthwise_avx512(p: &k::ConvParams, g: &Geometry) {
     depthwise_rows(p, g)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise_avx2(p: &k::ConvParams, g: &Geometry) {
-    depthwise_rows(p, g)
-}
-
-#[inline(always)]
+isa::multiversion! {
 unsafe fn depthwise_rows(p: &k::ConvParams, g: &Geometry) {
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
@@ -482,6 +479,7 @@ unsafe fn depthwise_rows(p: &k::ConvParams, g: &Geometry) {
         }
     }
 }
+}
 
 /// `out[i] += Σ_kx w[kx] · src[i·SW + kx]` over a row whose every tap is inside the input.
 #[inline(always)]
@@ -511,53 +509,114 @@ fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
     }
 }
 
-/// ConvTranspose (`deconv2d_f32`): weights `[co, c, kh, kw]`. Each input pixel scatters into
-/// the outputs its taps reach (exactly the multiply-adds there are, where a gather over every
-/// output would test each tap for divisibility), bias first, activation last.
+/// ConvTranspose (`deconv2d_f32`): weights `[co, c, kh, kw]`. One [`gemm`] product per
+/// band of input pixels gives every tap's contribution, `cols[(oc, ky, kx), pixel] =
+/// Σ_ic w[oc, ic, ky, kx] · x[ic, pixel]`, which is then added into the output pixel the tap
+/// reaches; bias first, activation last.
 unsafe fn deconv(p: &k::ConvParams) {
+    let g = Geometry::of(p);
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
-    let [n, c, h, wd, co, oh, ow, kh, kw] =
-        [p.n, p.c, p.h, p.w, p.co, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
-    let [sh, sw, dh, dw] = [p.sh, p.sw, p.dh, p.dw].map(|v| v.max(1) as isize);
-    let (pt, pl) = (p.pt as isize, p.pl as isize);
-    for b in 0..n {
-        for oc in 0..co {
-            let out = std::slice::from_raw_parts_mut(y.add((b * co + oc) * oh * ow), oh * ow);
-            out.fill(if bias.is_null() { 0.0 } else { *bias.add(oc) });
-            for ic in 0..c {
-                let xp = std::slice::from_raw_parts(x.add((b * c + ic) * h * wd), h * wd);
-                let wp = w.add((oc * c + ic) * kh * kw);
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let wv = *wp.add(ky * kw + kx);
-                        let dx = kx as isize * dw - pl;
-                        for iy in 0..h {
-                            let oy = iy as isize * sh - pt + ky as isize * dh;
-                            if oy < 0 || oy >= oh as isize {
-                                continue;
-                            }
-                            let orow = &mut out[oy as usize * ow..(oy as usize + 1) * ow];
-                            for (ix, v) in xp[iy * wd..(iy + 1) * wd].iter().enumerate() {
-                                let ox = ix as isize * sw + dx;
-                                if ox >= 0 && ox < ow as isize {
-                                    orow[ox as usize] += wv * v;
-                                }
+    let taps = g.kh * g.kw;
+    let m = g.co * taps;
+    let pixels = g.h * g.w;
+    // A[(oc, t), ic] = w[oc, ic, t], rows contiguous.
+    let mut a = vec![0f32; m * g.c];
+    for oc in 0..g.co {
+        for ic in 0..g.c {
+            for t in 0..taps {
+                a[(oc * taps + t) * g.c + ic] = *w.add((oc * g.c + ic) * taps + t);
+            }
+        }
+    }
+    // Bands of whole panels, about 1 MiB of `cols`.
+    let band = ((1usize << 18) / m.max(1))
+        .max(1)
+        .next_multiple_of(gemm::NR)
+        .min(pixels.max(1));
+    let mut cols = vec![0f32; m * band];
+    let plane = g.oh * g.ow;
+    for b in 0..g.n {
+        let out = std::slice::from_raw_parts_mut(y.add(b * g.co * plane), g.co * plane);
+        for (oc, o) in out.chunks_exact_mut(plane.max(1)).enumerate() {
+            o.fill(if bias.is_null() { 0.0 } else { *bias.add(oc) });
+        }
+        let xb = gemm::Shared(x.add(b * g.c * pixels));
+        let mut p0 = 0;
+        while p0 < pixels {
+            let len = band.min(pixels - p0);
+            let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+                for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
+                    let src = xb.get().add((k0 + q) * pixels + p0 + n0);
+                    copy_short(row.as_mut_ptr(), src, nc);
+                    zero_short(row.as_mut_ptr().add(nc), gemm::NR - nc);
+                }
+            };
+            let prob = gemm::Problem {
+                m,
+                n: len,
+                k: g.c,
+                a: a.as_ptr(),
+                rs_a: g.c,
+                c: cols.as_mut_ptr(),
+                rs_c: len,
+                epilogue: gemm::Epilogue::NONE,
+            };
+            gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+            // Scatter: input pixel (iy, ix) and tap (ky, kx) reach output
+            // (iy·sh − pt + ky·dh, ix·sw − pl + kx·dw).
+            for (r, contrib) in cols.chunks_exact(len).take(m).enumerate() {
+                let (oc, t) = (r / taps, r % taps);
+                let (ky, kx) = (t / g.kw, t % g.kw);
+                let o = &mut out[oc * plane..(oc + 1) * plane];
+                let mut i = 0;
+                while i < len {
+                    let pix = p0 + i;
+                    let (iy, ix0) = (pix / g.w, pix % g.w);
+                    let run = (g.w - ix0).min(len - i);
+                    let oy = (iy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
+                    if oy >= 0 && oy < g.oh as isize {
+                        let orow = &mut o[oy as usize * g.ow..(oy as usize + 1) * g.ow];
+                        for (j, v) in contrib[i..i + run].iter().enumerate() {
+                            let ox = ((ix0 + j) * g.sw) as isize - g.pl + (kx * g.dw) as isize;
+                            if ox >= 0 && ox < g.ow as isize {
+                                orow[ox as usize] += v;
                             }
                         }
                     }
+                    i += run;
                 }
             }
-            for v in out.iter_mut() {
-                *v = activate(*v, p.act, p.a, p.b);
-            }
+            p0 += len;
         }
+        activate_row(out, p.act, p.a, p.b);
     }
 }
 
 /// Batched strided GEMM, `c = act(a · b)`: one [`gemm`] product per batch entry, B packed
 /// panel by panel through its strides, A used in place when its rows are contiguous.
 unsafe fn matmul(p: &k::GemmParams) {
+    // C with unit row stride (a 1x1 convolution as tract writes it: pixels x channels) is
+    // computed as its transpose, `Cᵀ = Bᵀ · Aᵀ`, so the long pixel dimension runs along
+    // the panels and C's columns are contiguous.
+    if p.scn != 1 && p.scm == 1 {
+        let t = k::GemmParams {
+            a: p.b,
+            b: p.a,
+            m: p.n,
+            n: p.m,
+            sab: p.sbb,
+            sam: p.sbn,
+            sak: p.sbk,
+            sbb: p.sab,
+            sbk: p.sak,
+            sbn: p.sam,
+            scm: p.scn,
+            scn: p.scm,
+            ..*p
+        };
+        return matmul(&t);
+    }
     let [batch, m, n, kk] = [p.batch, p.m, p.n, p.k].map(|v| v.max(0) as usize);
     let s = |v: i32| v as isize;
     let a_direct = p.sak == 1 && p.sam >= 0;
@@ -598,7 +657,7 @@ unsafe fn matmul(p: &k::GemmParams) {
                     .get()
                     .offset((k0 + q) as isize * s(p.sbk) + n0 as isize * s(p.sbn));
                 if p.sbn == 1 {
-                    row[..nc].copy_from_slice(std::slice::from_raw_parts(src, nc));
+                    copy_short(row.as_mut_ptr(), src, nc);
                 } else {
                     for (j, v) in row[..nc].iter_mut().enumerate() {
                         *v = *src.offset(j as isize * s(p.sbn));
@@ -726,43 +785,6 @@ unsafe fn resize(p: &k::ResizeParams) {
                 i += 1;
             }
         }
-    }
-}
-
-unsafe fn reduce(p: &k::ReduceParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    let (rank, red_rank) = (p.rank as usize, p.red_rank as usize);
-    let red_n: usize = p.red_dims[..red_rank]
-        .iter()
-        .map(|&d| d.max(0) as usize)
-        .product();
-    let init = match p.op {
-        k::red::MAX => f32::NEG_INFINITY,
-        k::red::MIN => f32::INFINITY,
-        k::red::PROD => 1.0,
-        _ => 0.0,
-    };
-    for i in 0..p.n_out.max(0) as usize {
-        let base = offset(i, rank, &p.out_dims, &p.vout);
-        let mut acc = init;
-        for j in 0..red_n {
-            let mut idx = j;
-            let mut off = base;
-            for d in (0..red_rank).rev() {
-                let n = p.red_dims[d].max(1) as usize;
-                off += (idx % n) as isize * p.red_strides[d] as isize;
-                idx /= n;
-            }
-            let v = *x.offset(off);
-            acc = match p.op {
-                k::red::MAX => acc.max(v),
-                k::red::MIN => acc.min(v),
-                k::red::PROD => acc * v,
-                k::red::SUM_SQUARES => acc + v * v,
-                _ => acc + v,
-            };
-        }
-        *y.add(i) = acc * p.scale;
     }
 }
 

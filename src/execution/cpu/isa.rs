@@ -1,0 +1,115 @@
+//! The instruction set the CPU kernels are compiled for, picked once at run time.
+
+/// The instruction set the kernels use on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// AVX-512F with FMA: the intrinsic microkernel.
+    Avx512,
+    /// AVX2 with FMA: the portable loops compiled for it.
+    Avx2,
+    /// Anything else: the portable loops.
+    Portable,
+}
+
+/// The best instruction set this CPU has.
+pub(super) fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// Defines `unsafe fn $name` three times over, compiled for AVX-512, for AVX2 + FMA and for
+/// the portable baseline, and calls the one [`isa`] picks. The body is repeated, not called,
+/// so its closures (the element-wise loops, the walk's row callbacks) are compiled with the
+/// same target features and the compiler vectorises them at that width.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis unsafe fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $body
+            unsafe fn portable($($arg: $ty),*) $body
+            match $crate::execution::cpu::isa::isa() {
+                #[cfg(target_arch = "x86_64")]
+                $crate::execution::cpu::isa::Isa::Avx512 => avx512($($arg),*),
+                #[cfg(target_arch = "x86_64")]
+                $crate::execution::cpu::isa::Isa::Avx2 => avx2($($arg),*),
+                _ => portable($($arg),*),
+            }
+        }
+    };
+}
+pub(super) use multiversion;
+
+/// Copies `n` floats, `n` small (a panel row holds at most 64): masked vector moves on
+/// AVX-512 instead of a call into `memcpy`, whose overhead is the size of the copy here.
+///
+/// # Safety
+/// `src` and `dst` hold `n` floats and do not overlap.
+#[inline(always)]
+pub(super) unsafe fn copy_short(dst: *mut f32, src: *const f32, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        return copy_short_avx512(dst, src, n);
+    }
+    std::ptr::copy_nonoverlapping(src, dst, n);
+}
+
+/// Sets `n` floats to zero (see [`copy_short`]).
+///
+/// # Safety
+/// `dst` holds `n` floats.
+#[inline(always)]
+pub(super) unsafe fn zero_short(dst: *mut f32, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        return zero_short_avx512(dst, n);
+    }
+    std::ptr::write_bytes(dst, 0, n);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_short_avx512(dst: *mut f32, src: *const f32, n: usize) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
+        i += 16;
+    }
+    if i < n {
+        // Masked-off lanes are neither read nor written (no fault past the end).
+        let m = ((1u32 << (n - i)) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn zero_short_avx512(dst: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(dst.add(i), z);
+        i += 16;
+    }
+    if i < n {
+        let m = ((1u32 << (n - i)) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(dst.add(i), m, z);
+    }
+}
