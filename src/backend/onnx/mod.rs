@@ -60,7 +60,7 @@ impl Backend for OnnxBackend {
             &proto,
             dir.as_deref(),
             opts.plan_cache_capacity,
-            intra_op_threads(config),
+            intra_op_threads(config).unwrap_or(1),
         )?;
         let native = engine(config)?;
         #[cfg(feature = "cuda")]
@@ -68,7 +68,10 @@ impl Backend for OnnxBackend {
             use crate::execution::cuda::executor::ProgramExecutable;
             let device = match crate::execution::cuda::device_for(config, opts.cuda_emulator)? {
                 Some(gpu) => Some(gpu),
-                None if native => Some(crate::execution::cpu::device()),
+                // Unset or 0: the machine's cores, as in Triton's ONNX Runtime backend.
+                None if native => Some(crate::execution::cpu::device(
+                    intra_op_threads(config).unwrap_or(0),
+                )),
                 None => None,
             };
             if let Some(device) = device {
@@ -107,14 +110,14 @@ fn engine(config: &ModelConfig) -> Result<bool> {
     }
 }
 
-/// `parameters { key: "intra_op_thread_count" }`, as in Triton's ONNX Runtime backend
-/// (unset: one thread).
-fn intra_op_threads(config: &ModelConfig) -> usize {
+/// `parameters { key: "intra_op_thread_count" }`, as in Triton's ONNX Runtime backend.
+/// Unset, tract's plan runs on one thread (its threading costs more than it gains on these
+/// models) and the native engine on every core (0 says the same).
+fn intra_op_threads(config: &ModelConfig) -> Option<usize> {
     config
         .parameters
         .get("intra_op_thread_count")
         .and_then(|p| p.string_value.parse::<usize>().ok())
-        .unwrap_or(1)
 }
 
 fn unable(m: &str, what: String) -> Error {

@@ -4,7 +4,9 @@
 //! chain over chunks of a row, one operator at a time with its `match` outside the loop,
 //! in loops the compiler vectorises (compiled for AVX-512 or AVX2 where the CPU has them).
 
+use super::gemm::Shared;
 use super::isa::multiversion;
+use super::pool::{parallel, range};
 use super::{activate, combine};
 use crate::execution::cuda::kernels::{self as k, act, bin, View, MAX_RANK};
 
@@ -177,19 +179,51 @@ impl<const N: usize> Walk<N> {
         w
     }
 
+    /// Elements the walk visits.
+    fn len(&self) -> usize {
+        self.dims[..self.rank].iter().product()
+    }
+
     /// Calls `row(offsets, len, strides)` for every row, in row-major order.
     #[inline(always)]
-    fn rows(&self, mut row: impl FnMut(&[isize; N], usize, &[isize; N])) {
+    fn rows(&self, row: impl FnMut(&[isize; N], usize, &[isize; N])) {
+        self.rows_range(0..self.len(), row)
+    }
+
+    /// [`Walk::rows`] for the elements `range` only (row-major positions), the first and
+    /// last rows possibly partial, so threads can split a walk anywhere.
+    #[inline(always)]
+    fn rows_range(
+        &self,
+        range: std::ops::Range<usize>,
+        mut row: impl FnMut(&[isize; N], usize, &[isize; N]),
+    ) {
         let last = self.rank - 1;
         let len = self.dims[last];
         let inner = self.strides[last];
-        if len == 0 || self.dims[..last].contains(&0) {
+        if range.is_empty() || len == 0 {
             return;
         }
         let mut idx = [0usize; MAX_RANK];
+        let (mut rest, mut col) = (range.start / len, range.start % len);
         let mut off = self.offsets;
+        for d in (0..last).rev() {
+            idx[d] = rest % self.dims[d];
+            rest /= self.dims[d];
+            for (o, s) in off.iter_mut().zip(&self.strides[d]) {
+                *o += idx[d] as isize * s;
+            }
+        }
+        let mut e = range.start;
         loop {
-            row(&off, len, &inner);
+            let n = (len - col).min(range.end - e);
+            let at: [isize; N] = std::array::from_fn(|v| off[v] + col as isize * inner[v]);
+            row(&at, n, &inner);
+            e += n;
+            if e >= range.end {
+                return;
+            }
+            col = 0;
             // Odometer over the outer dimensions.
             let mut d = last;
             loop {
@@ -211,6 +245,12 @@ impl<const N: usize> Walk<N> {
             }
         }
     }
+}
+
+/// Pieces to split `n` elements into on `threads` threads: none below ~32 K elements (a
+/// launch on the pool costs about a microsecond, a piece should cost much more).
+fn pieces(threads: usize, n: usize) -> usize {
+    threads.min(n / (1 << 15)).max(1)
 }
 
 fn view(v: &View) -> (isize, [isize; MAX_RANK]) {
@@ -264,7 +304,7 @@ multiversion! {
     /// A fused chain: per row chunk, each operator over whole chunks of its operands (an
     /// input row read in place, a broadcast input as a scalar, a strided one gathered), the
     /// last one written straight into the output.
-    pub(super) unsafe fn pointwise(p: &k::PointwiseParams) {
+    pub(super) unsafe fn pointwise(p: &k::PointwiseParams, threads: usize) {
         let rank = p.rank as usize;
         let dims = &p.dims[..rank];
         let (n_in, n_ops) = (p.n_in.max(0) as usize, p.n_ops.max(0) as usize);
@@ -273,11 +313,13 @@ multiversion! {
             *v = view(src);
         }
         let walk = Walk::new(dims, views);
-        let y = p.y as *mut f32;
+        let y = Shared(p.y as *mut f32);
+        let parts = pieces(threads, walk.len());
+        parallel(parts, &|piece| {
         let mut gathered = vec![[0f32; CHUNK]; k::PW_MAX_IN];
         let mut temps = vec![[0f32; CHUNK]; k::PW_MAX_OPS];
-        walk.rows(|off, len, st| {
-            let py = y.offset(off[k::PW_MAX_IN]);
+        walk.rows_range(range(walk.len(), parts, piece), |off, len, st| {
+            let py = y.get().offset(off[k::PW_MAX_IN]);
             let mut c0 = 0;
             while c0 < len {
                 let l = CHUNK.min(len - c0);
@@ -344,6 +386,7 @@ multiversion! {
                 }
                 c0 += l;
             }
+        })
         })
     }
 }

@@ -11,6 +11,7 @@
 
 use super::activate;
 use super::isa::{isa, Isa};
+use super::pool::{parallel, range};
 use crate::execution::cuda::kernels::act;
 
 /// Rows of C per microkernel call (broadcast from A).
@@ -51,6 +52,26 @@ pub(super) struct Problem {
     pub c: *mut f32,
     pub rs_c: usize,
     pub epilogue: Epilogue,
+}
+
+// SAFETY: the pointers name memory the kernel's contract keeps live for the launch; threads
+// sharing a problem write disjoint column panels of C.
+unsafe impl Sync for Problem {}
+
+/// Runs `p` on up to `threads` threads, each a contiguous range of column panels; small
+/// products (below ~2 M multiply-adds) on this thread alone.
+///
+/// # Safety
+/// As [`run`].
+pub(super) unsafe fn run_parallel(threads: usize, p: &Problem, pack: &Pack) {
+    let n_panels = panels(p);
+    let macs = p.m * p.n * p.k.max(1);
+    let parts = if macs < (1 << 21) {
+        1
+    } else {
+        threads.min(n_panels).max(1)
+    };
+    parallel(parts, &|i| run(p, pack, range(n_panels, parts, i)));
 }
 
 /// Fills `dst` (`kc` rows of `NR` floats) with `B[k0 .. k0 + kc, n0 .. n0 + nc]`, zero past

@@ -20,6 +20,7 @@ use super::cuda::kernels::{self as k, act, bin, Kernel};
 mod elementwise;
 mod gemm;
 mod isa;
+mod pool;
 
 use isa::{copy_short, zero_short};
 
@@ -28,14 +29,26 @@ use elementwise::{binary, binary_same, copy, pointwise, reduce, unary};
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
     memory: HostMemory,
+    /// Threads a launch may use (its caller's included), from `intra_op_thread_count`.
+    threads: usize,
 }
 
-/// The process's CPU device.
-pub(crate) fn device() -> &'static dyn Device {
-    static CPU: std::sync::OnceLock<CpuDevice> = std::sync::OnceLock::new();
-    CPU.get_or_init(|| CpuDevice {
+/// The process's CPU device for launches on `threads` threads (0: the machine's cores). One
+/// device per thread count; they share one pool of workers ([`pool`]).
+pub(crate) fn device(threads: usize) -> &'static dyn Device {
+    static DEVICES: std::sync::OnceLock<parking_lot::Mutex<Vec<&'static CpuDevice>>> =
+        std::sync::OnceLock::new();
+    let threads = if threads == 0 { pool::cores() } else { threads };
+    let mut devices = DEVICES.get_or_init(Default::default).lock();
+    if let Some(d) = devices.iter().find(|d| d.threads == threads) {
+        return *d;
+    }
+    let d: &'static CpuDevice = Box::leak(Box::new(CpuDevice {
         memory: HostMemory::new(64, usize::MAX),
-    })
+        threads,
+    }));
+    devices.push(d);
+    d
 }
 
 /// The parameter struct `T` from its bytes.
@@ -75,16 +88,16 @@ impl Device for CpuDevice {
         unsafe {
             match kernel {
                 Kernel::Unary => unary(&params(bytes)?),
-                Kernel::Pointwise => pointwise(&params(bytes)?),
+                Kernel::Pointwise => pointwise(&params(bytes)?, self.threads),
                 Kernel::Binary => binary(&params(bytes)?),
                 Kernel::BinarySame => binary_same(&params(bytes)?),
                 Kernel::Copy => copy(&params(bytes)?),
                 Kernel::Pad => pad(&params(bytes)?),
                 Kernel::Conv | Kernel::Conv1x1 | Kernel::ConvNarrow | Kernel::ConvDepthwise => {
-                    conv(&params(bytes)?)
+                    conv(&params(bytes)?, self.threads)
                 }
-                Kernel::Deconv => deconv(&params(bytes)?),
-                Kernel::Gemm | Kernel::GemmNarrow => matmul(&params(bytes)?),
+                Kernel::Deconv => deconv(&params(bytes)?, self.threads),
+                Kernel::Gemm | Kernel::GemmNarrow => matmul(&params(bytes)?, self.threads),
                 Kernel::Pool => pool(&params(bytes)?),
                 Kernel::Resize => resize(&params(bytes)?),
                 Kernel::Reduce => reduce(&params(bytes)?),
@@ -250,10 +263,10 @@ unsafe fn pad(p: &k::PadParams) {
 /// per output channel) run [`depthwise`]; the others are one [`gemm`] product per image and
 /// group, `W_g[co/group, c/group·kh·kw] · patches`, the patches packed panel by panel from
 /// the image.
-unsafe fn conv(p: &k::ConvParams) {
+unsafe fn conv(p: &k::ConvParams, threads: usize) {
     let g = Geometry::of(p);
     if g.cg == 1 && g.mg == 1 {
-        return depthwise(p, &g);
+        return depthwise(p, &g, threads);
     }
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
@@ -284,7 +297,7 @@ unsafe fn conv(p: &k::ConvParams) {
                     b: p.b,
                 },
             };
-            gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+            gemm::run_parallel(threads, &prob, &pack);
         }
     }
 }
@@ -422,18 +435,29 @@ unsafe fn pack_patches(
 /// A depthwise convolution (`group == c == co`): per channel and output row, each kernel row
 /// adds its taps into the row, the interior columns (every tap inside the image) in one
 /// vectorised pass for the common 3- and 5-wide kernels, the border columns tap by tap.
-unsafe fn depthwise(p: &k::ConvParams, g: &Geometry) {
-    depthwise_rows(p, g)
+/// Threads split the (image, channel) planes.
+unsafe fn depthwise(p: &k::ConvParams, g: &Geometry, threads: usize) {
+    let planes = g.n * g.c;
+    let work = planes * g.oh * g.ow * g.kh * g.kw;
+    let parts = if work < (1 << 20) {
+        1
+    } else {
+        threads.min(planes).max(1)
+    };
+    pool::parallel(parts, &|i| {
+        depthwise_planes(p, g, pool::range(planes, parts, i))
+    });
 }
 
 isa::multiversion! {
-unsafe fn depthwise_rows(p: &k::ConvParams, g: &Geometry) {
+unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Range<usize>) {
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
     let (lo, hi) = g.interior();
     let taps = g.kh * g.kw;
-    for b in 0..g.n {
-        for ch in 0..g.c {
+    for pl in planes {
+        let (b, ch) = (pl / g.c, pl % g.c);
+        {
             let plane = x.add((b * g.c + ch) * g.h * g.w);
             let wk = std::slice::from_raw_parts(w.add(ch * taps), taps);
             let out =
@@ -513,7 +537,7 @@ fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
 /// band of input pixels gives every tap's contribution, `cols[(oc, ky, kx), pixel] =
 /// Σ_ic w[oc, ic, ky, kx] · x[ic, pixel]`, which is then added into the output pixel the tap
 /// reaches; bias first, activation last.
-unsafe fn deconv(p: &k::ConvParams) {
+unsafe fn deconv(p: &k::ConvParams, threads: usize) {
     let g = Geometry::of(p);
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
@@ -562,7 +586,7 @@ unsafe fn deconv(p: &k::ConvParams) {
                 rs_c: len,
                 epilogue: gemm::Epilogue::NONE,
             };
-            gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+            gemm::run_parallel(threads, &prob, &pack);
             // Scatter: input pixel (iy, ix) and tap (ky, kx) reach output
             // (iy·sh − pt + ky·dh, ix·sw − pl + kx·dw).
             for (r, contrib) in cols.chunks_exact(len).take(m).enumerate() {
@@ -595,7 +619,7 @@ unsafe fn deconv(p: &k::ConvParams) {
 
 /// Batched strided GEMM, `c = act(a · b)`: one [`gemm`] product per batch entry, B packed
 /// panel by panel through its strides, A used in place when its rows are contiguous.
-unsafe fn matmul(p: &k::GemmParams) {
+unsafe fn matmul(p: &k::GemmParams, threads: usize) {
     // C with unit row stride (a 1x1 convolution as tract writes it: pixels x channels) is
     // computed as its transpose, `Cᵀ = Bᵀ · Aᵀ`, so the long pixel dimension runs along
     // the panels and C's columns are contiguous.
@@ -615,7 +639,7 @@ unsafe fn matmul(p: &k::GemmParams) {
             scn: p.scm,
             ..*p
         };
-        return matmul(&t);
+        return matmul(&t, threads);
     }
     let [batch, m, n, kk] = [p.batch, p.m, p.n, p.k].map(|v| v.max(0) as usize);
     let s = |v: i32| v as isize;
@@ -679,7 +703,7 @@ unsafe fn matmul(p: &k::GemmParams) {
                 ..gemm::Epilogue::NONE
             },
         };
-        gemm::run(&prob, &pack, 0..gemm::panels(&prob));
+        gemm::run_parallel(threads, &prob, &pack);
         if !c_direct {
             for i in 0..m {
                 for j in 0..n {
