@@ -369,6 +369,7 @@ impl Geometry {
     }
 }
 
+isa::multiversion! {
 /// Rows `k0 .. k0 + kc` of the image's patch matrix (row `(ci, ky, kx)`, column the output
 /// pixel), columns `n0 .. n0 + nc`, into `dst` (`kc` rows of [`gemm::NR`]), zeros outside
 /// the image and past `nc`.
@@ -415,14 +416,17 @@ unsafe fn pack_patches(
                     copy_short(out.add(lo), src.offset(x0 + lo as isize), hi - lo);
                     zero_short(out.add(hi), run - hi);
                 } else {
-                    for t in 0..run {
-                        let ix = x0 + (t * g.sw) as isize;
-                        *out.add(t) = if ix >= 0 && ix < g.w as isize {
-                            *src.offset(ix)
-                        } else {
-                            0.0
-                        };
+                    // Columns t with 0 <= x0 + t·sw < w, then a branch-free strided gather.
+                    let sw = g.sw as isize;
+                    let lo = if x0 < 0 { (-x0 + sw - 1) / sw } else { 0 }.min(run as isize);
+                    let hi = ((g.w as isize - x0 + sw - 1) / sw).clamp(lo, run as isize);
+                    let (lo, hi) = (lo as usize, hi as usize);
+                    zero_short(out, lo);
+                    let from = src.offset(x0);
+                    for t in lo..hi {
+                        *out.add(t) = *from.offset(t as isize * sw);
                     }
+                    zero_short(out.add(hi), run - hi);
                 }
             }
             j += run;
@@ -430,6 +434,7 @@ unsafe fn pack_patches(
             oy += 1;
         }
     }
+}
 }
 
 /// A depthwise convolution (`group == c == co`): per channel and output row, each kernel row
@@ -714,44 +719,65 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
     }
 }
 
-unsafe fn pool(p: &k::PoolParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    let [nc, h, w, oh, ow, kh, kw] =
-        [p.nc, p.h, p.w, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as isize);
-    let [sh, sw, dh, dw, pt, pl] = [p.sh, p.sw, p.dh, p.dw, p.pt, p.pl].map(|v| v as isize);
-    let is_max = p.mode == k::pool::MAX;
-    let mut i = 0usize;
-    for plane in 0..nc {
-        let xp = x.offset(plane * h * w);
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = if is_max { f32::NEG_INFINITY } else { 0.0 };
-                let mut taps = 0;
+isa::multiversion! {
+    /// Max, average and sum pooling, row by row: each valid kernel tap folds a strided input
+    /// row into the output row; an average divides by the taps inside the image (or all of
+    /// them with `count_include_pad`).
+    unsafe fn pool(p: &k::PoolParams) {
+        let (x, y) = (p.x as *const f32, p.y as *mut f32);
+        let [nc, h, w, oh, ow, kh, kw] =
+            [p.nc, p.h, p.w, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
+        let [sh, sw, dh, dw, pt, pl] = [p.sh, p.sw, p.dh, p.dw, p.pt, p.pl].map(|v| v as isize);
+        let is_max = p.mode == k::pool::MAX;
+        let init = if is_max { f32::NEG_INFINITY } else { 0.0 };
+        // Per output column: the taps inside the row.
+        let inside = |ox: usize, kx: usize| {
+            let ix = ox as isize * sw - pl + kx as isize * dw;
+            (ix >= 0 && ix < w as isize).then_some(ix)
+        };
+        let col_taps: Vec<usize> = (0..ow).map(|ox| (0..kw).filter(|&kx| inside(ox, kx).is_some()).count()).collect();
+        // Output columns whose every tap is inside: [lo, hi).
+        let lo = (0..ow).find(|&ox| (0..kw).all(|kx| inside(ox, kx).is_some())).unwrap_or(ow);
+        let hi = (lo..ow).find(|&ox| (0..kw).any(|kx| inside(ox, kx).is_none())).unwrap_or(ow);
+        for plane in 0..nc {
+            let xp = x.add(plane * h * w);
+            let out = std::slice::from_raw_parts_mut(y.add(plane * oh * ow), oh * ow);
+            for (oy, row) in out.chunks_exact_mut(ow.max(1)).enumerate() {
+                row.fill(init);
+                let mut rows = 0;
                 for ky in 0..kh {
-                    let ih = oy * sh - pt + ky * dh;
-                    if ih < 0 || ih >= h {
+                    let iy = oy as isize * sh - pt + ky as isize * dh;
+                    if iy < 0 || iy >= h as isize {
                         continue;
                     }
+                    rows += 1;
+                    let src = xp.offset(iy * w as isize);
                     for kx in 0..kw {
-                        let iw = ox * sw - pl + kx * dw;
-                        if iw < 0 || iw >= w {
-                            continue;
+                        let base = lo as isize * sw - pl + kx as isize * dw;
+                        let inner = &mut row[lo..hi];
+                        if is_max {
+                            for (i, o) in inner.iter_mut().enumerate() {
+                                *o = o.max(*src.offset(base + i as isize * sw));
+                            }
+                        } else {
+                            for (i, o) in inner.iter_mut().enumerate() {
+                                *o += *src.offset(base + i as isize * sw);
+                            }
                         }
-                        let v = *xp.offset(ih * w + iw);
-                        acc = if is_max { acc.max(v) } else { acc + v };
-                        taps += 1;
+                        for ox in (0..lo).chain(hi..ow) {
+                            if let Some(ix) = inside(ox, kx) {
+                                let v = *src.offset(ix);
+                                row[ox] = if is_max { row[ox].max(v) } else { row[ox] + v };
+                            }
+                        }
                     }
                 }
                 if p.mode == k::pool::AVG {
-                    let count = if p.count_pad != 0 {
-                        kh * kw
-                    } else {
-                        taps.max(1)
-                    };
-                    acc /= count as f32;
+                    for (ox, v) in row.iter_mut().enumerate() {
+                        let count = if p.count_pad != 0 { kh * kw } else { (rows * col_taps[ox]).max(1) };
+                        *v /= count as f32;
+                    }
                 }
-                *y.add(i) = acc;
-                i += 1;
             }
         }
     }
@@ -783,30 +809,47 @@ fn nearest(v: f32, mode: i32, len: usize) -> usize {
     i.clamp(0, len as i64 - 1).max(0) as usize
 }
 
-unsafe fn resize(p: &k::ResizeParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    let [nc, h, w, oh, ow] = [p.nc, p.h, p.w, p.oh, p.ow].map(|v| v.max(0) as usize);
-    let mut i = 0usize;
-    for plane in 0..nc {
-        let xp = x.add(plane * h * w);
-        for oy in 0..oh {
-            let sy0 = source_coord(oy, p.scale_h, h, oh, p.coord);
-            for ox in 0..ow {
-                let sx0 = source_coord(ox, p.scale_w, w, ow, p.coord);
-                *y.add(i) = if p.linear == 0 {
-                    *xp.add(nearest(sy0, p.nearest, h) * w + nearest(sx0, p.nearest, w))
+isa::multiversion! {
+    /// Nearest and linear Resize over planes, the source columns and weights of each output
+    /// column computed once per launch, those of each output row once per row.
+    unsafe fn resize(p: &k::ResizeParams) {
+        let (x, y) = (p.x as *const f32, p.y as *mut f32);
+        let [nc, h, w, oh, ow] = [p.nc, p.h, p.w, p.oh, p.ow].map(|v| v.max(0) as usize);
+        if h == 0 || w == 0 {
+            return;
+        }
+        // (first source index, second, weight of the second).
+        let taps = |o: usize, scale: f32, len: usize, out_len: usize| -> (usize, usize, f32) {
+            let s0 = source_coord(o, scale, len, out_len, p.coord);
+            if p.linear == 0 {
+                let i = nearest(s0, p.nearest, len);
+                return (i, i, 0.0);
+            }
+            let s = s0.max(0.0).min(len as f32 - 1.0);
+            let i0 = s.floor() as usize;
+            (i0, (i0 + 1).min(len - 1), s - i0 as f32)
+        };
+        let cols: Vec<(usize, usize, f32)> = (0..ow).map(|o| taps(o, p.scale_w, w, ow)).collect();
+        for plane in 0..nc {
+            let xp = x.add(plane * h * w);
+            let out = std::slice::from_raw_parts_mut(y.add(plane * oh * ow), oh * ow);
+            for (oy, row) in out.chunks_exact_mut(ow.max(1)).enumerate() {
+                let (y0, y1, fy) = taps(oy, p.scale_h, h, oh);
+                let (r0, r1) = (
+                    std::slice::from_raw_parts(xp.add(y0 * w), w),
+                    std::slice::from_raw_parts(xp.add(y1 * w), w),
+                );
+                if p.linear == 0 {
+                    for (o, &(c, _, _)) in row.iter_mut().zip(&cols) {
+                        *o = r0[c];
+                    }
                 } else {
-                    let sy = sy0.max(0.0).min(h as f32 - 1.0);
-                    let sx = sx0.max(0.0).min(w as f32 - 1.0);
-                    let (y0, x0) = (sy.floor() as usize, sx.floor() as usize);
-                    let (y1, x1) = ((y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
-                    let (fy, fx) = (sy - y0 as f32, sx - x0 as f32);
-                    let at = |r: usize, c: usize| *xp.add(r * w + c);
-                    let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
-                    let bot = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-                    top * (1.0 - fy) + bot * fy
-                };
-                i += 1;
+                    for (o, &(c0, c1, fx)) in row.iter_mut().zip(&cols) {
+                        let top = r0[c0] * (1.0 - fx) + r0[c1] * fx;
+                        let bot = r1[c0] * (1.0 - fx) + r1[c1] * fx;
+                        *o = top * (1.0 - fy) + bot * fy;
+                    }
+                }
             }
         }
     }
