@@ -231,6 +231,11 @@ fn convolutions_match_the_cpu_path() {
             // Grouped 1x1 convolutions stay convolutions (tract turns plain ones into EinSum).
             ("grouped 1x1", [1, 8, 5, 7], 12, [1, 1], 2, [1, 1], [0, 0, 0, 0], [1, 1]),
             ("grouped 1x1, 66 per group", [2, 6, 4, 5], 132, [1, 1], 2, [1, 1], [0, 0, 0, 0], [1, 1]),
+            // Rows wider than the CPU's 64-pixel panels (read in place inside, packed at the
+            // borders), depth over one 128-deep panel, stride 2 and dilation on wide rows.
+            ("3x3 same, wide rows", [1, 20, 5, 150], 7, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("3x3 stride 2, wide rows", [1, 4, 9, 140], 12, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
+            ("3x3 dilation 2, wide rows", [1, 3, 8, 140], 8, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
         ];
         for (what, x, co, k, g, s, p, d) in cases {
             let (op, out) = conv(x, co, k, g, s, p, d);

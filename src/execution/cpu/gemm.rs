@@ -52,6 +52,10 @@ pub(super) struct Problem {
     pub c: *mut f32,
     pub rs_c: usize,
     pub epilogue: Epilogue,
+    /// 0, or a row length of C's columns (a convolution's output width) that no panel
+    /// crosses: each row is split into panels of its own, the last one narrower, so the
+    /// packing callback may hand out direct row pointers instead of packing.
+    pub row: usize,
 }
 
 // SAFETY: the pointers name memory the kernel's contract keeps live for the launch; threads
@@ -74,9 +78,12 @@ pub(super) unsafe fn run_parallel(threads: usize, p: &Problem, pack: &Pack) {
     parallel(parts, &|i| run(p, pack, range(n_panels, parts, i)));
 }
 
-/// Fills `dst` (`kc` rows of `NR` floats) with `B[k0 .. k0 + kc, n0 .. n0 + nc]`, zero past
-/// `nc`.
-pub(super) type Pack<'a> = dyn Fn(usize, usize, usize, usize, &mut [f32]) + Sync + 'a;
+/// Provides `B[k0 .. k0 + kc, n0 .. n0 + nc]` for one panel, either packed into `panel`
+/// (`kc` rows of `NR` floats, zero past `nc`; returns `false`) or, for a full panel
+/// (`nc == NR`) whose rows already lie contiguous in memory, as one pointer per row in
+/// `rows` (returns `true`, `panel` untouched): the microkernel then reads B in place.
+pub(super) type Pack<'a> =
+    dyn Fn(usize, usize, usize, usize, &mut [f32], &mut [*const f32]) -> bool + Sync + 'a;
 
 /// A raw pointer (or anything) the packing callbacks may share with the other threads: the
 /// kernels' contract (each pointer names live memory of the size the parameters describe,
@@ -98,13 +105,27 @@ impl<T: Copy> Shared<T> {
 struct Panel([f32; KC * NR]);
 
 thread_local! {
-    static PANEL: std::cell::RefCell<Box<Panel>> =
-        std::cell::RefCell::new(Box::new(Panel([0.0; KC * NR])));
+    static PANEL: std::cell::RefCell<(Box<Panel>, Vec<*const f32>)> =
+        std::cell::RefCell::new((Box::new(Panel([0.0; KC * NR])), vec![std::ptr::null(); KC]));
 }
 
-/// Number of `NR`-column panels of the problem.
+/// Number of column panels of the problem.
 pub(super) fn panels(p: &Problem) -> usize {
-    p.n.div_ceil(NR)
+    match p.n.checked_div(p.row) {
+        None => p.n.div_ceil(NR),
+        Some(rows) => rows * p.row.div_ceil(NR),
+    }
+}
+
+/// The first column and the width of panel `jp`.
+fn panel(p: &Problem, jp: usize) -> (usize, usize) {
+    if p.row == 0 {
+        let n0 = jp * NR;
+        return (n0, NR.min(p.n - n0));
+    }
+    let per_row = p.row.div_ceil(NR);
+    let c = (jp % per_row) * NR;
+    ((jp / per_row) * p.row + c, NR.min(p.row - c))
 }
 
 /// Computes the column panels `range` of `p` (so threads can split the panels).
@@ -119,16 +140,16 @@ pub(super) unsafe fn run(p: &Problem, pack: &Pack, range: std::ops::Range<usize>
 /// [`run`] with the instruction set given.
 unsafe fn run_on(isa: Isa, p: &Problem, pack: &Pack, range: std::ops::Range<usize>) {
     PANEL.with(|cell| {
-        let mut panel = cell.borrow_mut();
-        let buf = &mut panel.0;
+        let mut scratch = cell.borrow_mut();
+        let (buf, row_ptrs) = &mut *scratch;
+        let buf = &mut buf.0;
         for jp in range {
-            let n0 = jp * NR;
-            let nc = NR.min(p.n - n0);
+            let (n0, nc) = panel(p, jp);
             let mut k0 = 0;
             // k = 0 still writes C (a zero-depth product is the bias alone).
             loop {
                 let kc = KC.min(p.k - k0);
-                pack(k0, kc, n0, nc, &mut buf[..kc * NR]);
+                let direct = pack(k0, kc, n0, nc, &mut buf[..kc * NR], &mut row_ptrs[..kc]);
                 let first = k0 == 0;
                 let last = k0 + kc == p.k;
                 let mut i0 = 0;
@@ -139,6 +160,11 @@ unsafe fn run_on(isa: Isa, p: &Problem, pack: &Pack, range: std::ops::Range<usiz
                         a: p.a.add(i0 * p.rs_a + k0),
                         rs_a: p.rs_a,
                         b: buf.as_ptr(),
+                        b_rows: if direct {
+                            row_ptrs.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
                         c: p.c.add(i0 * p.rs_c + n0),
                         rs_c: p.rs_c,
                         cols: nc,
@@ -163,7 +189,10 @@ struct Tile {
     kc: usize,
     a: *const f32,
     rs_a: usize,
+    /// The packed panel, or null with `b_rows` set.
     b: *const f32,
+    /// One pointer per row of B read in place (`NR` floats each), or null.
+    b_rows: *const *const f32,
     c: *mut f32,
     rs_c: usize,
     cols: usize,
@@ -176,15 +205,22 @@ struct Tile {
 }
 
 unsafe fn micro(isa: Isa, rows: usize, t: &Tile) {
+    let direct = !t.b_rows.is_null();
     macro_rules! by_rows {
         ($f:ident) => {
-            match rows {
-                6 => $f::<6>(t),
-                5 => $f::<5>(t),
-                4 => $f::<4>(t),
-                3 => $f::<3>(t),
-                2 => $f::<2>(t),
-                _ => $f::<1>(t),
+            match (rows, direct) {
+                (6, false) => $f::<6, false>(t),
+                (5, false) => $f::<5, false>(t),
+                (4, false) => $f::<4, false>(t),
+                (3, false) => $f::<3, false>(t),
+                (2, false) => $f::<2, false>(t),
+                (_, false) => $f::<1, false>(t),
+                (6, true) => $f::<6, true>(t),
+                (5, true) => $f::<5, true>(t),
+                (4, true) => $f::<4, true>(t),
+                (3, true) => $f::<3, true>(t),
+                (2, true) => $f::<2, true>(t),
+                (_, true) => $f::<1, true>(t),
             }
         };
     }
@@ -218,10 +254,10 @@ fn vector_act(code: i32) -> bool {
 
 /// The portable microkernel: the compiler keeps `acc` in vector registers where it can.
 #[inline(always)]
-unsafe fn micro_generic<const R: usize>(t: &Tile) {
+unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
     let mut acc = [[0f32; NR]; R];
     for p in 0..t.kc {
-        let b = std::slice::from_raw_parts(t.b.add(p * NR), NR);
+        let b = std::slice::from_raw_parts(b_row::<D>(t, p), NR);
         for (r, row) in acc.iter_mut().enumerate() {
             let a = *t.a.add(r * t.rs_a + p);
             for (c, v) in row.iter_mut().zip(b) {
@@ -248,25 +284,37 @@ unsafe fn micro_generic<const R: usize>(t: &Tile) {
     }
 }
 
-unsafe fn micro_portable<const R: usize>(t: &Tile) {
-    micro_generic::<R>(t)
+/// Row `p` of the tile's B: in place (`D`) or in the packed panel.
+#[inline(always)]
+unsafe fn b_row<const D: bool>(t: &Tile, p: usize) -> *const f32 {
+    if D {
+        *t.b_rows.add(p)
+    } else {
+        t.b.add(p * NR)
+    }
+}
+
+unsafe fn micro_portable<const R: usize, const D: bool>(t: &Tile) {
+    micro_generic::<R, D>(t)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn micro_avx2<const R: usize>(t: &Tile) {
-    micro_generic::<R>(t)
+unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
+    micro_generic::<R, D>(t)
 }
 
 /// The AVX-512 microkernel: `R x 64` accumulators in zmm registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn micro_avx512<const R: usize>(t: &Tile) {
+unsafe fn micro_avx512<const R: usize, const D: bool>(t: &Tile) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    let (mut a, mut b) = (t.a, t.b);
-    for _ in 0..t.kc {
-        // SAFETY: the panel holds kc rows of NR = 64 floats; A's strip R rows of kc.
+    let mut a = t.a;
+    for p in 0..t.kc {
+        // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
+        // floats; A's strip R rows of kc.
+        let b = b_row::<D>(t, p);
         let bv = [
             _mm512_loadu_ps(b),
             _mm512_loadu_ps(b.add(16)),
@@ -280,7 +328,6 @@ unsafe fn micro_avx512<const R: usize>(t: &Tile) {
             }
         }
         a = a.add(1);
-        b = b.add(NR);
     }
     let mask = |j: usize| -> __mmask16 {
         let lo = 16 * j;
@@ -354,12 +401,22 @@ mod tests {
             .collect()
     }
 
-    fn check(isa: Isa, m: usize, n: usize, k: usize, ep_act: i32) {
-        let a = fill(m * k, 1);
-        let b = fill(k * n, 2);
-        let bias = fill(m, 3);
-        let mut c = vec![f32::NAN; m * n];
-        let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+    /// A row-major `B` (`k x n`) as a packing callback: in place for full panels when
+    /// `direct`, packed otherwise.
+    fn source(
+        b: &[f32],
+        n: usize,
+        direct: bool,
+    ) -> impl Fn(usize, usize, usize, usize, &mut [f32], &mut [*const f32]) -> bool + Sync + '_
+    {
+        let at = Shared(b.as_ptr());
+        move |k0, kc, n0, nc, dst, rows| {
+            if direct && nc == NR {
+                for (q, r) in rows.iter_mut().take(kc).enumerate() {
+                    *r = unsafe { at.get().add((k0 + q) * n + n0) };
+                }
+                return true;
+            }
             for q in 0..kc {
                 for j in 0..NR {
                     dst[q * NR + j] = if j < nc {
@@ -369,7 +426,16 @@ mod tests {
                     };
                 }
             }
-        };
+            false
+        }
+    }
+
+    fn check(isa: Isa, m: usize, n: usize, k: usize, ep_act: i32, direct: bool) {
+        let a = fill(m * k, 1);
+        let b = fill(k * n, 2);
+        let bias = fill(m, 3);
+        let mut c = vec![f32::NAN; m * n];
+        let pack = source(&b, n, direct);
         let p = Problem {
             m,
             n,
@@ -384,6 +450,7 @@ mod tests {
                 a: 0.2,
                 b: 0.5,
             },
+            row: 0,
         };
         unsafe { run_on(isa, &p, &pack, 0..panels(&p)) };
         for i in 0..m {
@@ -430,7 +497,8 @@ mod tests {
                     act::LEAKY_RELU,
                     act::SIGMOID,
                 ] {
-                    check(isa, m, n, k, code);
+                    check(isa, m, n, k, code, false);
+                    check(isa, m, n, k, code, true);
                 }
             }
         }
@@ -438,21 +506,12 @@ mod tests {
 
     #[test]
     fn the_driver_covers_every_panel() {
-        let (m, n, k) = (9, 200, 140);
+        // Two rows of 130 columns: panels of 64, 64 and 2 in each.
+        let (m, n, k, row) = (9, 260, 140, 130);
         let a = fill(m * k, 4);
         let b = fill(k * n, 5);
         let mut c = vec![f32::NAN; m * n];
-        let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
-            for q in 0..kc {
-                for j in 0..NR {
-                    dst[q * NR + j] = if j < nc {
-                        b[(k0 + q) * n + n0 + j]
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        };
+        let pack = source(&b, n, true);
         let p = Problem {
             m,
             n,
@@ -462,7 +521,9 @@ mod tests {
             c: c.as_mut_ptr(),
             rs_c: n,
             epilogue: Epilogue::NONE,
+            row,
         };
+        assert_eq!(panels(&p), 6);
         unsafe {
             run(&p, &pack, 0..1);
             run(&p, &pack, 1..panels(&p));

@@ -275,8 +275,17 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     for b in 0..g.n {
         for grp in 0..g.group {
             let xg = gemm::Shared(x.add((b * g.c + grp * g.cg) * g.h * g.w));
-            let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
-                pack_patches(&g, xg.get(), k0, kc, n0, nc, dst)
+            let pack = |k0: usize,
+                        kc: usize,
+                        n0: usize,
+                        nc: usize,
+                        dst: &mut [f32],
+                        rows: &mut [*const f32]| {
+                if nc == gemm::NR && patch_rows(&g, xg.get(), k0, n0, &mut rows[..kc]) {
+                    return true;
+                }
+                pack_patches(&g, xg.get(), k0, kc, n0, nc, dst);
+                false
             };
             let prob = gemm::Problem {
                 m: g.mg,
@@ -295,6 +304,12 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
                     act: p.act,
                     a: p.a,
                     b: p.b,
+                },
+                // Panels inside output rows, so the interior ones read the image in place.
+                row: if g.sw == 1 && g.ow >= gemm::NR && !g.pointwise() {
+                    g.ow
+                } else {
+                    0
                 },
             };
             gemm::run_parallel(threads, &prob, &pack);
@@ -354,6 +369,17 @@ impl Geometry {
         }
     }
 
+    /// A 1x1 convolution without stride or padding: its patch matrix is the image.
+    fn pointwise(&self) -> bool {
+        self.kh * self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+
     /// Output columns whose input column `o·sw − pl + kx·dw` is inside the row for every
     /// tap: `[lo, hi)`, and the input column of output column 0 for tap 0.
     fn interior(&self) -> (usize, usize) {
@@ -367,6 +393,54 @@ impl Geometry {
         };
         (lo, hi.max(lo))
     }
+}
+
+/// A row of zeros for the taps of a panel that fall above or below the image.
+#[repr(C, align(64))]
+struct ZeroRow([f32; gemm::NR]);
+static ZERO_ROW: ZeroRow = ZeroRow([0.0; gemm::NR]);
+
+/// For a full panel (`NR` output pixels from `n0`) whose every tap row lies contiguous in
+/// the image (stride 1 along the row, no tap left or right of it, the panel inside one
+/// output row), one pointer per patch row `k0 ..` into the image (the zero row for taps
+/// above or below it); `false` when the panel must be packed.
+unsafe fn patch_rows(
+    g: &Geometry,
+    x: *const f32,
+    k0: usize,
+    n0: usize,
+    rows: &mut [*const f32],
+) -> bool {
+    let taps = g.kh * g.kw;
+    if g.pointwise() {
+        for (q, r) in rows.iter_mut().enumerate() {
+            *r = x.add((k0 + q) * g.h * g.w + n0);
+        }
+        return true;
+    }
+    let (oy, ox0) = (n0 / g.ow, n0 % g.ow);
+    let reach = ((g.kw - 1) * g.dw) as isize;
+    let first = ox0 as isize - g.pl;
+    if g.sw != 1
+        || ox0 + gemm::NR > g.ow
+        || first < 0
+        || first + gemm::NR as isize - 1 + reach >= g.w as isize
+    {
+        return false;
+    }
+    for (q, r) in rows.iter_mut().enumerate() {
+        let kq = k0 + q;
+        let (ci, t) = (kq / taps, kq % taps);
+        let (ky, kx) = (t / g.kw, t % g.kw);
+        let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
+        *r = if iy < 0 || iy >= g.h as isize {
+            ZERO_ROW.0.as_ptr()
+        } else {
+            x.add(ci * g.h * g.w + iy as usize * g.w)
+                .offset(first + (kx * g.dw) as isize)
+        };
+    }
+    true
 }
 
 isa::multiversion! {
@@ -383,8 +457,7 @@ unsafe fn pack_patches(
     dst: &mut [f32],
 ) {
     let taps = g.kh * g.kw;
-    let pointwise =
-        taps == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.oh == g.h && g.ow == g.w;
+    let pointwise = g.pointwise();
     for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
         let kq = k0 + q;
         let (ci, t) = (kq / taps, kq % taps);
@@ -574,12 +647,24 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
         let mut p0 = 0;
         while p0 < pixels {
             let len = band.min(pixels - p0);
-            let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+            let pack = |k0: usize,
+                        kc: usize,
+                        n0: usize,
+                        nc: usize,
+                        dst: &mut [f32],
+                        rows: &mut [*const f32]| {
+                let src = |q: usize| xb.get().add((k0 + q) * pixels + p0 + n0);
+                if nc == gemm::NR {
+                    for (q, r) in rows.iter_mut().take(kc).enumerate() {
+                        *r = src(q);
+                    }
+                    return true;
+                }
                 for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
-                    let src = xb.get().add((k0 + q) * pixels + p0 + n0);
-                    copy_short(row.as_mut_ptr(), src, nc);
+                    copy_short(row.as_mut_ptr(), src(q), nc);
                     zero_short(row.as_mut_ptr().add(nc), gemm::NR - nc);
                 }
+                false
             };
             let prob = gemm::Problem {
                 m,
@@ -590,6 +675,7 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
                 c: cols.as_mut_ptr(),
                 rs_c: len,
                 epilogue: gemm::Epilogue::NONE,
+                row: 0,
             };
             gemm::run_parallel(threads, &prob, &pack);
             // Scatter: input pixel (iy, ix) and tap (ky, kx) reach output
@@ -680,7 +766,18 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
             (c_buf.as_mut_ptr(), n)
         };
         let b = gemm::Shared(b);
-        let pack = |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32]| {
+        let pack = |k0: usize,
+                    kc: usize,
+                    n0: usize,
+                    nc: usize,
+                    dst: &mut [f32],
+                    rows: &mut [*const f32]| {
+            if p.sbn == 1 && nc == gemm::NR {
+                for (q, r) in rows.iter_mut().take(kc).enumerate() {
+                    *r = b.get().offset((k0 + q) as isize * s(p.sbk) + n0 as isize);
+                }
+                return true;
+            }
             for (q, row) in dst.chunks_exact_mut(gemm::NR).take(kc).enumerate() {
                 let src = b
                     .get()
@@ -694,6 +791,7 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
                 }
                 row[nc..].fill(0.0);
             }
+            false
         };
         let prob = gemm::Problem {
             m,
@@ -707,6 +805,7 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
                 act: p.act,
                 ..gemm::Epilogue::NONE
             },
+            row: 0,
         };
         gemm::run_parallel(threads, &prob, &pack);
         if !c_direct {
