@@ -236,6 +236,8 @@ fn convolutions_match_the_cpu_path() {
             ("3x3 same, wide rows", [1, 20, 5, 150], 7, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("3x3 stride 2, wide rows", [1, 4, 9, 140], 12, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
             ("3x3 dilation 2, wide rows", [1, 3, 8, 140], 8, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
+            ("depthwise 5x5, wide rows", [1, 3, 7, 70], 3, [5, 5], 3, [1, 1], [2, 2, 2, 2], [1, 1]),
+            ("depthwise stride 2, wide rows", [1, 2, 8, 90], 2, [3, 3], 2, [2, 2], [1, 1, 1, 1], [1, 1]),
         ];
         for (what, x, co, k, g, s, p, d) in cases {
             let (op, out) = conv(x, co, k, g, s, p, d);

@@ -533,6 +533,7 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
     let bias = p.bias as *const f32;
     let (lo, hi) = g.interior();
     let taps = g.kh * g.kw;
+    let mut valid: Vec<(usize, *const f32)> = Vec::with_capacity(g.kh);
     for pl in planes {
         let (b, ch) = (pl / g.c, pl % g.c);
         {
@@ -543,16 +544,25 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
             let b0 = if bias.is_null() { 0.0 } else { *bias.add(ch) };
             for (oy, row) in out.chunks_exact_mut(g.ow.max(1)).enumerate() {
                 row.fill(b0);
+                // The kernel rows inside the image, with their input rows.
+                valid.clear();
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
+                    if iy >= 0 && iy < g.h as isize {
+                        valid.push((ky, plane.add(iy as usize * g.w)));
                     }
-                    let src = plane.add(iy as usize * g.w);
+                }
+                // Interior blocks of 16 outputs: every tap accumulated in registers.
+                let blocks = match g.sw {
+                    1 => dw_blocks::<1>(row, lo, hi, &valid, wk, g),
+                    2 => dw_blocks::<2>(row, lo, hi, &valid, wk, g),
+                    _ => lo,
+                };
+                for &(ky, src) in &valid {
                     let wr = &wk[ky * g.kw..(ky + 1) * g.kw];
-                    // Interior: input column o·sw − pl + kx·dw is inside for every tap.
-                    let base = src.offset((lo * g.sw) as isize - g.pl);
-                    let inner = &mut row[lo..hi];
+                    // The rest of the interior: input column o·sw − pl + kx·dw is inside.
+                    let base = src.offset((blocks * g.sw) as isize - g.pl);
+                    let inner = &mut row[blocks..hi];
                     match (g.kw, g.sw, g.dw) {
                         (3, 1, 1) => taps_row::<3, 1>(inner, base, wr),
                         (3, 2, 1) => taps_row::<3, 2>(inner, base, wr),
@@ -581,6 +591,37 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
         }
     }
 }
+}
+
+/// Interior outputs `lo ..` of one row in blocks of 16, each block's sum over every valid
+/// kernel row and tap kept in registers and stored once; returns where the blocks end.
+#[inline(always)]
+unsafe fn dw_blocks<const SW: usize>(
+    row: &mut [f32],
+    lo: usize,
+    hi: usize,
+    valid: &[(usize, *const f32)],
+    wk: &[f32],
+    g: &Geometry,
+) -> usize {
+    let mut i0 = lo;
+    while i0 + 16 <= hi {
+        let mut acc = [0f32; 16];
+        acc.copy_from_slice(&row[i0..i0 + 16]);
+        for &(ky, src) in valid {
+            // SAFETY: outputs in [lo, hi) read only inside their input row.
+            let base = src.offset((i0 * SW) as isize - g.pl);
+            for (kx, &wv) in wk[ky * g.kw..(ky + 1) * g.kw].iter().enumerate() {
+                let s = base.add(kx * g.dw);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a += wv * *s.add(j * SW);
+                }
+            }
+        }
+        row[i0..i0 + 16].copy_from_slice(&acc);
+        i0 += 16;
+    }
+    i0
 }
 
 /// `out[i] += Σ_kx w[kx] · src[i·SW + kx]` over a row whose every tap is inside the input.
@@ -954,29 +995,116 @@ isa::multiversion! {
     }
 }
 
-unsafe fn softmax(p: &k::SoftmaxParams) {
-    let (x, y) = (p.x as *const f32, p.y as *mut f32);
-    let [outer, axis, inner] = [p.outer, p.axis, p.inner].map(|v| v.max(0) as usize);
-    for o in 0..outer {
-        for r in 0..inner {
-            let base = o * axis * inner + r;
-            let at = |j: usize| base + j * inner;
-            let mx = (0..axis).fold(f32::NEG_INFINITY, |m, j| m.max(*x.add(at(j))));
-            let sum: f32 = (0..axis).map(|j| (*x.add(at(j)) - mx).exp()).sum();
-            for j in 0..axis {
-                let v = *x.add(at(j)) - mx;
-                *y.add(at(j)) = if p.log != 0 {
-                    v - sum.ln()
+isa::multiversion! {
+    /// Softmax and log-softmax. Rows along a contiguous axis (the recogniser's 6625 classes)
+    /// take the max, the exponentials and their sum in 16 lanes with [`exp_approx`]; other
+    /// layouts walk the axis with its stride.
+    unsafe fn softmax(p: &k::SoftmaxParams) {
+        let (x, y) = (p.x as *const f32, p.y as *mut f32);
+        let [outer, axis, inner] = [p.outer, p.axis, p.inner].map(|v| v.max(0) as usize);
+        if inner == 1 && axis > 0 {
+            for o in 0..outer {
+                let xs = std::slice::from_raw_parts(x.add(o * axis), axis);
+                let ys = std::slice::from_raw_parts_mut(y.add(o * axis), axis);
+                let mut lanes = [f32::NEG_INFINITY; 16];
+                let chunks = xs.chunks_exact(16);
+                let rest = chunks.remainder();
+                for c in chunks {
+                    for (l, v) in lanes.iter_mut().zip(c) {
+                        *l = l.max(*v);
+                    }
+                }
+                let mx = rest.iter().fold(lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), |m, v| m.max(*v));
+                let mut sums = [0f32; 16];
+                let mut i = 0;
+                while i + 16 <= axis {
+                    for (j, s) in sums.iter_mut().enumerate() {
+                        let e = exp_approx(xs[i + j] - mx);
+                        ys[i + j] = e;
+                        *s += e;
+                    }
+                    i += 16;
+                }
+                let mut sum: f32 = sums.iter().sum();
+                for j in i..axis {
+                    let e = exp_approx(xs[j] - mx);
+                    ys[j] = e;
+                    sum += e;
+                }
+                if p.log != 0 {
+                    let ls = sum.ln();
+                    for (d, v) in ys.iter_mut().zip(xs) {
+                        *d = *v - mx - ls;
+                    }
                 } else {
-                    v.exp() / sum
-                };
+                    let inv = 1.0 / sum;
+                    for d in ys.iter_mut() {
+                        *d *= inv;
+                    }
+                }
+            }
+            return;
+        }
+        for o in 0..outer {
+            for r in 0..inner {
+                let base = o * axis * inner + r;
+                let at = |j: usize| base + j * inner;
+                let mx = (0..axis).fold(f32::NEG_INFINITY, |m, j| m.max(*x.add(at(j))));
+                let sum: f32 = (0..axis).map(|j| exp_approx(*x.add(at(j)) - mx)).sum();
+                for j in 0..axis {
+                    let v = *x.add(at(j)) - mx;
+                    *y.add(at(j)) = if p.log != 0 {
+                        v - sum.ln()
+                    } else {
+                        exp_approx(v) / sum
+                    };
+                }
             }
         }
     }
 }
 
+/// `e^x` without a call into libm, so loops over it vectorise: `x = n·ln 2 + r` with
+/// `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial (truncation below 1.3e-7
+/// relative; with the rounding of the reduction, within 4e-7 of libm), `2^n` built in the
+/// exponent bits. Below −87.3 (where `e^x` leaves the normal range) it returns about 1e-38
+/// instead of a subnormal or zero; NaN stays NaN; above 88.7 it is `inf`.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    if x > 88.7 {
+        return f32::INFINITY;
+    }
+    // Not `max`, which would turn NaN into the bound.
+    let x = if x < -87.3 { -87.3 } else { x };
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exp_approx_is_within_a_few_ulp_of_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (super::exp_approx(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, libm {want}"
+            );
+            x += 0.013;
+        }
+        assert!(super::exp_approx(f32::NAN).is_nan());
+        assert_eq!(super::exp_approx(100.0), f32::INFINITY);
+        assert!(super::exp_approx(-1000.0) < 1e-37);
+    }
+
     #[test]
     fn erf_matches_known_values() {
         for (x, want) in [
