@@ -1,12 +1,13 @@
 //! CPU engines side by side (issue 14), in one run: per model and thread count, three rows,
 //!
-//! - `modelyard`: `Model::infer` on a `KIND_CPU` group with `intra_op_thread_count` (the
-//!   engine a Triton repository gets today: tract's optimised plan behind our checks);
-//! - `native`: the native CPU engine (`engine: "native"`: the lowering the GPU uses, our Rust
-//!   kernels: an AVX-512 GEMM microkernel, vectorised element-wise loops, the shared
+//! - `modelyard`: `Model::infer` on a `KIND_CPU` group with `intra_op_thread_count`, the
+//!   native CPU engine a Triton repository gets by default (the lowering the GPU uses, our
+//!   Rust kernels: an AVX-512 GEMM microkernel, vectorised element-wise loops, the shared
 //!   spinning pool for the second thread);
+//! - `modelyard_tract`: the same with `engine: "tract"` (tract's optimised plan behind our
+//!   checks);
 //! - `tract`: the same tract plan called directly (tract's multithreaded executor for 2
-//!   threads), so the difference to `modelyard` is our overhead;
+//!   threads), so the difference to `modelyard_tract` is our overhead;
 //! - `ort`: ONNX Runtime 1.32 in the same process, the engine Triton itself uses for
 //!   `backend: "onnxruntime"` (`--features bench-ort`; the library is loaded at run time from
 //!   `ORT_DYLIB_PATH`, e.g. `onnxruntime/capi/libonnxruntime.so.1.32.0` inside the
@@ -199,17 +200,16 @@ fn engines(c: &mut Criterion) {
             g.sample_size(10);
             g.warm_up_time(Duration::from_millis(500));
             g.measurement_time(Duration::from_secs(3));
-            let (_tmp, repo) = repository(case, threads, "tract");
-            let handle = repo.model("m").unwrap();
-            g.bench_function(BenchmarkId::new("modelyard", format!("{threads}t")), |b| {
-                b.iter(|| handle.infer([(case.input, tensor.clone())]).unwrap())
-            });
-            #[cfg(feature = "cuda")]
-            {
-                let (_tmp, repo) = repository(case, threads, "native");
-                let native = repo.model("m").unwrap();
-                g.bench_function(BenchmarkId::new("native", format!("{threads}t")), |b| {
-                    b.iter(|| native.infer([(case.input, tensor.clone())]).unwrap())
+            // The default engine (native with the `cuda` feature), then tract's plan behind
+            // the same checks.
+            for (row, engine) in [("modelyard", "native"), ("modelyard_tract", "tract")] {
+                if engine == "native" && !cfg!(feature = "cuda") {
+                    continue;
+                }
+                let (_tmp, repo) = repository(case, threads, engine);
+                let handle = repo.model("m").unwrap();
+                g.bench_function(BenchmarkId::new(row, format!("{threads}t")), |b| {
+                    b.iter(|| handle.infer([(case.input, tensor.clone())]).unwrap())
                 });
             }
             let executor = (threads > 1).then(|| Executor::multithread(threads));

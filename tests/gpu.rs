@@ -79,16 +79,25 @@ fn device_targets() -> Vec<Target> {
     t
 }
 
-/// A repository with `cpu` (KIND_CPU) and `gpu` (KIND_GPU) copies of model folder `src`.
+/// Appends `parameters { key: "engine" … }` to model `name`'s config in `repo`.
+fn set_engine(repo: &Path, name: &str, engine: &str) {
+    let cfg = repo.join(name).join("config.pbtxt");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "parameters {{ key: \"engine\" value: {{ string_value: \"{engine}\" }} }}\n"
+    ));
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// A repository with `cpu` (KIND_CPU on tract's own plan, the reference) and `gpu` (KIND_GPU,
+/// or KIND_CPU on the native engine) copies of model folder `src`.
 fn cpu_and_gpu(src: &Path, target: Target) -> (tempfile::TempDir, Repository) {
     let tmp = tempfile::tempdir().unwrap();
     add_model(tmp.path(), src, "cpu", "KIND_CPU");
+    set_engine(tmp.path(), "cpu", "tract");
     if target == Target::Native {
         add_model(tmp.path(), src, "gpu", "KIND_CPU");
-        let cfg = tmp.path().join("gpu/config.pbtxt");
-        let mut text = std::fs::read_to_string(&cfg).unwrap();
-        text.push_str("parameters { key: \"engine\" value: { string_value: \"native\" } }\n");
-        std::fs::write(cfg, text).unwrap();
+        set_engine(tmp.path(), "gpu", "native");
     } else {
         add_model(tmp.path(), src, "gpu", "KIND_GPU");
     }

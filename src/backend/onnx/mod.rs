@@ -101,7 +101,9 @@ fn engine(config: &ModelConfig) -> Result<bool> {
         .get("engine")
         .map(|p| p.string_value.as_str())
     {
-        None | Some("tract") => Ok(false),
+        // The native engine runs the lowering, which the `cuda` feature builds.
+        None => Ok(cfg!(feature = "cuda")),
+        Some("tract") => Ok(false),
         Some("native") => Ok(true),
         Some(other) => Err(Error::invalid_config(format!(
             "model '{}': unknown engine '{other}' in parameters (expected 'tract' or 'native')",
