@@ -79,14 +79,19 @@ fn device_targets() -> Vec<Target> {
     t
 }
 
-/// Appends `parameters { key: "engine" … }` to model `name`'s config in `repo`.
-fn set_engine(repo: &Path, name: &str, engine: &str) {
+/// Appends `parameters { key: "<key>" value: { string_value: "<value>" } }` to model
+/// `name`'s config in `repo`.
+fn add_parameter(repo: &Path, name: &str, key: &str, value: &str) {
     let cfg = repo.join(name).join("config.pbtxt");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
-        "parameters {{ key: \"engine\" value: {{ string_value: \"{engine}\" }} }}\n"
+        "parameters {{ key: \"{key}\" value: {{ string_value: \"{value}\" }} }}\n"
     ));
     std::fs::write(cfg, text).unwrap();
+}
+
+fn set_engine(repo: &Path, name: &str, engine: &str) {
+    add_parameter(repo, name, "engine", engine);
 }
 
 /// A repository with `cpu` (KIND_CPU on tract's own plan, the reference) and `gpu` (KIND_GPU,
@@ -955,4 +960,35 @@ fn an_lstm_runs_as_a_cpu_island_between_gpu_nodes() {
         assert!(r.cpu_islands >= 1 && !r.cpu_nodes.is_empty(), "{r:?}");
         assert!(r.launches >= 1, "{r:?}");
     }
+}
+
+#[test]
+fn the_native_engine_answers_the_same_on_any_number_of_threads() {
+    // Threads split GEMM panels, depthwise planes and element-wise ranges; every output
+    // element is summed in the same order whatever the split, so the answers are identical.
+    let rec = fixtures().join("ocr_repository/text_recognition");
+    let tmp = tempfile::tempdir().unwrap();
+    for threads in ["1", "2", "3"] {
+        let name = format!("t{threads}");
+        add_model(tmp.path(), &rec, &name, "KIND_CPU");
+        set_engine(tmp.path(), &name, "native");
+        add_parameter(tmp.path(), &name, "intra_op_thread_count", threads);
+    }
+    let repo = Repository::load(tmp.path()).unwrap();
+    let input = repo.model("t1").unwrap().config().input[0].name.clone();
+    let x = Tensor::from(random(&[2, 3, 48, 320], 5));
+    let answers: Vec<Vec<f32>> = ["t1", "t2", "t3"]
+        .iter()
+        .map(|m| {
+            let model = repo.model(m).unwrap();
+            let out = model.infer([(input.as_str(), x.clone())]).unwrap();
+            let report = model.execution_report().unwrap();
+            assert!(report.device.contains("native"), "{m}: {report:?}");
+            let (_, t) = out.iter().next().unwrap();
+            t.view::<f32>().unwrap().iter().copied().collect()
+        })
+        .collect();
+    assert!(answers[0].len() > 1000);
+    assert_eq!(answers[0], answers[1], "1 and 2 threads");
+    assert_eq!(answers[0], answers[2], "1 and 3 threads");
 }

@@ -28,7 +28,7 @@ use elementwise::{binary, binary_same, copy, pointwise, reduce, unary};
 
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
-    memory: HostMemory,
+    memory: &'static HostMemory,
     /// Threads a launch may use (its caller's included), from `intra_op_thread_count`.
     threads: usize,
 }
@@ -44,11 +44,28 @@ pub(crate) fn device(threads: usize) -> &'static dyn Device {
         return *d;
     }
     let d: &'static CpuDevice = Box::leak(Box::new(CpuDevice {
-        memory: HostMemory::new(64, usize::MAX),
+        memory: memory(),
         threads,
     }));
     devices.push(d);
     d
+}
+
+/// The CPU devices' one memory: arenas, weights and staging of every native model, capped at
+/// three quarters of the machine's physical memory, so a shape whose arena would not fit is
+/// refused (`ResourceExhausted`, naming the model) before anything is allocated, instead of
+/// the kernel's out-of-memory killer ending the process when the pages are touched.
+fn memory() -> &'static HostMemory {
+    static MEMORY: std::sync::OnceLock<HostMemory> = std::sync::OnceLock::new();
+    MEMORY.get_or_init(|| HostMemory::new(64, physical_memory().map_or(usize::MAX, |b| b / 4 * 3)))
+}
+
+/// `MemTotal` of `/proc/meminfo` in bytes (Linux), else `None`.
+fn physical_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The parameter struct `T` from its bytes.
@@ -1089,6 +1106,22 @@ fn exp_approx(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_memory_is_capped_below_the_machine() {
+        let cap = super::physical_memory().map(|b| b / 4 * 3);
+        if let Some(cap) = cap {
+            let err = super::memory().alloc(cap + 1).unwrap_err();
+            assert!(
+                matches!(err, super::DeviceError::OutOfMemory { bytes, .. } if bytes == cap + 1),
+                "{err}"
+            );
+        }
+        // An absurd size is refused, not wrapped around.
+        assert!(super::memory().alloc(usize::MAX - 8).is_err());
+        let p = super::memory().alloc(4096).unwrap();
+        super::memory().free(p);
+    }
+
     #[test]
     fn exp_approx_is_within_a_few_ulp_of_libm() {
         let mut x = -87.0f32;

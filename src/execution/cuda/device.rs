@@ -95,7 +95,7 @@ impl HostMemory {
             .map_err(|e| oom(format!(": {e}")))?;
         let mut allocations = self.allocations.lock();
         let used = allocations.0;
-        if used + layout.size() > self.limit {
+        if used.saturating_add(layout.size()) > self.limit {
             return Err(oom(format!(", {used} of {} in use", self.limit)));
         }
         // SAFETY: non-zero size. Zeroed, so a value never written reads as 0.0.
