@@ -26,7 +26,8 @@ mod error;
 mod execution;
 /// What CUDA devices this machine has ([`gpu::probe`]; never panics without CUDA).
 pub mod gpu {
-    pub use crate::execution::cuda::{emulator, probe, ExecutionReport, GpuDevice, GpuInfo};
+    pub use crate::execution::cuda::{emulator, probe, GpuDevice, GpuInfo};
+    pub use crate::execution::ExecutionReport;
 }
 pub mod model;
 #[cfg(feature = "ocr")]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fixtures, ADD_SUB};
+use common::{copy_dir, fixtures, max_abs_diff, reference, ADD_SUB};
 use half::f16;
 use modelyard::{config::DataType, ErrorKind, Repository, Tensor};
 use ndarray::{Array, Array2, ArrayD, IxDyn};
@@ -432,4 +432,44 @@ fn request_size_limit() {
         e.to_string(),
         "request for model 'm' carries 256 bytes of inputs, more than the limit of 200 bytes"
     );
+}
+
+#[test]
+fn kind_cpu_runs_the_native_engine_unless_the_config_asks_for_tract() {
+    // The tutorial's recogniser, unchanged, and a copy that asks for tract's own plan: both
+    // answer ONNX Runtime's committed outputs; only the first runs our kernels.
+    let src = fixtures().join("tutorial_repository/text_recognition");
+    let repos: Vec<(tempfile::TempDir, Repository)> = [None, Some("tract")]
+        .into_iter()
+        .map(|engine| {
+            let tmp = tempfile::tempdir().unwrap();
+            copy_dir(&src, &tmp.path().join("text_recognition"));
+            if let Some(engine) = engine {
+                let cfg = tmp.path().join("text_recognition/config.pbtxt");
+                let mut text = std::fs::read_to_string(&cfg).unwrap();
+                text.push_str(&format!(
+                    "parameters {{ key: \"engine\" value: {{ string_value: \"{engine}\" }} }}\n"
+                ));
+                std::fs::write(&cfg, text).unwrap();
+            }
+            let repo = Repository::load(tmp.path()).unwrap();
+            (tmp, repo)
+        })
+        .collect();
+    let r = reference("str_1x1x32x100");
+    for ((_tmp, repo), name) in repos.iter().zip(["native", "tract"]) {
+        let model = repo.model("text_recognition").unwrap();
+        let out = model.infer(r.input_tensors()).unwrap();
+        let (output, want) = &r.outputs[0];
+        let diff = max_abs_diff(&out.get(output).unwrap().view::<f32>().unwrap(), want);
+        assert!(diff < 1e-3, "{name}: max |modelyard - ORT| = {diff}");
+        let report = model.execution_report();
+        match name {
+            "native" => assert_eq!(
+                report.map(|r| (r.device, r.cpu_nodes)),
+                Some(("cpu (native kernels)".to_string(), vec![]))
+            ),
+            _ => assert!(report.is_none(), "{report:?}"),
+        }
+    }
 }

@@ -1,25 +1,24 @@
 //! `execution/`: what runs a graph once a backend has read it. [`tract`] runs tract's own
-//! optimised plans (the CPU path today); [`lower`] turns tract's decluttered graph, at concrete
+//! optimised plans (`engine: "tract"`); [`lower`] turns tract's decluttered graph, at concrete
 //! shapes, into a flat program of kernel launches with an arena laid out by liveness and CPU
-//! islands for nodes without a kernel; [`cuda`] holds the kernels' ABI, the devices that run
-//! them (the CUDA driver, or the host emulator) and the executor of lowered programs. The
-//! lowering names kernels, not a device: [`cpu`] is its second device (Rust kernels over host
-//! memory, opt-in per model with `parameters { key: "engine" value: { string_value: "native" } }`).
+//! islands for nodes without a kernel; [`program`] holds the kernels' ABI, the `Device` trait
+//! and the executor of lowered programs; the devices sit side by side under it: [`cpu`] (Rust
+//! kernels over host memory, the default for `KIND_CPU`) and [`cuda`] (the CUDA driver or the
+//! host emulator, behind the `cuda` feature).
 //!
 //! Below the backends, above config/tensor/error/util: nothing here names a backend, a model
 //! or the repository.
 
-#[cfg(feature = "cuda")]
 pub(crate) mod cpu;
 pub(crate) mod cuda;
-#[cfg(feature = "cuda")]
 pub(crate) mod lower;
+pub(crate) mod program;
 pub(crate) mod tract;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub use cuda::ExecutionReport;
+pub use program::ExecutionReport;
 
 /// Tensors by name: what a model takes and gives.
 pub(crate) type Named = Vec<(String, Tensor)>;

@@ -63,31 +63,23 @@ impl Backend for OnnxBackend {
             intra_op_threads(config).unwrap_or(1),
         )?;
         let native = engine(config)?;
+        use crate::execution::program::executor::ProgramExecutable;
         #[cfg(feature = "cuda")]
-        {
-            use crate::execution::cuda::executor::ProgramExecutable;
-            let device = match crate::execution::cuda::device_for(config, opts.cuda_emulator)? {
-                Some(gpu) => Some(gpu),
-                // Unset or 0: the machine's cores, as in Triton's ONNX Runtime backend.
-                None if native => Some(crate::execution::cpu::device(
-                    intra_op_threads(config).unwrap_or(0),
-                )),
-                None => None,
-            };
-            if let Some(device) = device {
-                let exec = ProgramExecutable::new(plans, device, opts.plan_cache_capacity);
-                exec.prepare(config)?;
-                return Ok(Arc::new(exec));
-            }
-        }
-        if native {
-            return Err(Error::new(
-                crate::error::ErrorKind::Unsupported,
-                format!(
-                    "model '{}': the native CPU engine needs modelyard's `cuda` feature (it runs the lowering the GPU uses)",
-                    config.name
-                ),
-            ));
+        let gpu = crate::execution::cuda::device_for(config, opts.cuda_emulator)?;
+        #[cfg(not(feature = "cuda"))]
+        let gpu = None;
+        let device = match gpu {
+            Some(gpu) => Some(gpu),
+            // Unset or 0: the machine's cores, as in Triton's ONNX Runtime backend.
+            None if native => Some(crate::execution::cpu::device(
+                intra_op_threads(config).unwrap_or(0),
+            )),
+            None => None,
+        };
+        if let Some(device) = device {
+            let exec = ProgramExecutable::new(plans, device, opts.plan_cache_capacity);
+            exec.prepare(config)?;
+            return Ok(Arc::new(exec));
         }
         Ok(Arc::new(plans))
     }
@@ -101,8 +93,7 @@ fn engine(config: &ModelConfig) -> Result<bool> {
         .get("engine")
         .map(|p| p.string_value.as_str())
     {
-        // The native engine runs the lowering, which the `cuda` feature builds.
-        None => Ok(cfg!(feature = "cuda")),
+        None => Ok(true),
         Some("tract") => Ok(false),
         Some("native") => Ok(true),
         Some(other) => Err(Error::invalid_config(format!(

@@ -8,7 +8,7 @@ use super::gemm::Shared;
 use super::isa::multiversion;
 use super::pool::{parallel, range};
 use super::{activate, combine};
-use crate::execution::cuda::kernels::{self as k, act, bin, View, MAX_RANK};
+use crate::execution::program::kernels::{self as k, act, bin, View, MAX_RANK};
 
 /// Elements per chunk of a fused chain: each register of the chain is this long.
 const CHUNK: usize = 256;

@@ -12,7 +12,7 @@
 use super::activate;
 use super::isa::{isa, Isa};
 use super::pool::{parallel, range};
-use crate::execution::cuda::kernels::act;
+use crate::execution::program::kernels::act;
 
 /// Rows of C per microkernel call (broadcast from A).
 pub(super) const MR: usize = 6;

@@ -12,10 +12,10 @@
 //!
 //! [`Program`]: super::lower::Program
 
-use super::cuda::device::{
+use super::program::device::{
     host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
 };
-use super::cuda::kernels::{self as k, act, bin, Kernel};
+use super::program::kernels::{self as k, act, bin, Kernel};
 
 mod elementwise;
 mod gemm;

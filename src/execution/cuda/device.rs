@@ -1,167 +1,6 @@
-//! Where kernels run: the [`Device`] trait, implemented by the CUDA driver ([`CudaDevice`],
-//! kernels compiled with NVRTC and cached on disk) and by the emulator
-//! ([`super::emu::EmuDevice`], the same kernel source compiled by the host C++ compiler). The
-//! executor only sees this trait, so everything above it is tested without a GPU.
+//! The CUDA driver device (cudarc + NVRTC, compiled cubins cached on disk).
 
 use std::path::PathBuf;
-
-use super::kernels::Kernel;
-
-/// A device address (`CUdeviceptr`, or a host address in the emulator).
-pub(crate) type DevPtr = u64;
-
-/// Why a device call failed. The executor maps the kinds to [`crate::ErrorKind`]s: memory
-/// to `ResourceExhausted`, everything else to `Execution`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DeviceError {
-    /// Device memory ran out.
-    #[error("out of device memory ({bytes} bytes requested{detail})")]
-    OutOfMemory { bytes: usize, detail: String },
-    /// Page-locked host memory (staging for copies) ran out.
-    #[error("out of page-locked host memory ({bytes} bytes requested): {detail}")]
-    HostOutOfMemory { bytes: usize, detail: String },
-    /// A driver call failed: which, and the driver's code.
-    #[error("{call}: {detail}")]
-    Driver { call: String, detail: String },
-    /// The kernels did not compile (NVRTC, or the emulator's host compiler).
-    #[error("{0}")]
-    Compile(String),
-    /// A node of a GPU plan that runs on the CPU (tract) failed.
-    #[error("{0}")]
-    Cpu(String),
-    /// The executor or a kernel broke one of its own rules (a bug, not the input's fault).
-    #[error("{0}")]
-    Internal(String),
-}
-
-/// A failed device call.
-pub(crate) type DeviceResult<T> = std::result::Result<T, DeviceError>;
-
-/// One device: memory, copies, launches. Calls on one stream run in order; `sync` waits.
-pub(crate) trait Device: Send + Sync {
-    /// "NVIDIA H200 (sm_90)" or "emulator (host C++)".
-    fn describe(&self) -> String;
-    /// Device memory, 256-byte aligned.
-    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr>;
-    /// Frees what [`Device::alloc`] returned.
-    fn free(&self, ptr: DevPtr);
-    /// Host memory the device copies from and to fastest (page-locked on CUDA).
-    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8>;
-    /// Frees what [`Device::alloc_host`] returned.
-    fn free_host(&self, ptr: *mut u8, bytes: usize);
-    /// A new stream (one per model instance).
-    fn new_stream(&self) -> DeviceResult<u64>;
-    /// Destroys a stream.
-    fn free_stream(&self, stream: u64);
-    /// Copies `len` bytes host → device, ordered on `stream`. `src` must stay valid until the
-    /// stream is synchronised.
-    fn upload(&self, stream: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()>;
-    /// Copies `len` bytes device → host, ordered on `stream`.
-    fn download(&self, stream: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()>;
-    /// Launches `kernel` with its parameter struct's bytes.
-    fn launch(
-        &self,
-        stream: u64,
-        kernel: Kernel,
-        grid: [u32; 3],
-        block: [u32; 3],
-        params: &[u8],
-    ) -> DeviceResult<()>;
-    /// Waits for everything queued on `stream`.
-    fn sync(&self, stream: u64) -> DeviceResult<()>;
-}
-
-/// Host memory standing in for device memory (the emulator's and the CPU device's): aligned,
-/// zeroed allocations tracked by address, at most `limit` bytes in all.
-pub(crate) struct HostMemory {
-    align: usize,
-    limit: usize,
-    /// (bytes in use, the allocations by address)
-    allocations: parking_lot::Mutex<(usize, std::collections::HashMap<u64, std::alloc::Layout>)>,
-}
-
-impl HostMemory {
-    pub(crate) fn new(align: usize, limit: usize) -> HostMemory {
-        HostMemory {
-            align,
-            limit,
-            allocations: Default::default(),
-        }
-    }
-
-    pub(crate) fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
-        let oom = |detail: String| DeviceError::OutOfMemory { bytes, detail };
-        let layout = std::alloc::Layout::from_size_align(bytes.max(self.align), self.align)
-            .map_err(|e| oom(format!(": {e}")))?;
-        let mut allocations = self.allocations.lock();
-        let used = allocations.0;
-        if used.saturating_add(layout.size()) > self.limit {
-            return Err(oom(format!(", {used} of {} in use", self.limit)));
-        }
-        // SAFETY: non-zero size. Zeroed, so a value never written reads as 0.0.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        if p.is_null() {
-            return Err(oom(String::new()));
-        }
-        allocations.0 += layout.size();
-        allocations.1.insert(p as u64, layout);
-        Ok(p as u64)
-    }
-
-    pub(crate) fn free(&self, ptr: DevPtr) {
-        let mut allocations = self.allocations.lock();
-        if let Some(layout) = allocations.1.remove(&ptr) {
-            allocations.0 -= layout.size();
-            // SAFETY: allocated above with this layout.
-            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
-        }
-    }
-}
-
-/// The memory half of [`Device`] for a device whose memory is a [`HostMemory`] (field
-/// `$mem`): streams are no-ops, copies are `memcpy`s, everything runs in order.
-macro_rules! host_memory_methods {
-    ($mem:ident) => {
-        fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
-            self.$mem.alloc(bytes)
-        }
-
-        fn free(&self, ptr: DevPtr) {
-            self.$mem.free(ptr)
-        }
-
-        fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
-            self.$mem.alloc(bytes).map(|p| p as *mut u8)
-        }
-
-        fn free_host(&self, ptr: *mut u8, _bytes: usize) {
-            self.$mem.free(ptr as u64)
-        }
-
-        fn new_stream(&self) -> DeviceResult<u64> {
-            Ok(0)
-        }
-
-        fn free_stream(&self, _stream: u64) {}
-
-        fn upload(&self, _s: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
-            // SAFETY: the executor passes a live host range and an allocation of `len` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src, dst as *mut u8, len) };
-            Ok(())
-        }
-
-        fn download(&self, _s: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
-            // SAFETY: as above.
-            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst, len) };
-            Ok(())
-        }
-
-        fn sync(&self, _stream: u64) -> DeviceResult<()> {
-            Ok(())
-        }
-    };
-}
-pub(crate) use host_memory_methods;
 
 /// Where compiled kernels are kept: `MODELYARD_KERNEL_CACHE`, else `$XDG_CACHE_HOME/modelyard`
 /// or `~/.cache/modelyard`, else the temporary directory.
@@ -200,8 +39,9 @@ pub(crate) mod cuda_impl {
     use cudarc::driver::{result, sys};
     use cudarc::nvrtc;
 
-    use super::{cache_dir, write_atomically, DevPtr, Device, DeviceError, DeviceResult};
-    use crate::execution::cuda::kernels::{self, Kernel};
+    use super::{cache_dir, write_atomically};
+    use crate::execution::program::device::{DevPtr, Device, DeviceError, DeviceResult};
+    use crate::execution::program::kernels::{self, Kernel};
 
     /// Statistics of the kernel cache, for tests: (compiled, read from the cache).
     pub(crate) static COMPILES: std::sync::atomic::AtomicUsize =
@@ -491,7 +331,7 @@ pub(crate) mod cuda_impl {
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
     use super::cuda_impl::{compile_cubin, COMPILES};
-    use crate::execution::cuda::kernels;
+    use crate::execution::program::kernels;
     use std::sync::atomic::Ordering;
 
     /// NVRTC needs no GPU: where libnvrtc (CUDA 13) loads, the kernels must compile for the
@@ -521,7 +361,7 @@ mod tests {
             format!("{src}\nextern \"C\" __global__ void broken(int p) {{ undeclared = 1; }}\n");
         let e = compile_cubin(&broken, (9, 0), dir.path()).unwrap_err();
         assert!(
-            matches!(&e, super::DeviceError::Compile(log) if log.contains("undeclared")),
+            matches!(&e, crate::execution::program::device::DeviceError::Compile(log) if log.contains("undeclared")),
             "{e}"
         );
     }

@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-use super::device::{
-    cache_dir, host_memory_methods, write_atomically, DevPtr, Device, DeviceError, DeviceResult,
-    HostMemory,
+use super::device::{cache_dir, write_atomically};
+use crate::execution::program::device::{
+    host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
 };
-use super::kernels::{self, Kernel};
+use crate::execution::program::kernels::{self, Kernel};
 
 const PRELUDE: &str = include_str!("../../../kernels/emu/prelude.h");
 

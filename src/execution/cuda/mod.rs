@@ -1,6 +1,6 @@
-//! The CUDA device. `kernels` embeds `kernels/*.cu`; `device` runs them (CUDA driver +
-//! NVRTC with a disk cache, or `emu`, the same source compiled for the host); `executor` runs
-//! the programs [`super::lower`] builds, per model instance.
+//! The CUDA device: `device` runs the kernels of [`super::program::kernels`] (CUDA driver +
+//! NVRTC with a disk cache), `emu` the same source compiled for the host; the programs
+//! [`super::lower`] builds run through [`super::program::executor`].
 //!
 //! cudarc loads libcuda and libnvrtc when first used and *panics* when they are missing or
 //! lack a symbol, so [`probe`] checks that the libraries load first and runs every driver call
@@ -10,48 +10,13 @@ use std::sync::OnceLock;
 
 use crate::config::{model_instance_group::Kind, ModelConfig};
 use crate::error::{Error, ErrorKind, Result};
+#[cfg(feature = "cuda")]
+use crate::execution::program::device::{Device, DeviceError};
 
 #[cfg(feature = "cuda")]
 pub(crate) mod device;
 #[cfg(feature = "cuda")]
 pub(crate) mod emu;
-#[cfg(feature = "cuda")]
-pub(crate) mod executor;
-#[cfg(feature = "cuda")]
-pub(crate) mod kernels;
-
-/// Where the nodes of a GPU plan run and what crosses between host and device per inference
-/// ([`crate::Model::execution_report`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecutionReport {
-    /// The device ("NVIDIA H200 (sm_90)", or the emulator).
-    pub device: String,
-    /// Nodes run by our kernels (fused activations and free reshapes included).
-    pub gpu_nodes: usize,
-    /// Nodes that ran on the CPU, as "name (operator)".
-    pub cpu_nodes: Vec<String>,
-    /// Runs of consecutive CPU nodes compiled together as one optimised tract sub-model.
-    pub cpu_islands: usize,
-    /// Activations fused into the convolution or GEMM before them.
-    pub fused_nodes: usize,
-    /// Kernel launches per inference.
-    pub launches: usize,
-    /// Launches per inference by kernel name (`conv2d_narrow_f32`, `gemm_f32`, …).
-    pub kernels: std::collections::BTreeMap<String, usize>,
-    /// Host→device copies per inference, model inputs included.
-    pub uploads: usize,
-    /// Device→host copies per inference, model outputs included.
-    pub downloads: usize,
-    /// Copies between the input upload and the output download (CPU fallbacks cause them).
-    pub intermediate_copies: usize,
-    /// Bytes of weights the plan reads on the device.
-    pub weight_bytes: usize,
-    /// Bytes of weights uploaded when this plan was built (the others were already there
-    /// for another input shape).
-    pub uploaded_weight_bytes: usize,
-    /// Bytes of the activation arena each instance holds.
-    pub arena_bytes: usize,
-}
 
 /// Whether the kernel emulator ([`crate::RepositoryBuilder::cuda_emulator`]) can run here:
 /// it compiles `kernels/*.cu` with the host C++ compiler (`$CXX` or `c++`, Linux: it uses
@@ -76,7 +41,7 @@ pub(crate) fn gpu_count(emulator: bool) -> usize {
 pub(crate) fn device_for(
     config: &ModelConfig,
     emulator: bool,
-) -> Result<Option<&'static dyn device::Device>> {
+) -> Result<Option<&'static dyn Device>> {
     let Some(g) = config
         .instance_group
         .iter()
@@ -96,7 +61,7 @@ pub(crate) fn device_for(
     };
     if emulator {
         return emu::shared()
-            .map(|d| Some(d as &'static dyn device::Device))
+            .map(|d| Some(d as &'static dyn Device))
             .map_err(fail);
     }
     let ordinal = g.gpus.first().copied().unwrap_or(0).max(0) as usize;
@@ -105,7 +70,7 @@ pub(crate) fn device_for(
 
 /// Device `ordinal`, opened once per process (kernels compiled or read from the cache).
 #[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn device::Device, String> {
+fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn Device, String> {
     use std::collections::HashMap;
     static DEVICES: OnceLock<
         parking_lot::Mutex<
@@ -117,14 +82,14 @@ fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn device::Devic
     let entry = devices.entry(ordinal).or_insert_with(|| {
         std::panic::catch_unwind(|| device::CudaDevice::open(ordinal))
             .unwrap_or_else(|_| {
-                Err(device::DeviceError::Internal(
+                Err(DeviceError::Internal(
                     "the CUDA libraries panicked while opening the device".into(),
                 ))
             })
             .map(|d| &*Box::leak(Box::new(d)))
             .map_err(|e| e.to_string())
     });
-    entry.clone().map(|d| d as &'static dyn device::Device)
+    entry.clone().map(|d| d as &'static dyn Device)
 }
 
 /// One CUDA device.

@@ -24,8 +24,8 @@ use tract_onnx::tract_core::ops::nn::{
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::ops::Downsample;
 
-use super::cuda::kernels::{self as k, act, bin, bytes_of, Kernel, View, MAX_RANK};
-use super::cuda::ExecutionReport;
+use super::program::kernels::{self as k, act, bin, bytes_of, Kernel, View, MAX_RANK};
+use super::program::ExecutionReport;
 use schedule::{form_islands, layout_arena};
 
 mod ops;

@@ -1,0 +1,42 @@
+//! The lowered program's device-neutral half: the kernels' ABI ([`kernels`]: names,
+//! parameter structs, codes, checked against `kernels/*.cu`), the [`device::Device`] trait a
+//! device implements (CUDA in [`super::cuda`], the CPU in [`super::cpu`]), host memory for
+//! the devices that use it, and the executor of lowered programs. Nothing here needs CUDA, so
+//! the native CPU engine builds without the `cuda` feature.
+
+pub(crate) mod device;
+pub(crate) mod executor;
+pub(crate) mod kernels;
+
+/// Where the nodes of a GPU plan run and what crosses between host and device per inference
+/// ([`crate::Model::execution_report`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutionReport {
+    /// The device ("NVIDIA H200 (sm_90)", or the emulator).
+    pub device: String,
+    /// Nodes run by our kernels (fused activations and free reshapes included).
+    pub gpu_nodes: usize,
+    /// Nodes that ran on the CPU, as "name (operator)".
+    pub cpu_nodes: Vec<String>,
+    /// Runs of consecutive CPU nodes compiled together as one optimised tract sub-model.
+    pub cpu_islands: usize,
+    /// Activations fused into the convolution or GEMM before them.
+    pub fused_nodes: usize,
+    /// Kernel launches per inference.
+    pub launches: usize,
+    /// Launches per inference by kernel name (`conv2d_narrow_f32`, `gemm_f32`, …).
+    pub kernels: std::collections::BTreeMap<String, usize>,
+    /// Host→device copies per inference, model inputs included.
+    pub uploads: usize,
+    /// Device→host copies per inference, model outputs included.
+    pub downloads: usize,
+    /// Copies between the input upload and the output download (CPU fallbacks cause them).
+    pub intermediate_copies: usize,
+    /// Bytes of weights the plan reads on the device.
+    pub weight_bytes: usize,
+    /// Bytes of weights uploaded when this plan was built (the others were already there
+    /// for another input shape).
+    pub uploaded_weight_bytes: usize,
+    /// Bytes of the activation arena each instance holds.
+    pub arena_bytes: usize,
+}
