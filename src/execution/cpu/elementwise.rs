@@ -283,20 +283,57 @@ unsafe fn gather(dst: &mut [f32], src: *const f32, stride: isize) {
 }
 
 multiversion! {
-    /// `y = act(a op b)` with broadcasting views.
-    pub(super) unsafe fn binary(p: &k::BinaryParams) {
+    /// `y = act(a op b)` with broadcasting views: rows with both operands contiguous, or one
+    /// a broadcast scalar, in loops the compiler vectorises; ranges split over threads.
+    pub(super) unsafe fn binary(p: &k::BinaryParams, threads: usize) {
         let rank = p.rank as usize;
         let dims = &p.dims[..rank];
         let walk = Walk::new(dims, [view(&p.va), view(&p.vb), dense(dims)]);
-        let (a, b, y) = (p.a as *const f32, p.b as *const f32, p.y as *mut f32);
-            with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| walk.rows(
+        let (a, b, y) = (
+            Shared(p.a as *const f32),
+            Shared(p.b as *const f32),
+            Shared(p.y as *mut f32),
+        );
+        let parts = pieces(threads, walk.len());
+        parallel(parts, &|piece| {
+            with_bin!(p.op, |g| with_act!(p.act, 0.0, 0.0, |f| walk.rows_range(
+                range(walk.len(), parts, piece),
                 |off, len, st| {
-                    let (pa, pb, py) = (a.offset(off[0]), b.offset(off[1]), y.offset(off[2]));
-                    for t in 0..len as isize {
-                        *py.offset(t) = f(g(*pa.offset(t * st[0]), *pb.offset(t * st[1])));
+                    let (pa, pb) = (a.get().offset(off[0]), b.get().offset(off[1]));
+                    // SAFETY: the output is dense and never an input (see `pointwise`).
+                    let out = std::slice::from_raw_parts_mut(y.get().offset(off[2]), len);
+                    match (st[0], st[1]) {
+                        (1, 1) => {
+                            let (xa, xb) = (
+                                std::slice::from_raw_parts(pa, len),
+                                std::slice::from_raw_parts(pb, len),
+                            );
+                            for ((d, u), v) in out.iter_mut().zip(xa).zip(xb) {
+                                *d = f(g(*u, *v));
+                            }
+                        }
+                        (1, 0) => {
+                            let (xa, v) = (std::slice::from_raw_parts(pa, len), *pb);
+                            for (d, u) in out.iter_mut().zip(xa) {
+                                *d = f(g(*u, v));
+                            }
+                        }
+                        (0, 1) => {
+                            let (u, xb) = (*pa, std::slice::from_raw_parts(pb, len));
+                            for (d, v) in out.iter_mut().zip(xb) {
+                                *d = f(g(u, *v));
+                            }
+                        }
+                        (sa, sb) => {
+                            for (t, d) in out.iter_mut().enumerate() {
+                                let t = t as isize;
+                                *d = f(g(*pa.offset(t * sa), *pb.offset(t * sb)));
+                            }
+                        }
                     }
                 }
             )))
+        })
     }
 }
 

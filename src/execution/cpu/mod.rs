@@ -106,7 +106,7 @@ impl Device for CpuDevice {
             match kernel {
                 Kernel::Unary => unary(&params(bytes)?),
                 Kernel::Pointwise => pointwise(&params(bytes)?, self.threads),
-                Kernel::Binary => binary(&params(bytes)?),
+                Kernel::Binary => binary(&params(bytes)?, self.threads),
                 Kernel::BinarySame => binary_same(&params(bytes)?),
                 Kernel::Copy => copy(&params(bytes)?),
                 Kernel::Pad => pad(&params(bytes)?),
