@@ -31,6 +31,8 @@ struct Pool {
     state: AtomicU64,
     /// Workers done with the current launch.
     finished: AtomicUsize,
+    /// The panic of a worker's piece of the current launch (the launch re-raises it).
+    panicked: parking_lot::Mutex<Option<Box<dyn std::any::Any + Send>>>,
     job: UnsafeCell<Option<Job>>,
     threads: OnceLock<Vec<std::thread::Thread>>,
 }
@@ -48,6 +50,7 @@ fn pool() -> &'static Pool {
             busy: AtomicBool::new(false),
             state: AtomicU64::new(0),
             finished: AtomicUsize::new(0),
+            panicked: parking_lot::Mutex::new(None),
             job: UnsafeCell::new(None),
             threads: OnceLock::new(),
         }));
@@ -92,8 +95,13 @@ fn work(pool: &'static Pool, w: usize) {
             // SAFETY: see `Pool`'s Sync: the job is live until `finished` counts us.
             if let Some(job) = unsafe { *pool.job.get() } {
                 let job: &(dyn Fn(usize) + Sync) = unsafe { &*job };
-                // A panicking kernel must not take the worker down with the pool waiting.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(w)));
+                // A panicking kernel must not take the worker down with the pool waiting;
+                // the launch re-raises it on its caller's thread.
+                if let Err(panic) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(w)))
+                {
+                    *pool.panicked.lock() = Some(panic);
+                }
             }
             pool.finished.fetch_add(1, Ordering::AcqRel);
         }
@@ -137,16 +145,26 @@ pub(super) fn parallel(parts: usize, f: &(dyn Fn(usize) + Sync)) {
             t.unpark();
         }
     }
-    // This thread runs piece 0 and the pieces beyond the workers.
-    f(0);
-    for piece in (workers + 1)..parts {
-        f(piece);
-    }
+    // This thread runs piece 0 and the pieces beyond the workers. A panic here must still
+    // wait for the workers (they hold `f`) and free the pool before it unwinds further.
+    let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f(0);
+        for piece in (workers + 1)..parts {
+            f(piece);
+        }
+    }));
     while pool.finished.load(Ordering::Acquire) < used - 1 {
         std::hint::spin_loop();
     }
+    let theirs = pool.panicked.lock().take();
     unsafe { *pool.job.get() = None };
     pool.busy.store(false, Ordering::Release);
+    if let Err(panic) = mine {
+        std::panic::resume_unwind(panic);
+    }
+    if let Some(panic) = theirs {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Splits `0..n` into `parts` contiguous ranges; range `i`.
@@ -182,6 +200,25 @@ mod tests {
         for c in callers {
             c.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_panicking_piece_reaches_the_caller_and_the_pool_keeps_working() {
+        for bad in [0usize, 1] {
+            let r = std::panic::catch_unwind(|| {
+                parallel(2, &|i| {
+                    if i == bad {
+                        panic!("piece {i}");
+                    }
+                })
+            });
+            assert!(r.is_err(), "piece {bad}'s panic was lost");
+        }
+        let n = AtomicUsize::new(0);
+        parallel(2, &|_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 
     #[test]
