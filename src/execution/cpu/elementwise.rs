@@ -32,11 +32,11 @@ macro_rules! with_act {
                 $body
             }
             act::HARD_SIGMOID => {
-                let $f = |v: f32| (a * v + b).max(0.0).min(1.0);
+                let $f = |v: f32| (a * v + b).clamp(0.0, 1.0);
                 $body
             }
             act::HARD_SWISH => {
-                let $f = |v: f32| v * (a * v + b).max(0.0).min(1.0);
+                let $f = |v: f32| v * (a * v + b).clamp(0.0, 1.0);
                 $body
             }
             act::LEAKY_RELU => {
@@ -69,6 +69,14 @@ macro_rules! with_act {
             }
         }
     }};
+}
+
+/// The activation `code` over a row, in place, the match outside the loop.
+#[inline(always)]
+pub(super) fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
+    with_act!(code, a, b, |f| for v in row.iter_mut() {
+        *v = f(*v)
+    })
 }
 
 /// Expands `$body` with `$f` bound to the binary operator `op` as a closure.
@@ -473,7 +481,7 @@ multiversion! {
 /// Folds `n` elements `stride` apart with `f` after `map`, in 16 independent lanes when
 /// they are contiguous (so the loop vectorises).
 #[inline(always)]
-unsafe fn fold(
+pub(super) unsafe fn fold(
     src: *const f32,
     n: usize,
     stride: isize,

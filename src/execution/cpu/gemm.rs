@@ -10,6 +10,7 @@
 //! machines run the same loops written for the compiler to vectorise.
 
 use super::activate;
+use super::elementwise::activate_row;
 use super::isa::{isa, Isa};
 use super::pool::{parallel, range};
 use crate::execution::program::kernels::act;
@@ -236,9 +237,7 @@ unsafe fn micro(isa: Isa, rows: usize, t: &Tile) {
         if !vector_act(e.act) {
             for r in 0..rows {
                 let row = std::slice::from_raw_parts_mut(t.c.add(r * t.rs_c), t.cols);
-                for v in row {
-                    *v = activate(*v, e.act, e.a, e.b);
-                }
+                activate_row(row, e.act, e.a, e.b);
             }
         }
     }

@@ -24,7 +24,7 @@ mod pool;
 
 use isa::{copy_short, zero_short};
 
-use elementwise::{binary, binary_same, copy, pointwise, reduce, unary};
+use elementwise::{activate_row, binary, binary_same, copy, pointwise, reduce, unary};
 
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
@@ -656,19 +656,6 @@ unsafe fn taps_row<const KW: usize, const SW: usize>(out: &mut [f32], src: *cons
     }
 }
 
-/// The activation over a row, the match hoisted out of the loop.
-#[inline(always)]
-fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
-    match code {
-        act::NONE => {}
-        act::RELU => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-        act::HARD_SWISH => row
-            .iter_mut()
-            .for_each(|v| *v *= (a * *v + b).clamp(0.0, 1.0)),
-        _ => row.iter_mut().for_each(|v| *v = activate(*v, code, a, b)),
-    }
-}
-
 /// ConvTranspose (`deconv2d_f32`): weights `[co, c, kh, kw]`. One [`gemm`] product per
 /// band of input pixels gives every tap's contribution, `cols[(oc, ky, kx), pixel] =
 /// Σ_ic w[oc, ic, ky, kx] · x[ic, pixel]`, which is then added into the output pixel the tap
@@ -1023,15 +1010,7 @@ isa::multiversion! {
             for o in 0..outer {
                 let xs = std::slice::from_raw_parts(x.add(o * axis), axis);
                 let ys = std::slice::from_raw_parts_mut(y.add(o * axis), axis);
-                let mut lanes = [f32::NEG_INFINITY; 16];
-                let chunks = xs.chunks_exact(16);
-                let rest = chunks.remainder();
-                for c in chunks {
-                    for (l, v) in lanes.iter_mut().zip(c) {
-                        *l = l.max(*v);
-                    }
-                }
-                let mx = rest.iter().fold(lanes.into_iter().fold(f32::NEG_INFINITY, f32::max), |m, v| m.max(*v));
+                let mx = elementwise::fold(xs.as_ptr(), axis, 1, f32::NEG_INFINITY, |v| v, f32::max);
                 let mut sums = [0f32; 16];
                 let mut i = 0;
                 while i + 16 <= axis {
