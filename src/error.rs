@@ -172,3 +172,11 @@ impl Error {
         Self::new(ErrorKind::Io, format!("{what} {}", path.display())).with_source(e)
     }
 }
+
+/// For a caller's own file handling beside modelyard's (writing a repository, say): kind
+/// [`ErrorKind::Io`], the I/O error as the source. modelyard's own I/O errors name the path.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::new(ErrorKind::Io, "I/O error").with_source(e)
+    }
+}

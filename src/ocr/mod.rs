@@ -12,3 +12,7 @@ mod pipeline;
 pub mod steps;
 
 pub use pipeline::{Detector, OcrOptions, OcrPipeline, TextLine, Timings};
+
+/// The `image` crate (0.25) whose [`image::RgbImage`] the pipeline reads, re-exported so a user
+/// names the same version without a dependency of their own.
+pub use image;
