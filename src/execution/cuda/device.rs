@@ -28,6 +28,22 @@ pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io:
     std::fs::rename(&tmp, path)
 }
 
+/// The file of the loaded shared library whose name starts with `prefix`, from
+/// `/proc/self/maps` (Linux), for error messages: which libcuda or libnvrtc was found.
+#[cfg(feature = "cuda")]
+pub(crate) fn loaded_library(prefix: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(prefix) && f.contains(".so"))
+        })
+        .map(str::to_string)
+}
+
 #[cfg(feature = "cuda")]
 pub(crate) use cuda_impl::CudaDevice;
 
@@ -39,7 +55,7 @@ pub(crate) mod cuda_impl {
     use cudarc::driver::{result, sys};
     use cudarc::nvrtc;
 
-    use super::{cache_dir, write_atomically};
+    use super::{cache_dir, loaded_library, write_atomically};
     use crate::execution::program::device::{DevPtr, Device, DeviceError, DeviceResult};
     use crate::execution::program::kernels::{self, Kernel};
 
@@ -47,40 +63,137 @@ pub(crate) mod cuda_impl {
     pub(crate) static COMPILES: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
-    /// Compiles the kernel source for `sm_<cc>` to a cubin with NVRTC, or reads it from the
-    /// disk cache (keyed by the source hash, the architecture and the NVRTC version): a second
-    /// load compiles nothing.
-    pub(crate) fn compile_cubin(
-        src: &str,
-        cc: (i32, i32),
-        cache: &std::path::Path,
-    ) -> DeviceResult<Vec<u8>> {
-        let arch = format!("sm_{}{}", cc.0, cc.1);
+    /// NVRTC's options for `arch`: part of the cache key, so that a change here never reads
+    /// a cubin built with others.
+    pub(crate) fn nvrtc_options(arch: &str) -> Vec<String> {
+        vec![
+            format!("--gpu-architecture={arch}"),
+            "--std=c++17".to_string(),
+        ]
+    }
+
+    /// NVRTC's version (major, minor).
+    pub(crate) fn nvrtc_version() -> DeviceResult<(i32, i32)> {
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two out-parameters.
         let r = unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
         if r != nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
             return Err(DeviceError::Compile(format!("nvrtcVersion: {r:?}")));
         }
-        let key = kernels::fnv1a(&[src.as_bytes(), arch.as_bytes(), &[major as u8, minor as u8]]);
-        let path = cache.join(format!("kernels-{key:016x}-{arch}.cubin"));
-        if let Ok(bytes) = std::fs::read(&path) {
-            if !bytes.is_empty() {
-                tracing::debug!("kernels for {arch} read from {}", path.display());
-                return Ok(bytes);
-            }
+        Ok((major, minor))
+    }
+
+    /// What the probe asks of NVRTC before a device is used: CUDA 13 (an unversioned
+    /// `libnvrtc.so` of another toolkit can be found first), and an empty program that
+    /// compiles, which needs `libnvrtc-builtins.so.13.*` beside it. `Err` says which.
+    pub(crate) fn nvrtc_check() -> Result<(i32, i32), String> {
+        let (major, minor) = nvrtc_version().map_err(|e| e.to_string())?;
+        if major != 13 {
+            return Err(format!(
+                "the libnvrtc found is NVRTC {major}.{minor}{}, CUDA 13 is needed \
+                 (put CUDA 13's lib folder first on LD_LIBRARY_PATH)",
+                loaded_library("libnvrtc")
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            ));
         }
+        let src = c"extern \"C\" __global__ void modelyard_probe() {}";
+        let prog = nvrtc::result::create_program(src, None)
+            .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+        // SAFETY: `prog` was just created and is destroyed below.
+        let compiled = unsafe { nvrtc::result::compile_program::<&str>(prog, &[]) };
+        // SAFETY: as above.
+        let _ = unsafe { nvrtc::result::destroy_program(prog) };
+        compiled.map_err(|e| {
+            format!(
+                "NVRTC {major}.{minor} cannot compile an empty program ({e:?}): is \
+                 libnvrtc-builtins.so.{major}.{minor} beside libnvrtc.so.{major}?"
+            )
+        })?;
+        Ok((major, minor))
+    }
+
+    /// The cache file of `src` compiled for `arch` with `options` by NVRTC `version`: every
+    /// one of them is in the key.
+    pub(crate) fn cache_path(
+        cache: &std::path::Path,
+        src: &str,
+        arch: &str,
+        options: &[String],
+        version: (i32, i32),
+    ) -> std::path::PathBuf {
+        let opts = options.join("\0");
+        let ver = format!("{}.{}", version.0, version.1);
+        let key = kernels::fnv1a(&[
+            src.as_bytes(),
+            arch.as_bytes(),
+            opts.as_bytes(),
+            ver.as_bytes(),
+        ]);
+        cache.join(format!("kernels-{key:016x}-{arch}-nvrtc{ver}.cubin"))
+    }
+
+    /// Loads what the cache file at `path` holds, or what `compile` makes when there is none;
+    /// a cached image that `load` rejects (a cubin the driver does not take, a truncated
+    /// file) is deleted and compiled once more instead of failing for the whole process.
+    pub(crate) fn load_cached<T>(
+        path: &std::path::Path,
+        compile: impl Fn() -> DeviceResult<Vec<u8>>,
+        load: impl Fn(&[u8]) -> DeviceResult<T>,
+    ) -> DeviceResult<T> {
+        if let Ok(bytes) = std::fs::read(path) {
+            if !bytes.is_empty() {
+                match load(&bytes) {
+                    Ok(t) => {
+                        tracing::debug!("kernels read from {}", path.display());
+                        return Ok(t);
+                    }
+                    Err(e) => tracing::warn!(
+                        "cached kernels {} rejected ({e}); compiling them again",
+                        path.display()
+                    ),
+                }
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let image = compile()?;
+        if let Err(e) = write_atomically(path, &image) {
+            tracing::warn!("kernel cache {} not written: {e}", path.display());
+        }
+        load(&image)
+    }
+
+    /// Compiles the kernel source for `sm_<cc>` to a cubin with NVRTC, or reads it from the
+    /// disk cache ([`cache_path`]): a second load compiles nothing.
+    #[cfg(test)]
+    pub(crate) fn compile_cubin(
+        src: &str,
+        cc: (i32, i32),
+        cache: &std::path::Path,
+    ) -> DeviceResult<Vec<u8>> {
+        let arch = format!("sm_{}{}", cc.0, cc.1);
+        let options = nvrtc_options(&arch);
+        let path = cache_path(cache, src, &arch, &options, nvrtc_version()?);
+        load_cached(
+            &path,
+            || nvrtc_compile(src, &arch, &options),
+            |b| Ok(b.to_vec()),
+        )
+    }
+
+    /// One NVRTC compilation of `src` to a cubin: NVRTC's log on failure.
+    pub(crate) fn nvrtc_compile(
+        src: &str,
+        arch: &str,
+        options: &[String],
+    ) -> DeviceResult<Vec<u8>> {
         let started = std::time::Instant::now();
         let csrc = std::ffi::CString::new(src)
             .map_err(|_| DeviceError::Compile("kernel source has a NUL byte".into()))?;
         let prog = nvrtc::result::create_program(&csrc, None)
             .map_err(|e| DeviceError::Compile(format!("nvrtcCreateProgram: {e:?}")))?;
-        let opts = [
-            format!("--gpu-architecture={arch}"),
-            "--std=c++17".to_string(),
-        ];
         // SAFETY: `prog` was just created and is destroyed below.
-        let compiled = unsafe { nvrtc::result::compile_program(prog, &opts) };
+        let compiled = unsafe { nvrtc::result::compile_program(prog, options) };
         let out = match compiled {
             Ok(()) => unsafe { cubin(prog) },
             Err(e) => {
@@ -103,13 +216,9 @@ pub(crate) mod cuda_impl {
         let out = out?;
         COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
-            "kernels compiled for {arch} in {:.1} s, cached in {}",
-            started.elapsed().as_secs_f64(),
-            path.display()
+            "kernels compiled for {arch} in {:.1} s",
+            started.elapsed().as_secs_f64()
         );
-        if let Err(e) = write_atomically(&path, &out) {
-            tracing::warn!("kernel cache {} not written: {e}", path.display());
-        }
         Ok(out)
     }
 
@@ -181,10 +290,25 @@ pub(crate) mod cuda_impl {
                 .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
             // SAFETY: `ctx` is a valid context.
             unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
-            let image = compile_cubin(&kernels::source(), cc, &cache_dir())?;
-            // SAFETY: `image` is a cubin for this device's architecture.
-            let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                .map_err(|e| err("cuModuleLoadData", e))?;
+            let src = kernels::source();
+            let arch = format!("sm_{}{}", cc.0, cc.1);
+            let options = nvrtc_options(&arch);
+            let path = cache_path(&cache_dir(), &src, &arch, &options, nvrtc_version()?);
+            let module = load_cached(
+                &path,
+                || nvrtc_compile(&src, &arch, &options),
+                |image| {
+                    if !image.starts_with(b"\x7fELF") {
+                        return Err(DeviceError::Compile(
+                            "the cached file is not a cubin".into(),
+                        ));
+                    }
+                    // SAFETY: `image` is a cubin for this device's architecture, or a file
+                    // the driver rejects with an error.
+                    unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+                        .map_err(|e| err("cuModuleLoadData", e))
+                },
+            )?;
             let mut functions = HashMap::new();
             for &k in Kernel::ALL {
                 let cname = std::ffi::CString::new(k.name())
@@ -330,17 +454,32 @@ pub(crate) mod cuda_impl {
 
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
-    use super::cuda_impl::{compile_cubin, COMPILES};
+    use super::cuda_impl::{cache_path, compile_cubin, load_cached, nvrtc_options, COMPILES};
+    use crate::execution::program::device::DeviceError;
     use crate::execution::program::kernels;
+    use std::cell::Cell;
     use std::sync::atomic::Ordering;
+
+    /// Whether libnvrtc (CUDA 13) loads; `MODELYARD_REQUIRE_NVRTC=1` (CI, with the NVRTC wheel
+    /// on `LD_LIBRARY_PATH`) makes its absence a failure instead of a skip.
+    fn nvrtc_present() -> bool {
+        // SAFETY: only tries to open the library.
+        let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+        if !present {
+            assert!(
+                std::env::var_os("MODELYARD_REQUIRE_NVRTC").is_none(),
+                "MODELYARD_REQUIRE_NVRTC is set but libnvrtc (CUDA 13) does not load"
+            );
+            eprintln!("NOTICE: libnvrtc.so.13 not found: NVRTC compile test skipped");
+        }
+        present
+    }
 
     /// NVRTC needs no GPU: where libnvrtc (CUDA 13) loads, the kernels must compile for the
     /// H200's sm_90, and a second compile must come from the disk cache.
     #[test]
     fn nvrtc_compiles_the_kernels_once_then_reads_the_cache() {
-        // SAFETY: only tries to open the library.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("NOTICE: libnvrtc.so.13 not found: NVRTC compile test skipped");
+        if !nvrtc_present() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -361,8 +500,71 @@ mod tests {
             format!("{src}\nextern \"C\" __global__ void broken(int p) {{ undeclared = 1; }}\n");
         let e = compile_cubin(&broken, (9, 0), dir.path()).unwrap_err();
         assert!(
-            matches!(&e, crate::execution::program::device::DeviceError::Compile(log) if log.contains("undeclared")),
+            matches!(&e, DeviceError::Compile(log) if log.contains("undeclared")),
             "{e}"
         );
+    }
+
+    /// The cache key holds the source, the architecture, NVRTC's options and its version: a
+    /// change to any of them is a different file.
+    #[test]
+    fn kernel_cache_key_covers_source_arch_options_and_nvrtc_version() {
+        let dir = std::path::Path::new("/cache");
+        let opts = nvrtc_options("sm_90");
+        let base = cache_path(dir, "src", "sm_90", &opts, (13, 0));
+        assert_eq!(base, cache_path(dir, "src", "sm_90", &opts, (13, 0)));
+        let mut more = opts.clone();
+        more.push("--use_fast_math".into());
+        for other in [
+            cache_path(dir, "src2", "sm_90", &opts, (13, 0)),
+            cache_path(dir, "src", "sm_89", &nvrtc_options("sm_89"), (13, 0)),
+            cache_path(dir, "src", "sm_90", &more, (13, 0)),
+            cache_path(dir, "src", "sm_90", &opts, (13, 1)),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
+
+    /// A cached image the loader rejects is deleted and compiled once more; a good one is
+    /// loaded without compiling; a missing one is compiled and written.
+    #[test]
+    fn rejected_cached_kernels_are_compiled_again_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.cubin");
+        let compiles = Cell::new(0);
+        let compile = || {
+            compiles.set(compiles.get() + 1);
+            Ok(b"GOOD".to_vec())
+        };
+        let load = |b: &[u8]| {
+            if b == b"GOOD" {
+                Ok(b.len())
+            } else {
+                Err(DeviceError::Compile("rejected".into()))
+            }
+        };
+        assert_eq!(load_cached(&path, compile, load).unwrap(), 4);
+        assert_eq!(
+            (compiles.get(), std::fs::read(&path).unwrap()),
+            (1, b"GOOD".to_vec())
+        );
+        assert_eq!(load_cached(&path, compile, load).unwrap(), 4);
+        assert_eq!(compiles.get(), 1, "a good cache file is not compiled again");
+        std::fs::write(&path, b"stale cubin from another driver").unwrap();
+        assert_eq!(load_cached(&path, compile, load).unwrap(), 4);
+        assert_eq!(
+            (compiles.get(), std::fs::read(&path).unwrap()),
+            (2, b"GOOD".to_vec())
+        );
+        // A compile that fails is the error, and leaves no file behind.
+        std::fs::write(&path, b"bad").unwrap();
+        let e = load_cached(
+            &path,
+            || Err::<Vec<u8>, _>(DeviceError::Compile("no nvrtc".into())),
+            load,
+        )
+        .unwrap_err();
+        assert!(matches!(e, DeviceError::Compile(m) if m == "no nvrtc"));
+        assert!(!path.exists());
     }
 }

@@ -130,13 +130,25 @@ fn probe_now() -> Result<GpuInfo, String> {
     if !unsafe { sys::is_culib_present() } {
         return Err("libcuda could not be loaded (no NVIDIA driver)".into());
     }
-    // SAFETY: as above.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("libnvrtc (CUDA 13) could not be loaded".into());
-    }
+    // cudarc opens `libcuda.so` before `libcuda.so.1`: a toolkit's `stubs/` folder on the
+    // library path wins over the driver, and every call then answers STUB_LIBRARY.
+    let stub = || {
+        format!(
+            "libcuda resolved to the CUDA toolkit's stub library{}, not the driver's \
+             libcuda.so.1: take the toolkit's stubs/ folder off LD_LIBRARY_PATH",
+            device::loaded_library("libcuda")
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
+        )
+    };
     let mut version = 0;
     // SAFETY: the library is loaded; the symbol exists in every driver version.
     let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+    if status == sys::CUresult::CUDA_ERROR_STUB_LIBRARY
+        || device::loaded_library("libcuda").is_some_and(|p| p.contains("/stubs/"))
+    {
+        return Err(stub());
+    }
     if status != sys::CUresult::CUDA_SUCCESS {
         return Err(format!("cuDriverGetVersion failed: {status:?}"));
     }
@@ -147,7 +159,18 @@ fn probe_now() -> Result<GpuInfo, String> {
             version % 1000 / 10
         ));
     }
-    result::init().map_err(|e| format!("cuInit failed: {e}"))?;
+    // SAFETY: only tries to open the shared library by name.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("libnvrtc (CUDA 13) could not be loaded".into());
+    }
+    device::cuda_impl::nvrtc_check()?;
+    result::init().map_err(|e| {
+        if e.0 == sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+            stub()
+        } else {
+            format!("cuInit failed: {e}")
+        }
+    })?;
     let count = result::device::get_count().map_err(|e| format!("no device: {e}"))?;
     let devices = (0..count)
         .map(|i| {
@@ -198,5 +221,114 @@ pub(crate) fn check_instance_groups(config: &ModelConfig, emulator: bool) -> Res
             format!("model '{m}' instance group '{name}' requests KIND_GPU but no CUDA driver was found ({reason})"),
         )),
         Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The probe's answer in a child process whose library path is only `dir`.
+    fn probe_in_child(dir: &Path) -> String {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "execution::cuda::tests::probe_child"])
+            .args(["--include-ignored", "--nocapture", "--test-threads=1"])
+            .env("LD_LIBRARY_PATH", dir)
+            .env("MODELYARD_PROBE_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let at = text.find("PROBE: ");
+        let at = at.unwrap_or_else(|| panic!("no answer from the child: {text}"));
+        text[at..].lines().next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    #[ignore = "the probe in a fresh process, run by the tests below"]
+    fn probe_child() {
+        if std::env::var_os("MODELYARD_PROBE_CHILD").is_some() {
+            println!("PROBE: {:?}", super::probe());
+        }
+    }
+
+    /// A `libcuda.so` built here from C: its two calls answer `status`.
+    fn fake_libcuda(dir: &Path, status: i32) {
+        std::fs::create_dir_all(dir).unwrap();
+        let c = dir.join("fake.c");
+        std::fs::write(
+            &c,
+            format!(
+                "int cuDriverGetVersion(int *v) {{ *v = 13000; return {}; }}\n\
+                 int cuInit(unsigned f) {{ return {status}; }}\n\
+                 int cuGetErrorString(int e, const char **s) {{ *s = \"fake\"; return 0; }}\n\
+                 int cuGetErrorName(int e, const char **s) {{ *s = \"FAKE\"; return 0; }}\n",
+                if status == 34 { 34 } else { 0 }
+            ),
+        )
+        .unwrap();
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let ok = Command::new(cc)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join("libcuda.so"))
+            .arg(&c)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building the fake libcuda");
+    }
+
+    /// The folder of the NVRTC 13 this process could load (the wheel CI installs).
+    fn nvrtc_dir() -> Option<PathBuf> {
+        let path = std::env::var_os("LD_LIBRARY_PATH")?;
+        let found = std::env::split_paths(&path).find(|d| d.join("libnvrtc.so.13").exists());
+        if found.is_none() {
+            assert!(
+                std::env::var_os("MODELYARD_REQUIRE_NVRTC").is_none(),
+                "MODELYARD_REQUIRE_NVRTC is set but no libnvrtc.so.13 is on LD_LIBRARY_PATH"
+            );
+            eprintln!("NOTICE: no libnvrtc.so.13 on LD_LIBRARY_PATH: NVRTC probe checks skipped");
+        }
+        found
+    }
+
+    /// A toolkit's stub libcuda found first is named as such, with its path and the fix.
+    #[test]
+    fn probe_names_a_stub_libcuda_and_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stubs = tmp.path().join("stubs");
+        fake_libcuda(&stubs, 34);
+        let answer = probe_in_child(&stubs);
+        assert!(
+            answer.contains("stub library")
+                && answer.contains("stubs/libcuda.so")
+                && answer.contains("off LD_LIBRARY_PATH"),
+            "{answer}"
+        );
+    }
+
+    /// NVRTC without its builtins library loads but cannot compile: the probe says so, and
+    /// with the builtins beside it the probe goes on to the driver (here a fake without a
+    /// device).
+    #[test]
+    fn probe_compiles_an_empty_program_so_missing_nvrtc_builtins_are_caught() {
+        let Some(nvrtc) = nvrtc_dir() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let alone = tmp.path().join("alone");
+        fake_libcuda(&alone, 100);
+        std::fs::copy(nvrtc.join("libnvrtc.so.13"), alone.join("libnvrtc.so.13")).unwrap();
+        let answer = probe_in_child(&alone);
+        assert!(answer.contains("libnvrtc-builtins"), "{answer}");
+
+        let both = tmp.path().join("both");
+        fake_libcuda(&both, 100);
+        for f in std::fs::read_dir(&nvrtc).unwrap() {
+            let f = f.unwrap().path();
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("libnvrtc") {
+                std::fs::copy(&f, both.join(&name)).unwrap();
+            }
+        }
+        let answer = probe_in_child(&both);
+        assert!(answer.contains("cuInit failed"), "{answer}");
     }
 }
