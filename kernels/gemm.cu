@@ -22,8 +22,9 @@ __device__ __forceinline__ void my_gemm_tile(const GemmParams& p) {
     __shared__ float Bs[16][BN];
     const int tid = threadIdx.x;
     const int bz = blockIdx.z;
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
+    // M on grid.x (2^31 - 1 tiles: a 1x1 convolution's pixels), N on grid.y (65,535).
+    const int m0 = blockIdx.x * BM;
+    const int n0 = blockIdx.y * BN;
     const float* a = p.a + (long long)bz * p.sab;
     const float* b = p.b + (long long)bz * p.sbb;
     const int A_COLS = 16 * BM / 256;

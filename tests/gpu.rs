@@ -992,3 +992,53 @@ fn the_native_engine_answers_the_same_on_any_number_of_threads() {
     assert_eq!(answers[0], answers[1], "1 and 2 threads");
     assert_eq!(answers[0], answers[2], "1 and 3 threads");
 }
+
+/// Empty tensors (a batch of 0, a MatMul with m = 0) answer the empty tensor the CPU gives, on
+/// every target. A GPU refuses a grid with a zero dimension (`CUDA_ERROR_INVALID_VALUE`) and
+/// the emulator now checks every launch against sm_90's limits as one would; the lowering
+/// emits no launch with an empty grid (today tract folds these empty outputs to constants
+/// before the lowering sees them, so no kernel runs here at all).
+#[test]
+fn empty_tensors_launch_nothing_and_answer_empty() {
+    for target in targets() {
+        let (op, out) = conv([0, 4, 6, 6], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        check_op(target, "Conv on a batch of 0", &op, None, &out);
+        let mm = OneOp::new("MatMul", vec![("a", vec![2, 0, 9])]).weight("b", random(&[9, 66], 5));
+        check_op(target, "MatMul with m = 0", &mm, None, &[2, 0, 66]);
+        let mm = OneOp::new("MatMul", vec![("a", vec![0, 5, 9]), ("b", vec![0, 9, 66])]);
+        check_op(
+            target,
+            "batched MatMul over 0 matrices",
+            &mm,
+            None,
+            &[0, 5, 66],
+        );
+    }
+}
+
+/// A GEMM with more than 65,535 row tiles (here 4,194,305 rows: a 1x1 convolution over a
+/// 2048x2048 image is this shape) stays on the device: M is on grid.x, whose limit is
+/// 2^31 - 1, not on grid.y (65,535). Only planned (at load, the shapes are fixed): running
+/// it on the emulator would take minutes; the kernel's indexing is checked on the smaller
+/// GEMMs above.
+#[test]
+fn a_gemm_with_millions_of_rows_is_planned_on_the_device() {
+    for target in device_targets() {
+        let mm = OneOp::new("MatMul", vec![("a", vec![1, 4_194_305, 2])])
+            .weight("b", random(&[2, 17], 3));
+        let folder = mm.folder(None, &[1, 4_194_305, 17]);
+        let tmp = tempfile::tempdir().unwrap();
+        add_model(tmp.path(), folder.path(), "gpu", "KIND_GPU");
+        let repo = Repository::builder(tmp.path())
+            .cuda_emulator(target == Target::Emulator)
+            .load()
+            .unwrap();
+        let r = repo
+            .model("gpu")
+            .unwrap()
+            .execution_report()
+            .expect("fixed shapes: planned at load");
+        assert!(r.cpu_nodes.is_empty(), "{target:?}: {r:?}");
+        assert!(r.kernels.keys().any(|k| k.starts_with("gemm")), "{r:?}");
+    }
+}

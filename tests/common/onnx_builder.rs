@@ -58,7 +58,12 @@ pub fn value_info(name: &str, shape: Option<&[usize]>) -> pb::ValueInfoProto {
                     dim: s
                         .iter()
                         .map(|&d| Dimension {
-                            value: Some(Value::DimValue(d as i64)),
+                            // An empty dim is a named (dynamic) one, fed 0 at request time.
+                            value: Some(if d == 0 {
+                                Value::DimParam("n".into())
+                            } else {
+                                Value::DimValue(d as i64)
+                            }),
                             ..Default::default()
                         })
                         .collect(),
@@ -224,12 +229,21 @@ impl OneOp {
         std::fs::write(tmp.path().join("1/model.onnx"), self.bytes(then)).unwrap();
         let mut cfg = String::from("backend: \"onnxruntime\"\nmax_batch_size: 0\n");
         for (n, s) in &self.inputs {
+            // Triton's dims are >= 1 or -1: an empty (0) dim is declared variable.
+            let dims: Vec<i64> = s
+                .iter()
+                .map(|&d| if d == 0 { -1 } else { d as i64 })
+                .collect();
             cfg.push_str(&format!(
-                "input [ {{ name: \"{n}\" data_type: TYPE_FP32 dims: {s:?} }} ]\n"
+                "input [ {{ name: \"{n}\" data_type: TYPE_FP32 dims: {dims:?} }} ]\n"
             ));
         }
+        let dims: Vec<i64> = out_shape
+            .iter()
+            .map(|&d| if d == 0 { -1 } else { d as i64 })
+            .collect();
         cfg.push_str(&format!(
-            "output [ {{ name: \"y\" data_type: TYPE_FP32 dims: {out_shape:?} }} ]\n"
+            "output [ {{ name: \"y\" data_type: TYPE_FP32 dims: {dims:?} }} ]\n"
         ));
         std::fs::write(tmp.path().join("config.pbtxt"), cfg).unwrap();
         tmp

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::device::{cache_dir, write_atomically};
 use crate::execution::program::device::{
-    host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
+    check_launch, host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
 };
 use crate::execution::program::kernels::{self, Kernel};
 
@@ -141,6 +141,10 @@ impl Device for EmuDevice {
                 params.len()
             )));
         }
+        check_launch(grid, block).map_err(|e| DeviceError::Driver {
+            call: format!("launching {}", kernel.name()),
+            detail: e,
+        })?;
         let _one = self.running.lock();
         // SAFETY: `params` holds the kernel's parameter struct; its pointers name live
         // allocations of this device.
@@ -156,5 +160,47 @@ impl Device for EmuDevice {
             )
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The emulator refuses what a GPU refuses (`CUDA_ERROR_INVALID_VALUE`): empty grids,
+    /// grids past sm_90's limits, blocks of more than 1024 threads, before the kernel runs.
+    #[test]
+    fn launches_outside_sm_90_limits_are_refused() {
+        let emu = match shared() {
+            Ok(e) => e,
+            Err(why) if !cfg!(target_os = "linux") => {
+                eprintln!("NOTICE: no emulator ({why})");
+                return;
+            }
+            Err(why) => panic!("the emulator failed: {why}"),
+        };
+        let k = Kernel::ALL[0];
+        let params = vec![0u8; emu.launches[&k].1];
+        for (grid, block, says) in [
+            ([0, 1, 1], [256, 1, 1], "gridDim.x must be 1..="),
+            ([4, 0, 1], [256, 1, 1], "gridDim.y must be 1..="),
+            ([4, 1, 0], [256, 1, 1], "gridDim.z must be 1..="),
+            ([4, 65_536, 1], [256, 1, 1], "gridDim.y must be 1..=65535"),
+            (
+                [1 << 31, 1, 1],
+                [256, 1, 1],
+                "gridDim.x must be 1..=2147483647",
+            ),
+            ([1, 1, 1], [1025, 1, 1], "blockDim.x must be 1..=1024"),
+            ([1, 1, 1], [1, 1, 65], "blockDim.z must be 1..=64"),
+            ([1, 1, 1], [32, 32, 2], "2048 threads, at most 1024"),
+            ([1, 1, 1], [0, 1, 1], "blockDim.x must be 1..="),
+        ] {
+            let e = emu.launch(0, k, grid, block, &params).unwrap_err();
+            assert!(
+                matches!(&e, DeviceError::Driver { detail, .. } if detail.contains(says)),
+                "{grid:?} {block:?}: {e}"
+            );
+        }
     }
 }

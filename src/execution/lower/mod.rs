@@ -159,8 +159,10 @@ fn grid_1d(n: usize) -> [u32; 3] {
 
 const B256: [u32; 3] = [256, 1, 1];
 
+/// Whether `n` elements can be indexed by the kernels' 32-bit `int`s, grid-stride loops
+/// included: `i += step` must not pass `i32::MAX` (the step is at most 65,535 blocks of 256).
 fn fits_i32(n: usize) -> bool {
-    n < i32::MAX as usize
+    n <= i32::MAX as usize - 65_535 * 256
 }
 
 /// An activation a convolution or GEMM can take into its epilogue.
@@ -510,6 +512,11 @@ impl Lowering<'_> {
         let out = self.new_value(&shape, dt, Storage::Arena(0));
         let mut temps: HashMap<usize, ValueId> = HashMap::new();
         for l in launches {
+            // An empty grid (a batch of 0, m = 0) has nothing to compute, and a GPU refuses
+            // to launch it.
+            if l.grid.contains(&0) {
+                continue;
+            }
             let mut fixups = Vec::new();
             for (at, o) in l.fixups {
                 let v = match o {

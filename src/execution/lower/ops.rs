@@ -136,6 +136,14 @@ impl Lowering<'_> {
         if !fits_i32(n) || oshape.len() > MAX_RANK {
             return Ok(None);
         }
+        // The kernels index inputs (offsets, view strides) in 32 bits as well: every input
+        // must fit as the output does, or the node stays on the CPU.
+        for i in &node.inputs {
+            let (ishape, _) = self.fact_shape(*i)?;
+            if !fits_i32(ishape.iter().product::<usize>()) {
+                return Ok(None);
+            }
+        }
         let f32_inputs = node.inputs.iter().all(|i| self.is_f32(*i));
         for t in TRANSLATORS.iter().filter(|t| f32_inputs || !t.f32_inputs) {
             if let Some(planned) = (t.translate)(self, node, &oshape)? {
@@ -793,10 +801,7 @@ impl Lowering<'_> {
         let Some((ksz, ks)) = flatten(kk, [true, true, false]) else {
             return Ok(None);
         };
-        if bsz > 65_535
-            || msz.div_ceil(64) > 65_535
-            || [bsz, msz, nsz, ksz].iter().any(|&s| !fits_i32(s))
-        {
+        if bsz > 65_535 || [bsz, msz, nsz, ksz].iter().any(|&s| !fits_i32(s)) {
             return Ok(None);
         }
         let params = k::GemmParams {
@@ -830,12 +835,14 @@ impl Lowering<'_> {
         } else {
             (Kernel::Gemm, 64, 64)
         };
-        if msz.div_ceil(bm) > 65_535 {
+        // M (pixels, for a 1x1 convolution: millions) on grid.x, whose limit is 2^31 - 1;
+        // N on grid.y (65,535 tiles).
+        if nsz.div_ceil(bn) > 65_535 {
             return Ok(None);
         }
         Ok(Some(LaunchSpec {
             kernel,
-            grid: [nsz.div_ceil(bn) as u32, msz.div_ceil(bm) as u32, bsz as u32],
+            grid: [msz.div_ceil(bm) as u32, nsz.div_ceil(bn) as u32, bsz as u32],
             block: B256,
             params: bytes_of(&params),
             fixups: vec![(0, operand(0)), (8, operand(1)), (16, Operand::Output)],

@@ -34,6 +34,35 @@ pub(crate) enum DeviceError {
     Internal(String),
 }
 
+/// sm_90's launch limits: a GPU refuses a launch outside them (`CUDA_ERROR_INVALID_VALUE`),
+/// so the emulator checks every launch against them, and the lowering emits none with an
+/// empty grid (an empty tensor needs no launch).
+pub(crate) fn check_launch(grid: [u32; 3], block: [u32; 3]) -> Result<(), String> {
+    const GRID: [u32; 3] = [i32::MAX as u32, 65_535, 65_535];
+    const BLOCK: [u32; 3] = [1024, 1024, 64];
+    for (d, axis) in ["x", "y", "z"].iter().enumerate() {
+        if grid[d] == 0 || grid[d] > GRID[d] {
+            return Err(format!(
+                "grid {grid:?}: gridDim.{axis} must be 1..={} (CUDA_ERROR_INVALID_VALUE)",
+                GRID[d]
+            ));
+        }
+        if block[d] == 0 || block[d] > BLOCK[d] {
+            return Err(format!(
+                "block {block:?}: blockDim.{axis} must be 1..={} (CUDA_ERROR_INVALID_VALUE)",
+                BLOCK[d]
+            ));
+        }
+    }
+    let threads = block.iter().map(|&b| b as u64).product::<u64>();
+    if threads > 1024 {
+        return Err(format!(
+            "block {block:?}: {threads} threads, at most 1024 per block (CUDA_ERROR_INVALID_VALUE)"
+        ));
+    }
+    Ok(())
+}
+
 /// A failed device call.
 pub(crate) type DeviceResult<T> = std::result::Result<T, DeviceError>;
 
