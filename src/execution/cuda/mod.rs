@@ -225,6 +225,7 @@ pub(crate) fn check_instance_groups(config: &ModelConfig, emulator: bool) -> Res
 }
 
 #[cfg(all(test, feature = "cuda"))]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
