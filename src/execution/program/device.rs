@@ -37,6 +37,7 @@ pub(crate) enum DeviceError {
 /// sm_90's launch limits: a GPU refuses a launch outside them (`CUDA_ERROR_INVALID_VALUE`),
 /// so the emulator checks every launch against them, and the lowering emits none with an
 /// empty grid (an empty tensor needs no launch).
+#[cfg(feature = "cuda")]
 pub(crate) fn check_launch(grid: [u32; 3], block: [u32; 3]) -> Result<(), String> {
     const GRID: [u32; 3] = [i32::MAX as u32, 65_535, 65_535];
     const BLOCK: [u32; 3] = [1024, 1024, 64];
