@@ -251,10 +251,32 @@ pub(crate) mod cuda_impl {
     unsafe impl Send for CudaDevice {}
     unsafe impl Sync for CudaDevice {}
 
-    fn err(what: &str, e: impl std::fmt::Debug) -> DeviceError {
-        DeviceError::Driver {
-            call: what.to_string(),
-            detail: format!("{e:?}"),
+    /// The errors after which a CUDA context answers every call with the same error: the
+    /// device is lost to this process ([`DeviceError::Fault`]).
+    pub(crate) fn is_sticky(code: sys::CUresult) -> bool {
+        use sys::CUresult::*;
+        matches!(
+            code,
+            CUDA_ERROR_ILLEGAL_ADDRESS
+                | CUDA_ERROR_LAUNCH_TIMEOUT
+                | CUDA_ERROR_ASSERT
+                | CUDA_ERROR_HARDWARE_STACK_ERROR
+                | CUDA_ERROR_ILLEGAL_INSTRUCTION
+                | CUDA_ERROR_MISALIGNED_ADDRESS
+                | CUDA_ERROR_INVALID_ADDRESS_SPACE
+                | CUDA_ERROR_INVALID_PC
+                | CUDA_ERROR_LAUNCH_FAILED
+                | CUDA_ERROR_CONTEXT_IS_DESTROYED
+                | CUDA_ERROR_ECC_UNCORRECTABLE
+        )
+    }
+
+    fn err(what: &str, e: cudarc::driver::DriverError) -> DeviceError {
+        let (call, detail) = (what.to_string(), format!("{e:?}"));
+        if is_sticky(e.0) {
+            DeviceError::Fault { call, detail }
+        } else {
+            DeviceError::Driver { call, detail }
         }
     }
 
@@ -566,5 +588,34 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, DeviceError::Compile(m) if m == "no nvrtc"));
         assert!(!path.exists());
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod sticky_tests {
+    use super::cuda_impl::is_sticky;
+    use cudarc::driver::sys::CUresult::*;
+
+    /// The codes a context does not survive lose the device; the ones a request causes
+    /// (bad value, out of memory, a launch too big) do not.
+    #[test]
+    fn kernel_faults_are_sticky_and_request_errors_are_not() {
+        for code in [
+            CUDA_ERROR_ILLEGAL_ADDRESS,
+            CUDA_ERROR_LAUNCH_FAILED,
+            CUDA_ERROR_MISALIGNED_ADDRESS,
+            CUDA_ERROR_ILLEGAL_INSTRUCTION,
+            CUDA_ERROR_ASSERT,
+        ] {
+            assert!(is_sticky(code), "{code:?}");
+        }
+        for code in [
+            CUDA_ERROR_INVALID_VALUE,
+            CUDA_ERROR_OUT_OF_MEMORY,
+            CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+            CUDA_ERROR_NOT_READY,
+        ] {
+            assert!(!is_sticky(code), "{code:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use crate::config::{model_instance_group::Kind, ModelConfig};
 use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "cuda")]
-use crate::execution::program::device::{Device, DeviceError};
+use crate::execution::program::device::{Device, DeviceError, Sticky};
 
 #[cfg(feature = "cuda")]
 pub(crate) mod device;
@@ -74,7 +74,7 @@ fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn Device, Strin
     use std::collections::HashMap;
     static DEVICES: OnceLock<
         parking_lot::Mutex<
-            HashMap<usize, std::result::Result<&'static device::CudaDevice, String>>,
+            HashMap<usize, std::result::Result<&'static Sticky<device::CudaDevice>, String>>,
         >,
     > = OnceLock::new();
     probe().map_err(str::to_string)?;
@@ -86,7 +86,8 @@ fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn Device, Strin
                     "the CUDA libraries panicked while opening the device".into(),
                 ))
             })
-            .map(|d| &*Box::leak(Box::new(d)))
+            // A kernel fault kills the context for good: the first one marks the device lost.
+            .map(|d| &*Box::leak(Box::new(Sticky::new(d))))
             .map_err(|e| e.to_string())
     });
     entry.clone().map(|d| d as &'static dyn Device)

@@ -32,6 +32,13 @@ pub(crate) enum DeviceError {
     /// The executor or a kernel broke one of its own rules (a bug, not the input's fault).
     #[error("{0}")]
     Internal(String),
+    /// A fault the device's context does not survive (an illegal address, a trap, a
+    /// launch failure): CUDA answers every later call with the same error.
+    #[error("{call}: {detail}; the GPU context is lost, restart the process")]
+    Fault { call: String, detail: String },
+    /// The context was lost to an earlier fault ([`Sticky`] remembers which).
+    #[error("the GPU context is lost ({0}); restart the process")]
+    Lost(String),
 }
 
 /// sm_90's launch limits: a GPU refuses a launch outside them (`CUDA_ERROR_INVALID_VALUE`),
@@ -99,6 +106,108 @@ pub(crate) trait Device: Send + Sync {
     ) -> DeviceResult<()>;
     /// Waits for everything queued on `stream`.
     fn sync(&self, stream: u64) -> DeviceResult<()>;
+}
+
+/// A device whose first [`DeviceError::Fault`] is final, as a CUDA context's is: every later
+/// call answers [`DeviceError::Lost`] naming that fault (frees are skipped), so requests to
+/// every model on the device fail clearly instead of naming whichever kernel ran next.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct Sticky<D> {
+    inner: D,
+    lost: parking_lot::Mutex<Option<String>>,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl<D: Device> Sticky<D> {
+    pub(crate) fn new(inner: D) -> Self {
+        Sticky {
+            inner,
+            lost: parking_lot::Mutex::new(None),
+        }
+    }
+
+    fn check(&self) -> DeviceResult<()> {
+        match &*self.lost.lock() {
+            Some(first) => Err(DeviceError::Lost(first.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn watch<T>(&self, r: DeviceResult<T>) -> DeviceResult<T> {
+        if let Err(e @ DeviceError::Fault { .. }) = &r {
+            self.lost.lock().get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.lock().is_some()
+    }
+}
+
+impl<D: Device> Device for Sticky<D> {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
+        self.check()?;
+        self.watch(self.inner.alloc(bytes))
+    }
+
+    fn free(&self, ptr: DevPtr) {
+        if !self.is_lost() {
+            self.inner.free(ptr)
+        }
+    }
+
+    fn alloc_host(&self, bytes: usize) -> DeviceResult<*mut u8> {
+        self.check()?;
+        self.watch(self.inner.alloc_host(bytes))
+    }
+
+    fn free_host(&self, ptr: *mut u8, bytes: usize) {
+        // Page-locked host memory outlives the context: freeing it stays safe and useful.
+        self.inner.free_host(ptr, bytes)
+    }
+
+    fn new_stream(&self) -> DeviceResult<u64> {
+        self.check()?;
+        self.watch(self.inner.new_stream())
+    }
+
+    fn free_stream(&self, stream: u64) {
+        if !self.is_lost() {
+            self.inner.free_stream(stream)
+        }
+    }
+
+    fn upload(&self, stream: u64, dst: DevPtr, src: *const u8, len: usize) -> DeviceResult<()> {
+        self.check()?;
+        self.watch(self.inner.upload(stream, dst, src, len))
+    }
+
+    fn download(&self, stream: u64, src: DevPtr, dst: *mut u8, len: usize) -> DeviceResult<()> {
+        self.check()?;
+        self.watch(self.inner.download(stream, src, dst, len))
+    }
+
+    fn launch(
+        &self,
+        stream: u64,
+        kernel: Kernel,
+        grid: [u32; 3],
+        block: [u32; 3],
+        params: &[u8],
+    ) -> DeviceResult<()> {
+        self.check()?;
+        self.watch(self.inner.launch(stream, kernel, grid, block, params))
+    }
+
+    fn sync(&self, stream: u64) -> DeviceResult<()> {
+        self.check()?;
+        self.watch(self.inner.sync(stream))
+    }
 }
 
 /// Host memory standing in for device memory (the emulator's and the CPU device's): aligned,
@@ -192,3 +301,101 @@ macro_rules! host_memory_methods {
     };
 }
 pub(crate) use host_memory_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A device whose second launch faults; counts the calls that reach it.
+    struct Faulty {
+        launches: AtomicUsize,
+        frees: AtomicUsize,
+    }
+
+    impl Device for Faulty {
+        fn describe(&self) -> String {
+            "faulty".into()
+        }
+        fn alloc(&self, _: usize) -> DeviceResult<DevPtr> {
+            Ok(256)
+        }
+        fn free(&self, _: DevPtr) {
+            self.frees.fetch_add(1, Ordering::SeqCst);
+        }
+        fn alloc_host(&self, _: usize) -> DeviceResult<*mut u8> {
+            Ok(std::ptr::null_mut())
+        }
+        fn free_host(&self, _: *mut u8, _: usize) {}
+        fn new_stream(&self) -> DeviceResult<u64> {
+            Ok(1)
+        }
+        fn free_stream(&self, _: u64) {}
+        fn upload(&self, _: u64, _: DevPtr, _: *const u8, _: usize) -> DeviceResult<()> {
+            Ok(())
+        }
+        fn download(&self, _: u64, _: DevPtr, _: *mut u8, _: usize) -> DeviceResult<()> {
+            Ok(())
+        }
+        fn launch(
+            &self,
+            _: u64,
+            k: Kernel,
+            _: [u32; 3],
+            _: [u32; 3],
+            _: &[u8],
+        ) -> DeviceResult<()> {
+            if self.launches.fetch_add(1, Ordering::SeqCst) == 1 {
+                return Err(DeviceError::Fault {
+                    call: format!("launching {}", k.name()),
+                    detail: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+                });
+            }
+            Ok(())
+        }
+        fn sync(&self, _: u64) -> DeviceResult<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_first_fault_loses_the_device_for_every_later_call() {
+        let d = Sticky::new(Faulty {
+            launches: AtomicUsize::new(0),
+            frees: AtomicUsize::new(0),
+        });
+        let k = Kernel::ALL[0];
+        d.launch(0, k, [1; 3], [1; 3], &[]).unwrap();
+        d.free(d.alloc(16).unwrap());
+        assert_eq!(d.inner.frees.load(Ordering::SeqCst), 1);
+        let fault = d.launch(0, k, [1; 3], [1; 3], &[]).unwrap_err();
+        assert!(matches!(fault, DeviceError::Fault { .. }), "{fault}");
+        // Every later call, of any kind, names the first fault and says what to do.
+        let later = [
+            d.alloc(16).map(|_| ()).unwrap_err(),
+            d.launch(0, k, [1; 3], [1; 3], &[]).unwrap_err(),
+            d.upload(0, 256, std::ptr::null(), 0).unwrap_err(),
+            d.sync(0).unwrap_err(),
+            d.new_stream().map(|_| ()).unwrap_err(),
+        ];
+        for e in later {
+            let text = e.to_string();
+            assert!(matches!(e, DeviceError::Lost(_)), "{text}");
+            assert!(
+                text.contains("CUDA_ERROR_ILLEGAL_ADDRESS") && text.contains("restart the process"),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            d.inner.launches.load(Ordering::SeqCst),
+            2,
+            "nothing reached the device"
+        );
+        d.free(256);
+        assert_eq!(
+            d.inner.frees.load(Ordering::SeqCst),
+            1,
+            "no free on a lost context"
+        );
+    }
+}

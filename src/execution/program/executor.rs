@@ -102,6 +102,8 @@ fn device_error(model: &str, device: &dyn Device, what: &str, e: DeviceError) ->
         DeviceError::OutOfMemory { .. } | DeviceError::HostOutOfMemory { .. } => {
             ErrorKind::ResourceExhausted
         }
+        // The context is gone for good: the device is unavailable, not the request wrong.
+        DeviceError::Fault { .. } | DeviceError::Lost(_) => ErrorKind::Unavailable,
         _ => ErrorKind::Execution,
     };
     Error::new(
@@ -584,6 +586,105 @@ impl Executable for ProgramExecutable {
                 plan.free_instance(inst);
                 Err(device_error(m, self.device, "execution failed", e))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named;
+    impl Device for Named {
+        fn describe(&self) -> String {
+            "NVIDIA H200 (sm_90)".into()
+        }
+        fn alloc(&self, _: usize) -> DeviceResult<DevPtr> {
+            Ok(0)
+        }
+        fn free(&self, _: DevPtr) {}
+        fn alloc_host(&self, _: usize) -> DeviceResult<*mut u8> {
+            Ok(std::ptr::null_mut())
+        }
+        fn free_host(&self, _: *mut u8, _: usize) {}
+        fn new_stream(&self) -> DeviceResult<u64> {
+            Ok(0)
+        }
+        fn free_stream(&self, _: u64) {}
+        fn upload(&self, _: u64, _: DevPtr, _: *const u8, _: usize) -> DeviceResult<()> {
+            Ok(())
+        }
+        fn download(&self, _: u64, _: DevPtr, _: *mut u8, _: usize) -> DeviceResult<()> {
+            Ok(())
+        }
+        fn launch(
+            &self,
+            _: u64,
+            _: Kernel,
+            _: [u32; 3],
+            _: [u32; 3],
+            _: &[u8],
+        ) -> DeviceResult<()> {
+            Ok(())
+        }
+        fn sync(&self, _: u64) -> DeviceResult<()> {
+            Ok(())
+        }
+    }
+
+    /// What a request sees for each device failure: memory is ResourceExhausted (device and
+    /// page-locked host alike), a lost context is Unavailable with what to do, the rest is
+    /// Execution; each names the model and the device.
+    #[test]
+    fn device_failures_map_to_the_error_kinds_a_caller_acts_on() {
+        let cases = [
+            (
+                DeviceError::OutOfMemory {
+                    bytes: 1 << 40,
+                    detail: String::new(),
+                },
+                ErrorKind::ResourceExhausted,
+                "out of device memory",
+            ),
+            (
+                DeviceError::HostOutOfMemory {
+                    bytes: 1 << 40,
+                    detail: "cuMemHostAlloc".into(),
+                },
+                ErrorKind::ResourceExhausted,
+                "page-locked host memory",
+            ),
+            (
+                DeviceError::Fault {
+                    call: "cuStreamSynchronize".into(),
+                    detail: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+                },
+                ErrorKind::Unavailable,
+                "the GPU context is lost, restart the process",
+            ),
+            (
+                DeviceError::Lost("launching gemm: CUDA_ERROR_ILLEGAL_ADDRESS".into()),
+                ErrorKind::Unavailable,
+                "restart the process",
+            ),
+            (
+                DeviceError::Driver {
+                    call: "cuMemcpyHtoDAsync".into(),
+                    detail: "CUDA_ERROR_INVALID_VALUE".into(),
+                },
+                ErrorKind::Execution,
+                "CUDA_ERROR_INVALID_VALUE",
+            ),
+        ];
+        for (e, kind, says) in cases {
+            let err = device_error("east", &Named, "running", e);
+            assert_eq!(err.kind(), kind, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("model 'east' on NVIDIA H200 (sm_90): running: ")
+                    && text.contains(says),
+                "{text}"
+            );
         }
     }
 }
