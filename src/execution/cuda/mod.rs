@@ -72,11 +72,8 @@ pub(crate) fn device_for(
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> std::result::Result<&'static dyn Device, String> {
     use std::collections::HashMap;
-    static DEVICES: OnceLock<
-        parking_lot::Mutex<
-            HashMap<usize, std::result::Result<&'static Sticky<device::CudaDevice>, String>>,
-        >,
-    > = OnceLock::new();
+    type Opened = std::result::Result<&'static Sticky<device::CudaDevice>, String>;
+    static DEVICES: OnceLock<parking_lot::Mutex<HashMap<usize, Opened>>> = OnceLock::new();
     probe().map_err(str::to_string)?;
     let mut devices = DEVICES.get_or_init(Default::default).lock();
     let entry = devices.entry(ordinal).or_insert_with(|| {
