@@ -2,11 +2,19 @@
 // One block runs at a time; its threads are fibers (ucontext) switched at __syncthreads, so
 // __shared__ arrays are plain statics and a missing or extra barrier shows up as a wrong
 // answer, as on a GPU. Kernels that never synchronise run their threads one after another.
+// What a GPU does not promise, the emulator does not give either: between two barriers the
+// threads of a block run in a shuffled order (seeded by MODELYARD_EMU_SEED, default 1, so a
+// failure is reproducible), which exposes races that in-order execution hides; and shared
+// memory is filled with NaN (all bits set: NaN as a float, -1 as an int) before every block,
+// so a read of shared memory no thread of the block wrote shows up instead of seeing the
+// previous block's values (the emulator's translation unit follows every __shared__
+// declaration with emu::poison, which the block's first thread to get there runs).
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <ucontext.h>
+#include <utility>
 #include <vector>
 #include <functional>
 
@@ -26,6 +34,39 @@ static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); ret
 
 namespace emu {
 static bool fibers = false;
+static uint64_t rng = 0;
+
+static inline uint64_t next_random() {
+    if (rng == 0) {
+        const char* s = std::getenv("MODELYARD_EMU_SEED");
+        rng = (s ? std::strtoull(s, nullptr, 10) : 1) * 0x9E3779B97F4A7C15ull + 1;
+    }
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng;
+}
+
+// A new random order of the block's threads.
+static void shuffle(std::vector<int>& order) {
+    for (size_t i = order.size(); i > 1; --i) {
+        size_t j = (size_t)(next_random() % i);
+        int t = order[i - 1]; order[i - 1] = order[j]; order[j] = t;
+    }
+}
+
+// Blocks run so far: a shared array is poisoned once per block.
+static unsigned long long block_serial = 0;
+static std::vector<std::pair<void*, unsigned long long>> poisoned;
+
+static void poison(void* a, size_t bytes) {
+    for (auto& p : poisoned) {
+        if (p.first == a) {
+            if (p.second != block_serial) { std::memset(a, 0xFF, bytes); p.second = block_serial; }
+            return;
+        }
+    }
+    std::memset(a, 0xFF, bytes);
+    poisoned.push_back({a, block_serial});
+}
 static ucontext_t scheduler;
 static std::vector<ucontext_t> contexts;
 static std::vector<char> finished;
@@ -56,12 +97,16 @@ static void run(std::function<void()> f, dim3 g, dim3 b, bool sync) {
         finished.resize(nt);
         stacks.resize((size_t)nt * STACK);
     }
+    std::vector<int> order(nt);
+    for (int t = 0; t < nt; ++t) order[t] = t;
     for (unsigned bz = 0; bz < g.z; ++bz)
     for (unsigned by = 0; by < g.y; ++by)
     for (unsigned bx = 0; bx < g.x; ++bx) {
         blockIdx.x = bx; blockIdx.y = by; blockIdx.z = bz;
+        ++block_serial;
+        shuffle(order);
         if (!sync) {
-            for (int t = 0; t < nt; ++t) { set_thread(t); f(); }
+            for (int t : order) { set_thread(t); f(); }
             continue;
         }
         for (int t = 0; t < nt; ++t) {
@@ -75,7 +120,8 @@ static void run(std::function<void()> f, dim3 g, dim3 b, bool sync) {
         bool live = true;
         while (live) {
             live = false;
-            for (int t = 0; t < nt; ++t) {
+            shuffle(order);
+            for (int t : order) {
                 if (finished[t]) continue;
                 current = t;
                 set_thread(t);

@@ -46,7 +46,7 @@ pub(crate) fn shared() -> Result<&'static EmuDevice, String> {
 fn translation_unit() -> String {
     let src = kernels::source();
     let mut unit = String::from(PRELUDE);
-    unit.push_str(&src);
+    unit.push_str(&poison_shared(&src));
     // The layouts and codes Rust uses, checked by the host compiler: a struct or code that
     // drifted from kernels.rs fails this build.
     unit.push_str(&kernels::abi_checks());
@@ -60,6 +60,28 @@ fn translation_unit() -> String {
         ));
     }
     unit
+}
+
+/// `src` with `emu::poison(name, sizeof(name));` after every `__shared__` declaration, so
+/// that each block starts with shared memory full of NaN, as a GPU gives no initial value.
+fn poison_shared(src: &str) -> String {
+    let mut out = String::with_capacity(src.len() + 1024);
+    for line in src.lines() {
+        out.push_str(line);
+        let decl = line.trim();
+        if let Some(rest) = decl.strip_prefix("__shared__ ") {
+            let name = rest
+                .split('[')
+                .next()
+                .and_then(|head| head.split_whitespace().last())
+                .filter(|_| decl.ends_with(';'));
+            if let Some(name) = name {
+                out.push_str(&format!(" emu::poison({name}, sizeof({name}));"));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl EmuDevice {
@@ -166,6 +188,100 @@ impl Device for EmuDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compiles `kernels` (CUDA source) with the emulator's prelude and a `main`, runs it with
+    /// `MODELYARD_EMU_SEED=seed`, and returns what it printed; `None` without a C++ compiler
+    /// off Linux.
+    fn run_on_prelude(kernels: &str, main: &str, seed: u64) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let cpp = dir.path().join("t.cpp");
+        let exe = dir.path().join("t");
+        let unit = format!(
+            "{PRELUDE}\n#include <cstdio>\n{}\nint main() {{ {main} }}\n",
+            poison_shared(kernels)
+        );
+        std::fs::write(&cpp, unit).unwrap();
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        match std::process::Command::new(&cxx)
+            .args(["-O2", "-std=c++17", "-w", "-o"])
+            .arg(&exe)
+            .arg(&cpp)
+            .status()
+        {
+            Ok(s) => assert!(s.success(), "the test kernels did not compile"),
+            Err(e) if !cfg!(target_os = "linux") => {
+                eprintln!("NOTICE: no C++ compiler ({e})");
+                return None;
+            }
+            Err(e) => panic!("{cxx}: {e}"),
+        }
+        let out = std::process::Command::new(&exe)
+            .env("MODELYARD_EMU_SEED", seed.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        Some(String::from_utf8(out.stdout).unwrap())
+    }
+
+    /// A planted race: every thread writes one shared slot before the barrier, thread 0 reads
+    /// it after. Threads run in order, the last thread would always win and the race would
+    /// pass unseen; shuffled between barriers, the winner changes from block to block, and
+    /// the same seed gives the same answer.
+    #[test]
+    fn threads_run_in_a_shuffled_order_between_barriers_so_races_show() {
+        let kernels = "__global__ void race(int* out) {\n\
+            __shared__ int slot[1];\n\
+            slot[0] = threadIdx.x;\n\
+            __syncthreads();\n\
+            if (threadIdx.x == 0) out[blockIdx.x] = slot[0];\n}\n";
+        let main =
+            "int out[16]; emu::run([&] { race(out); }, dim3{16, 1, 1}, dim3{64, 1, 1}, true);\n\
+            for (int i = 0; i < 16; ++i) std::printf(\"%d \", out[i]); return 0;";
+        let Some(a) = run_on_prelude(kernels, main, 1) else {
+            return;
+        };
+        let winners: Vec<i32> = a.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        assert_eq!(winners.len(), 16);
+        assert!(winners.iter().all(|w| (0..64).contains(w)), "{a}");
+        assert!(winners.iter().any(|&w| w != 63), "in-order execution: {a}");
+        assert!(
+            winners.windows(2).any(|w| w[0] != w[1]),
+            "the same order every block: {a}"
+        );
+        assert_eq!(
+            run_on_prelude(kernels, main, 1).unwrap(),
+            a,
+            "seeded: reproducible"
+        );
+        assert_ne!(
+            run_on_prelude(kernels, main, 2).unwrap(),
+            a,
+            "another seed, another order"
+        );
+    }
+
+    /// Shared memory starts every block as NaN: a block that reads what no thread of its own
+    /// wrote sees NaN, not the previous block's values.
+    #[test]
+    fn shared_memory_is_nan_at_the_start_of_every_block() {
+        let kernels = "__global__ void stale(float* out) {\n\
+            __shared__ float s[4];\n\
+            if (blockIdx.x == 0) s[threadIdx.x] = 1.0f;\n\
+            __syncthreads();\n\
+            out[blockIdx.x * 4 + threadIdx.x] = s[threadIdx.x];\n}\n";
+        let main =
+            "float out[8]; emu::run([&] { stale(out); }, dim3{2, 1, 1}, dim3{4, 1, 1}, true);\n\
+            for (int i = 0; i < 8; ++i) std::printf(\"%f \", out[i]); return 0;";
+        let Some(a) = run_on_prelude(kernels, main, 1) else {
+            return;
+        };
+        let v: Vec<f32> = a.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        assert_eq!(&v[..4], &[1.0; 4], "{a}");
+        assert!(
+            v[4..].iter().all(|x| x.is_nan()),
+            "block 1 read block 0's values: {a}"
+        );
+    }
 
     /// The emulator refuses what a GPU refuses (`CUDA_ERROR_INVALID_VALUE`): empty grids,
     /// grids past sm_90's limits, blocks of more than 1024 threads, before the kernel runs.
