@@ -116,23 +116,23 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
 }
 
 // grid (ceil(n*oh*ow / 64), ceil(co/group / 64), group), block 256.
-extern "C" __global__ void __launch_bounds__(256) conv2d_f32(const ConvParams p) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_f32(const __grid_constant__ ConvParams p) {
     my_conv_tile<64, 64, 4, 4, false>(p);
 }
 
 // 1x1 kernel, stride 1, no padding: the B tile is a plain strided read. Same grid.
-extern "C" __global__ void __launch_bounds__(256) conv2d_1x1_f32(const ConvParams p) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_1x1_f32(const __grid_constant__ ConvParams p) {
     my_conv_tile<64, 64, 4, 4, true>(p);
 }
 
 // At most 16 output channels per group: grid (ceil(n*oh*ow / 256), ceil(co/group / 16), group).
-extern "C" __global__ void __launch_bounds__(256) conv2d_narrow_f32(const ConvParams p) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_narrow_f32(const __grid_constant__ ConvParams p) {
     my_conv_tile<16, 256, 1, 16, false>(p);
 }
 
 // One input channel per group (depthwise and its channel multipliers): direct, one output
 // per thread; a GEMM tile would be mostly zeros.
-extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_f32(const ConvParams p) {
+extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_f32(const __grid_constant__ ConvParams p) {
     const int total = p.n * p.co * p.oh * p.ow;
     const int mg = p.co / p.group;
     const int step = gridDim.x * blockDim.x;
@@ -163,7 +163,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_f32(const Con
 // Transposed convolution (ConvTranspose), one output per thread, gathering the inputs that
 // scatter into it: y[oy] takes x[iy] where oy = iy * stride - pad + ky * dilation. The
 // weights are [co, c, kh, kw]; one group.
-extern "C" __global__ void __launch_bounds__(256) deconv2d_f32(const ConvParams p) {
+extern "C" __global__ void __launch_bounds__(256) deconv2d_f32(const __grid_constant__ ConvParams p) {
     const int total = p.n * p.co * p.oh * p.ow;
     const int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {

@@ -12,7 +12,7 @@ struct UnaryParams {
     int vec4; // x and y 16-byte aligned: move float4s
 };
 
-extern "C" __global__ void __launch_bounds__(256) unary_f32(const UnaryParams p) {
+extern "C" __global__ void __launch_bounds__(256) unary_f32(const __grid_constant__ UnaryParams p) {
     int tid = blockIdx.x * blockDim.x + threadIdx.x;
     int step = gridDim.x * blockDim.x;
     if (p.vec4) {
@@ -50,7 +50,7 @@ struct BinaryParams {
     MyView vb;
 };
 
-extern "C" __global__ void __launch_bounds__(256) binary_f32(const BinaryParams p) {
+extern "C" __global__ void __launch_bounds__(256) binary_f32(const __grid_constant__ BinaryParams p) {
     int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {
         float x = p.a[my_offset(i, p.rank, p.dims, p.va)];
@@ -70,7 +70,7 @@ struct BinarySameParams {
     int vec4;
 };
 
-extern "C" __global__ void __launch_bounds__(256) binary_same_f32(const BinarySameParams p) {
+extern "C" __global__ void __launch_bounds__(256) binary_same_f32(const __grid_constant__ BinarySameParams p) {
     int tid = blockIdx.x * blockDim.x + threadIdx.x;
     int step = gridDim.x * blockDim.x;
     int start = 0;
@@ -109,7 +109,7 @@ struct CopyParams {
     MyView vy;
 };
 
-extern "C" __global__ void __launch_bounds__(256) copy_f32(const CopyParams p) {
+extern "C" __global__ void __launch_bounds__(256) copy_f32(const __grid_constant__ CopyParams p) {
     int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {
         int idx = i;
@@ -137,7 +137,7 @@ struct PadParams {
     int before[MY_MAX_RANK];
 };
 
-extern "C" __global__ void __launch_bounds__(256) pad_f32(const PadParams p) {
+extern "C" __global__ void __launch_bounds__(256) pad_f32(const __grid_constant__ PadParams p) {
     int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {
         int idx = i;
@@ -181,7 +181,7 @@ struct PointwiseParams {
     float cb[PW_MAX_OPS];
 };
 
-extern "C" __global__ void __launch_bounds__(256) pointwise_f32(const PointwiseParams p) {
+extern "C" __global__ void __launch_bounds__(256) pointwise_f32(const __grid_constant__ PointwiseParams p) {
     int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += step) {
         int coord[MY_MAX_RANK];

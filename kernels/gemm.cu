@@ -68,11 +68,11 @@ __device__ __forceinline__ void my_gemm_tile(const GemmParams& p) {
 }
 
 // grid (ceil(n / 64), ceil(m / 64), batch), block 256.
-extern "C" __global__ void __launch_bounds__(256) gemm_f32(const GemmParams p) {
+extern "C" __global__ void __launch_bounds__(256) gemm_f32(const __grid_constant__ GemmParams p) {
     my_gemm_tile<64, 64, 4, 4>(p);
 }
 
 // n <= 16: grid (ceil(n / 16), ceil(m / 256), batch), block 256.
-extern "C" __global__ void __launch_bounds__(256) gemm_narrow_f32(const GemmParams p) {
+extern "C" __global__ void __launch_bounds__(256) gemm_narrow_f32(const __grid_constant__ GemmParams p) {
     my_gemm_tile<256, 16, 16, 1>(p);
 }

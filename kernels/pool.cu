@@ -14,7 +14,7 @@ struct PoolParams {
     int count_pad; // average: divide by kh*kw instead of the taps inside the input
 };
 
-extern "C" __global__ void __launch_bounds__(256) pool2d_f32(const PoolParams p) {
+extern "C" __global__ void __launch_bounds__(256) pool2d_f32(const __grid_constant__ PoolParams p) {
     const int total = p.nc * p.oh * p.ow;
     const int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
@@ -83,7 +83,7 @@ __device__ __forceinline__ int my_nearest(float v, int mode, int len) {
     return i < 0 ? 0 : (i >= len ? len - 1 : i);
 }
 
-extern "C" __global__ void __launch_bounds__(256) resize2d_f32(const ResizeParams p) {
+extern "C" __global__ void __launch_bounds__(256) resize2d_f32(const __grid_constant__ ResizeParams p) {
     const int total = p.nc * p.oh * p.ow;
     const int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {

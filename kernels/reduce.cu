@@ -21,7 +21,7 @@ struct ReduceParams {
     float scale;    // applied at the end (1/count for a mean)
 };
 
-extern "C" __global__ void __launch_bounds__(256) reduce_f32(const ReduceParams p) {
+extern "C" __global__ void __launch_bounds__(256) reduce_f32(const __grid_constant__ ReduceParams p) {
     int red_n = 1;
     for (int d = 0; d < p.red_rank; ++d) red_n *= p.red_dims[d];
     const int step = gridDim.x * blockDim.x;
@@ -55,7 +55,7 @@ struct SoftmaxParams {
     int log;
 };
 
-extern "C" __global__ void __launch_bounds__(256) softmax_f32(const SoftmaxParams p) {
+extern "C" __global__ void __launch_bounds__(256) softmax_f32(const __grid_constant__ SoftmaxParams p) {
     const int rows = p.outer * p.inner;
     const int step = gridDim.x * blockDim.x;
     for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += step) {

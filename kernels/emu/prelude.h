@@ -24,6 +24,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __restrict__
+#define __grid_constant__
 
 struct dim3 { unsigned x, y, z; };
 struct float4 { float x, y, z, w; };

@@ -117,7 +117,10 @@ pub(crate) fn entries(src: &str) -> Vec<Entry> {
         let Some((param, body)) = after.split_once(')') else {
             continue;
         };
-        let words: Vec<&str> = param.split_whitespace().filter(|w| *w != "const").collect();
+        let words: Vec<&str> = param
+            .split_whitespace()
+            .filter(|w| !matches!(*w, "const" | "__grid_constant__"))
+            .collect();
         let param_type = words.first().copied().unwrap_or("").to_string();
         // The body up to its closing brace; a kernel that calls a template uses its syncs.
         let body_end = matching_brace(body).unwrap_or(body.len());
