@@ -1,5 +1,5 @@
 // Reductions over any set of axes (one output per thread) and softmax along one axis (one
-// row per thread).
+// block per row).
 
 #define RED_SUM 0
 #define RED_MAX 1
@@ -55,20 +55,41 @@ struct SoftmaxParams {
     int log;
 };
 
+// One block per row (PaddleOCR rec: 40 rows of 6625 classes, 26 per thread), the block's
+// threads strided along the axis, max and sum folded in shared memory (blockDim.x = 256).
 extern "C" __global__ void __launch_bounds__(256) softmax_f32(const __grid_constant__ SoftmaxParams p) {
+    __shared__ float red[256];
     const int rows = p.outer * p.inner;
-    const int step = gridDim.x * blockDim.x;
-    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += step) {
+    const int t = threadIdx.x, nt = blockDim.x;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         int o = r / p.inner;
         int in = r - o * p.inner;
         long long base = (long long)o * p.axis * p.inner + in;
         float mx = -MY_INF;
-        for (int j = 0; j < p.axis; ++j) mx = fmaxf(mx, p.x[base + (long long)j * p.inner]);
+        for (int j = t; j < p.axis; j += nt) mx = fmaxf(mx, p.x[base + (long long)j * p.inner]);
+        red[t] = mx;
+        __syncthreads();
+        for (int s = nt / 2; s > 0; s >>= 1) {
+            if (t < s) red[t] = fmaxf(red[t], red[t + s]);
+            __syncthreads();
+        }
+        mx = red[0];
+        __syncthreads();
         float sum = 0.0f;
-        for (int j = 0; j < p.axis; ++j) sum += expf(p.x[base + (long long)j * p.inner] - mx);
-        for (int j = 0; j < p.axis; ++j) {
+        for (int j = t; j < p.axis; j += nt) sum += expf(p.x[base + (long long)j * p.inner] - mx);
+        red[t] = sum;
+        __syncthreads();
+        for (int s = nt / 2; s > 0; s >>= 1) {
+            if (t < s) red[t] += red[t + s];
+            __syncthreads();
+        }
+        sum = red[0];
+        // Every thread has read red[0] before the next row writes red.
+        __syncthreads();
+        const float lsum = logf(sum);
+        for (int j = t; j < p.axis; j += nt) {
             float v = p.x[base + (long long)j * p.inner] - mx;
-            p.y[base + (long long)j * p.inner] = p.log ? v - logf(sum) : expf(v) / sum;
+            p.y[base + (long long)j * p.inner] = p.log ? v - lsum : expf(v) / sum;
         }
     }
 }

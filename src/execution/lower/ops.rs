@@ -414,7 +414,8 @@ translator!(softmax_node, Softmax, |_, node, s, oshape| {
     let rows = oshape.iter().product::<usize>() / oshape[a].max(1);
     Ok(one(Some(launch(
         Kernel::Softmax,
-        grid_1d(rows),
+        // One block per row, block-strided beyond 65,535 rows.
+        [rows.clamp(1, 65_535) as u32, 1, 1],
         &params,
         vec![Operand::Input(0), Operand::Output],
     ))))
