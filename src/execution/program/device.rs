@@ -303,19 +303,30 @@ macro_rules! host_memory_methods {
 pub(crate) use host_memory_methods;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A device whose second launch faults; counts the calls that reach it.
-    struct Faulty {
+    /// A device for tests: `name`, its second launch faults; counts the calls that reach it.
+    pub(crate) struct Faulty {
+        name: &'static str,
         launches: AtomicUsize,
         frees: AtomicUsize,
     }
 
+    impl Faulty {
+        pub(crate) fn new(name: &'static str) -> Self {
+            Faulty {
+                name,
+                launches: AtomicUsize::new(0),
+                frees: AtomicUsize::new(0),
+            }
+        }
+    }
+
     impl Device for Faulty {
         fn describe(&self) -> String {
-            "faulty".into()
+            self.name.into()
         }
         fn alloc(&self, _: usize) -> DeviceResult<DevPtr> {
             Ok(256)
@@ -360,10 +371,7 @@ mod tests {
 
     #[test]
     fn the_first_fault_loses_the_device_for_every_later_call() {
-        let d = Sticky::new(Faulty {
-            launches: AtomicUsize::new(0),
-            frees: AtomicUsize::new(0),
-        });
+        let d = Sticky::new(Faulty::new("faulty"));
         let k = Kernel::ALL[0];
         d.launch(0, k, [1; 3], [1; 3], &[]).unwrap();
         d.free(d.alloc(16).unwrap());

@@ -593,44 +593,7 @@ impl Executable for ProgramExecutable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Named;
-    impl Device for Named {
-        fn describe(&self) -> String {
-            "NVIDIA H200 (sm_90)".into()
-        }
-        fn alloc(&self, _: usize) -> DeviceResult<DevPtr> {
-            Ok(0)
-        }
-        fn free(&self, _: DevPtr) {}
-        fn alloc_host(&self, _: usize) -> DeviceResult<*mut u8> {
-            Ok(std::ptr::null_mut())
-        }
-        fn free_host(&self, _: *mut u8, _: usize) {}
-        fn new_stream(&self) -> DeviceResult<u64> {
-            Ok(0)
-        }
-        fn free_stream(&self, _: u64) {}
-        fn upload(&self, _: u64, _: DevPtr, _: *const u8, _: usize) -> DeviceResult<()> {
-            Ok(())
-        }
-        fn download(&self, _: u64, _: DevPtr, _: *mut u8, _: usize) -> DeviceResult<()> {
-            Ok(())
-        }
-        fn launch(
-            &self,
-            _: u64,
-            _: Kernel,
-            _: [u32; 3],
-            _: [u32; 3],
-            _: &[u8],
-        ) -> DeviceResult<()> {
-            Ok(())
-        }
-        fn sync(&self, _: u64) -> DeviceResult<()> {
-            Ok(())
-        }
-    }
+    use crate::execution::program::device::tests::Faulty;
 
     /// What a request sees for each device failure: memory is ResourceExhausted (device and
     /// page-locked host alike), a lost context is Unavailable with what to do, the rest is
@@ -677,7 +640,8 @@ mod tests {
             ),
         ];
         for (e, kind, says) in cases {
-            let err = device_error("east", &Named, "running", e);
+            let device = Faulty::new("NVIDIA H200 (sm_90)");
+            let err = device_error("east", &device, "running", e);
             assert_eq!(err.kind(), kind, "{err}");
             let text = err.to_string();
             assert!(
