@@ -163,22 +163,18 @@ pub(crate) mod cuda_impl {
         load(&image)
     }
 
-    /// Compiles the kernel source for `sm_<cc>` to a cubin with NVRTC, or reads it from the
-    /// disk cache ([`cache_path`]): a second load compiles nothing.
-    #[cfg(test)]
-    pub(crate) fn compile_cubin(
+    /// `src` compiled for `sm_<cc>` with NVRTC, or read from the disk cache ([`cache_path`]),
+    /// and handed to `load` ([`load_cached`]): a second load compiles nothing.
+    pub(crate) fn load_kernels<T>(
         src: &str,
         cc: (i32, i32),
         cache: &std::path::Path,
-    ) -> DeviceResult<Vec<u8>> {
+        load: impl Fn(&[u8]) -> DeviceResult<T>,
+    ) -> DeviceResult<T> {
         let arch = format!("sm_{}{}", cc.0, cc.1);
         let options = nvrtc_options(&arch);
         let path = cache_path(cache, src, &arch, &options, nvrtc_version()?);
-        load_cached(
-            &path,
-            || nvrtc_compile(src, &arch, &options),
-            |b| Ok(b.to_vec()),
-        )
+        load_cached(&path, || nvrtc_compile(src, &arch, &options), load)
     }
 
     /// One NVRTC compilation of `src` to a cubin: NVRTC's log on failure.
@@ -312,25 +308,17 @@ pub(crate) mod cuda_impl {
                 .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
             // SAFETY: `ctx` is a valid context.
             unsafe { result::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
-            let src = kernels::source();
-            let arch = format!("sm_{}{}", cc.0, cc.1);
-            let options = nvrtc_options(&arch);
-            let path = cache_path(&cache_dir(), &src, &arch, &options, nvrtc_version()?);
-            let module = load_cached(
-                &path,
-                || nvrtc_compile(&src, &arch, &options),
-                |image| {
-                    if !image.starts_with(b"\x7fELF") {
-                        return Err(DeviceError::Compile(
-                            "the cached file is not a cubin".into(),
-                        ));
-                    }
-                    // SAFETY: `image` is a cubin for this device's architecture, or a file
-                    // the driver rejects with an error.
-                    unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                        .map_err(|e| err("cuModuleLoadData", e))
-                },
-            )?;
+            let module = load_kernels(&kernels::source(), cc, &cache_dir(), |image| {
+                if !image.starts_with(b"\x7fELF") {
+                    return Err(DeviceError::Compile(
+                        "the cached file is not a cubin".into(),
+                    ));
+                }
+                // SAFETY: `image` is a cubin for this device's architecture, or a file
+                // the driver rejects with an error.
+                unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+                    .map_err(|e| err("cuModuleLoadData", e))
+            })?;
             let mut functions = HashMap::new();
             for &k in Kernel::ALL {
                 let cname = std::ffi::CString::new(k.name())
@@ -476,7 +464,9 @@ pub(crate) mod cuda_impl {
 
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
-    use super::cuda_impl::{cache_path, compile_cubin, load_cached, nvrtc_options, COMPILES};
+    use super::cuda_impl::{
+        cache_path, is_sticky, load_cached, load_kernels, nvrtc_options, COMPILES,
+    };
     use crate::execution::program::device::DeviceError;
     use crate::execution::program::kernels;
     use std::cell::Cell;
@@ -506,6 +496,8 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let src = kernels::source();
+        let compile_cubin =
+            |src: &str, cc, dir| load_kernels(src, cc, dir, |b: &[u8]| Ok(b.to_vec()));
         let before = COMPILES.load(Ordering::SeqCst);
         let cubin = compile_cubin(&src, (9, 0), dir.path()).unwrap();
         assert_eq!(&cubin[..4], b"\x7fELF", "a cubin is an ELF image");
@@ -589,17 +581,12 @@ mod tests {
         assert!(matches!(e, DeviceError::Compile(m) if m == "no nvrtc"));
         assert!(!path.exists());
     }
-}
-
-#[cfg(all(test, feature = "cuda"))]
-mod sticky_tests {
-    use super::cuda_impl::is_sticky;
-    use cudarc::driver::sys::CUresult::*;
 
     /// The codes a context does not survive lose the device; the ones a request causes
     /// (bad value, out of memory, a launch too big) do not.
     #[test]
     fn kernel_faults_are_sticky_and_request_errors_are_not() {
+        use cudarc::driver::sys::CUresult::*;
         for code in [
             CUDA_ERROR_ILLEGAL_ADDRESS,
             CUDA_ERROR_LAUNCH_FAILED,

@@ -114,7 +114,8 @@ pub(crate) trait Device: Send + Sync {
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct Sticky<D> {
     inner: D,
-    lost: parking_lot::Mutex<Option<String>>,
+    /// The first fault: set once, read lock-free on every call.
+    lost: std::sync::OnceLock<String>,
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -122,12 +123,12 @@ impl<D: Device> Sticky<D> {
     pub(crate) fn new(inner: D) -> Self {
         Sticky {
             inner,
-            lost: parking_lot::Mutex::new(None),
+            lost: std::sync::OnceLock::new(),
         }
     }
 
     fn check(&self) -> DeviceResult<()> {
-        match &*self.lost.lock() {
+        match self.lost.get() {
             Some(first) => Err(DeviceError::Lost(first.clone())),
             None => Ok(()),
         }
@@ -135,13 +136,13 @@ impl<D: Device> Sticky<D> {
 
     fn watch<T>(&self, r: DeviceResult<T>) -> DeviceResult<T> {
         if let Err(e @ DeviceError::Fault { .. }) = &r {
-            self.lost.lock().get_or_insert_with(|| e.to_string());
+            let _ = self.lost.set(e.to_string());
         }
         r
     }
 
     fn is_lost(&self) -> bool {
-        self.lost.lock().is_some()
+        self.lost.get().is_some()
     }
 }
 
