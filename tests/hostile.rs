@@ -224,10 +224,12 @@ fn hostile_tensors_are_errors_or_correct_answers() {
         .unwrap();
     let sum = out.get("OUTPUT0").unwrap().view::<f32>().unwrap();
     assert!(sum[[0, 0]].is_nan() && sum[[0, 1]] == f32::INFINITY);
-    // A zero batch: an answer with zero rows or an error, never a crash.
-    if let Ok(out) = m.infer([("INPUT0", ones(0)), ("INPUT1", ones(0))]) {
-        assert_eq!(out.get("OUTPUT0").unwrap().shape(), [0, 16]);
-    }
+    // A zero batch: Triton's error, not an empty answer.
+    let e = m
+        .infer([("INPUT0", ones(0)), ("INPUT1", ones(0))])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("batch-size must be >= 1"), "{e}");
     // Byte length not matching the shape; element counts that overflow or are absurd.
     let e = Tensor::from_le_bytes(DataType::TypeFp32, &[2, 16], &[0u8; 12]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);

@@ -195,11 +195,18 @@ fn soak(seconds: u64) {
         .iter()
         .map(|(size, b)| size * b.compute_infer.count)
         .sum();
-    let executions: u64 = stats.batch_stats.values().map(|b| b.compute_infer.count).sum();
+    let executions: u64 = stats
+        .batch_stats
+        .values()
+        .map(|b| b.compute_infer.count)
+        .sum();
     assert_eq!(executed_rows, steady_ok, "rows by batch size: {stats}");
     assert_eq!(executions, stats.execution_count, "executions: {stats}");
     assert!(
-        stats.batch_stats.keys().all(|&size| (1..=8).contains(&size)),
+        stats
+            .batch_stats
+            .keys()
+            .all(|&size| (1..=8).contains(&size)),
         "batch sizes within max_batch_size: {stats}"
     );
     // Statistics agree with what the callers saw on the versions still loaded.

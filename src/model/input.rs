@@ -110,6 +110,12 @@ fn check_input(
                 "input '{name}' batch size does not match other inputs for '{m}'"
             )));
         }
+        // Triton's rule: a batching model's request carries at least one row.
+        if b == 0 {
+            return Err(Error::invalid_input(format!(
+                "inference request batch-size must be >= 1 for '{m}'"
+            )));
+        }
         if b > config.max_batch_size as usize {
             return Err(Error::invalid_input(format!(
                 "inference request batch-size must be <= {} for '{m}'",
