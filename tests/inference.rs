@@ -4,7 +4,10 @@ mod common;
 
 use common::{copy_dir, fixtures, max_abs_diff, reference, ADD_SUB};
 use half::f16;
-use modelyard::{config::DataType, ErrorKind, Repository, Tensor};
+use std::sync::{Arc, Mutex};
+
+use modelyard::config::{DataType, ModelConfig};
+use modelyard::{ErrorKind, NativeModel, Repository, Tensor};
 use ndarray::{Array, Array2, ArrayD, IxDyn};
 
 /// Identity with reshape: the request gives [4,4] (plus batch), the model sees [16].
@@ -333,7 +336,17 @@ fn warmup_samples_run_at_load() {
     let warm = r#"model_warmup [ { name: "w" batch_size: 2 count: 3 inputs { key: "INPUT0" value: { data_type: TYPE_FP32 dims: [ 16 ] input_data_file: "in0.bin" } }
         inputs { key: "INPUT1" value: { data_type: TYPE_FP32 dims: [ 16 ] random_data: true } } } ]"#;
     std::fs::write(dir.join("config.pbtxt"), format!("{ADD_SUB}{warm}")).unwrap();
-    assert!(Repository::load(tmp.path()).is_ok());
+    let repo = Repository::load(tmp.path()).unwrap();
+    let stats = repo.model("m").unwrap().statistics();
+    assert_eq!(
+        (
+            stats.success.count,
+            stats.execution_count,
+            stats.inference_count
+        ),
+        (0, 0, 0),
+        "warmup requests are not the model's inference statistics: {stats}"
+    );
 
     // A sample that cannot run keeps the model from loading, with Triton's prefix.
     let bad = warm.replace("batch_size: 2", "batch_size: 3");
@@ -348,6 +361,109 @@ fn warmup_samples_run_at_load() {
     std::fs::write(dir.join("config.pbtxt"), format!("{ADD_SUB}{escape}")).unwrap();
     let e = Repository::load(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("outside the model's warmup directory"), "{e}");
+}
+
+/// A native model that records every call's inputs, and fails when told to.
+struct Recording {
+    calls: Arc<Mutex<Vec<Vec<(String, Tensor)>>>>,
+    fail_on_rows: usize,
+}
+
+impl NativeModel for Recording {
+    fn execute(
+        &self,
+        inputs: &[(String, Tensor)],
+        outputs: &[String],
+    ) -> modelyard::Result<Vec<(String, Tensor)>> {
+        self.calls.lock().unwrap().push(inputs.to_vec());
+        let x = &inputs.iter().find(|(n, _)| n == "IN").unwrap().1;
+        if x.shape()[0] == self.fail_on_rows {
+            return Err(modelyard::Error::new(
+                ErrorKind::Execution,
+                "the model refused this sample",
+            ));
+        }
+        Ok(outputs.iter().map(|n| (n.clone(), x.clone())).collect())
+    }
+}
+
+#[test]
+fn warmup_runs_each_sample_count_times_with_its_batch_and_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rec");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::create_dir_all(dir.join("warmup")).unwrap();
+    let data: Vec<f32> = (0..8).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("warmup/in.bin"), bytes).unwrap();
+    let config = |fail_sample: &str| {
+        format!(
+            r#"backend: "recording" max_batch_size: 4
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: [ 4 ] }}, {{ name: "Z" data_type: TYPE_INT32 dims: [ 3 ] }} ]
+output [ {{ name: "OUT" data_type: TYPE_FP32 dims: [ 4 ] }} ]
+model_warmup [
+  {{ name: "file" batch_size: 2 count: 3 inputs {{ key: "IN" value: {{ data_type: TYPE_FP32 dims: [ 4 ] input_data_file: "in.bin" }} }}
+    inputs {{ key: "Z" value: {{ data_type: TYPE_INT32 dims: [ 3 ] zero_data: true }} }} }},
+  {{ name: "{fail_sample}" batch_size: 1 inputs {{ key: "IN" value: {{ data_type: TYPE_FP32 dims: [ 4 ] random_data: true }} }}
+    inputs {{ key: "Z" value: {{ data_type: TYPE_INT32 dims: [ 3 ] zero_data: true }} }} }}
+]"#
+        )
+    };
+    std::fs::write(dir.join("config.pbtxt"), config("random")).unwrap();
+    let load = |fail_on_rows: usize| {
+        let calls: Arc<Mutex<Vec<Vec<(String, Tensor)>>>> = Arc::default();
+        let c = calls.clone();
+        let repo = Repository::builder(tmp.path())
+            .native_backend("recording", move |_: &ModelConfig| {
+                Ok(Box::new(Recording {
+                    calls: c.clone(),
+                    fail_on_rows,
+                }) as Box<dyn NativeModel>)
+            })
+            .load();
+        let calls = calls.lock().unwrap().clone();
+        (repo, calls)
+    };
+
+    let (repo, calls) = load(usize::MAX);
+    let repo = repo.unwrap();
+    // Sample "file" three times, then "random" once (count 0 means once, as in Triton).
+    assert_eq!(calls.len(), 4, "calls: {}", calls.len());
+    let want = ArrayD::from_shape_vec(vec![2, 4], data.clone()).unwrap();
+    for call in &calls[..3] {
+        let x = &call.iter().find(|(n, _)| n == "IN").unwrap().1;
+        assert_eq!(
+            x.view::<f32>().unwrap(),
+            want.view(),
+            "the data file's values"
+        );
+        let z = &call.iter().find(|(n, _)| n == "Z").unwrap().1;
+        assert_eq!(z.shape(), [2, 3]);
+        assert!(
+            z.view::<i32>().unwrap().iter().all(|&v| v == 0),
+            "zero_data"
+        );
+    }
+    let x = &calls[3].iter().find(|(n, _)| n == "IN").unwrap().1;
+    assert_eq!(x.shape(), [1, 4], "batch_size 1 prepended to dims");
+    let stats = repo.model("rec").unwrap().statistics();
+    assert_eq!(
+        (stats.success.count, stats.execution_count),
+        (0, 0),
+        "{stats}"
+    );
+
+    // A sample the model itself fails on keeps the model from loading, with Triton's prefix
+    // and the model's own message (the data files are all fine here).
+    std::fs::write(dir.join("config.pbtxt"), config("refused")).unwrap();
+    let (repo, calls) = load(1);
+    let e = repo.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("failed to run warmup sample 'refused': the model refused this sample"),
+        "{e}"
+    );
+    assert_eq!(calls.len(), 4, "the failing sample ran, after the first");
 }
 
 #[test]

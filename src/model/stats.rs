@@ -167,6 +167,17 @@ impl Recorder {
         s.last_inference = now_ms();
     }
 
+    /// Forgets what was recorded (the warmup samples' requests: Triton keeps them out of a
+    /// model's inference statistics).
+    pub(crate) fn reset(&self) {
+        let mut s = self.stats.lock();
+        *s = ModelStatistics {
+            name: std::mem::take(&mut s.name),
+            version: s.version,
+            ..Default::default()
+        };
+    }
+
     pub(crate) fn snapshot(&self) -> ModelStatistics {
         self.stats.lock().clone()
     }

@@ -1,6 +1,8 @@
 //! `model_warmup`: sample requests run at load, before the model is READY. Besides catching a
 //! model that cannot run, this builds the plans for the shapes the samples use, so the first
-//! real request of that shape does not pay for compilation.
+//! real request of that shape does not pay for compilation. The samples' requests are not
+//! counted in the model's statistics (Triton reports inference statistics of real requests
+//! only): the version's counters start at zero when it becomes READY.
 
 use std::path::Path;
 
@@ -50,5 +52,6 @@ pub(crate) fn run(model: &Model, model_dir: &Path) -> Result<()> {
             model.infer(inputs.clone()).map_err(fail)?;
         }
     }
+    model.inner.stats.reset();
     Ok(())
 }
