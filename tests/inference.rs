@@ -181,18 +181,31 @@ fn reshape_is_applied_both_ways() {
     let a = Tensor::from(Array::from_shape_fn((2, 4, 4), |(b, i, j)| {
         (b * 16 + i * 4 + j) as f32
     }));
-    let out = model
-        .infer([("INPUT0", a), ("INPUT1", batch(2, 0.0))])
-        .unwrap();
+    // INPUT1 is not symmetric in its positions, so a reshape in the wrong (Fortran) order
+    // or a transposed row shows in every element compared below.
+    let b = Tensor::from(Array2::from_shape_fn((2, 16), |(r, c)| {
+        (r * 1000 + c * c) as f32
+    }));
+    let out = model.infer([("INPUT0", a), ("INPUT1", b)]).unwrap();
     let sum = out.get("OUTPUT0").unwrap();
     assert_eq!(
         sum.shape(),
         &[2, 2, 8],
         "output presented with its config dims"
     );
-    let v = sum.view::<f32>().unwrap();
-    assert_eq!(v[[1, 1, 7]], 2.0 * 31.0);
-    assert_eq!(out.get("OUTPUT1").unwrap().shape(), &[2, 16]);
+    // Row-major: a[b, i, j] is element 4i + j of row b, OUTPUT0[b, r, c] is element 8r + c.
+    let want_sum = Array::from_shape_fn((2, 2, 8), |(b, r, c)| {
+        let k = r * 8 + c;
+        ((b * 16 + k) + (b * 1000 + k * k)) as f32
+    });
+    assert_eq!(sum.view::<f32>().unwrap(), want_sum.into_dyn().view());
+    let want_diff = Array2::from_shape_fn((2, 16), |(b, k)| {
+        (b * 16 + k) as f32 - (b * 1000 + k * k) as f32
+    });
+    assert_eq!(
+        out.get("OUTPUT1").unwrap().view::<f32>().unwrap(),
+        want_diff.into_dyn().view()
+    );
     let e = model
         .infer([("INPUT0", batch(2, 0.0)), ("INPUT1", batch(2, 0.0))])
         .unwrap_err();
@@ -313,9 +326,17 @@ fn plans_are_cached_per_shape_and_bounded() {
         let out = model
             .infer([("INPUT0", batch(rows, 1.0)), ("INPUT1", batch(rows, 1.0))])
             .unwrap();
+        // OUTPUT0 = a + b = 2a, OUTPUT1 = a - b = 0: both, element by element, so a plan
+        // answering for another shape or zeros fails.
+        let a = batch(rows, 1.0);
+        let a = a.view::<f32>().unwrap();
         assert_eq!(
-            out.get("OUTPUT1").unwrap().view::<f32>().unwrap().sum(),
-            0.0
+            out.get("OUTPUT0").unwrap().view::<f32>().unwrap(),
+            a.mapv(|v| 2.0 * v).view()
+        );
+        assert_eq!(
+            out.get("OUTPUT1").unwrap().view::<f32>().unwrap(),
+            a.mapv(|_| 0.0).view()
         );
     }
 }
