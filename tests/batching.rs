@@ -343,20 +343,42 @@ fn timeouts_follow_the_queue_policy() {
     f.gate.open();
     blocker.join().unwrap().unwrap();
 
-    // DELAY: an expired request is not rejected; it runs behind the others.
+    // DELAY: an expired request is not rejected; it runs behind the ones that have not
+    // expired. The first request (rows of 1.0) asks for 20 ms and expires while the blocker
+    // holds the instance; the second (5.0), queued after it with the default 10 s, has not.
     let f = fixture(
         8,
         "[ 4 ]",
-        "dynamic_batching { default_queue_policy { default_timeout_microseconds: 50000 timeout_action: DELAY } }",
+        "dynamic_batching { default_queue_policy { default_timeout_microseconds: 10000000 allow_timeout_override: true timeout_action: DELAY } }",
         1,
     );
     let blocker = send(&f, rows(-1.0, 8, 4), InferOptions::new());
     settle();
-    let late = send(&f, rows(1.0, 1, 4), InferOptions::new());
-    std::thread::sleep(Duration::from_millis(150));
+    let late = send(
+        &f,
+        rows(1.0, 1, 4),
+        InferOptions::new().timeout(Duration::from_millis(20)),
+    );
+    settle();
+    let fresh = send(&f, rows(5.0, 1, 4), InferOptions::new());
+    settle();
     f.gate.open();
     blocker.join().unwrap().unwrap();
     late.join().unwrap().unwrap();
+    fresh.join().unwrap().unwrap();
+    let order: Vec<Vec<f32>> = f
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|(_, firsts, _)| firsts.clone())
+        .collect();
+    assert_eq!(
+        order,
+        [vec![5.0, 1.0]],
+        "the request that has not expired first, the delayed one behind it, in one batch"
+    );
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub(crate) struct Queued {
     enqueued: Instant,
     deadline: Option<Instant>,
     delay_on_timeout: bool,
+    /// Expired under DELAY: it stays behind every request that has not expired, those that
+    /// arrive later included (Triton keeps such requests in a separate delayed queue).
+    delayed: bool,
     cancel: Option<CancelToken>,
 }
 
@@ -309,17 +312,23 @@ impl Scheduler {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.queues[level].push_back(Queued {
-            seq,
-            inputs: req.inputs,
-            outputs: req.outputs,
-            batch: req.batch.max(1),
-            queue: Duration::ZERO,
-            enqueued: now,
-            deadline: timeout.map(|t| now + t),
-            delay_on_timeout: policy.delay_on_timeout,
-            cancel: req.cancel,
-        });
+        let queue = &mut st.queues[level];
+        let at = queue.iter().position(|q| q.delayed).unwrap_or(queue.len());
+        queue.insert(
+            at,
+            Queued {
+                seq,
+                inputs: req.inputs,
+                outputs: req.outputs,
+                batch: req.batch.max(1),
+                queue: Duration::ZERO,
+                enqueued: now,
+                deadline: timeout.map(|t| now + t),
+                delay_on_timeout: policy.delay_on_timeout,
+                delayed: false,
+                cancel: req.cancel,
+            },
+        );
         Ok(seq)
     }
 
@@ -350,6 +359,7 @@ impl Scheduler {
                     if q.delay_on_timeout {
                         // DELAY: behind every request that has not expired, and no longer timed.
                         q.deadline = None;
+                        q.delayed = true;
                         delayed.push(q);
                     } else {
                         answered.push((
@@ -475,6 +485,7 @@ impl Queued {
             enqueued: Instant::now(),
             deadline: None,
             delay_on_timeout: false,
+            delayed: false,
             cancel: req.cancel,
         }
     }
