@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{add_sub_model, fixtures, ADD_SUB};
+use common::{add_sub_model, expect_error, fixtures, ADD_SUB};
 use modelyard::config::{DataType, ModelConfig};
 use modelyard::{ErrorKind, Repository, Tensor};
 use ndarray::Array2;
@@ -63,36 +63,83 @@ fn add_sub_proto() -> pb::ModelProto {
 
 #[test]
 fn hostile_configs_are_errors() {
-    let enum_fields = [
-        "data_type: 999",
-        "input [ { name: \"INPUT0\" data_type: 77 dims: [ 16 ] } ]",
-        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 format: 12 dims: [ 16 ] } ]",
-        "instance_group [ { kind: 42 } ]",
-        "dynamic_batching { default_queue_policy { timeout_action: 9 } }",
-        "model_warmup [ { name: \"w\" batch_size: 1 inputs { key: \"INPUT0\" value: { data_type: -3 dims: [ 16 ] zero_data: true } } } ]",
+    // Each case with the words its reason must carry: a case that fails for another reason
+    // (a config that is wrong somewhere else) does not test what it names.
+    let good_input = "{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 16 ] }";
+    let with_input0 = |input0: &str| ADD_SUB.replacen(good_input, input0, 1);
+    let mut cases: Vec<(String, &str)> = vec![
+        ("\u{0}\u{1}\u{2}\u{ff}garbage".into(), "Invalid character"),
+        (
+            "optimization { ".repeat(700_000),
+            "has no field named \"optimization\"",
+        ),
+        (
+            with_input0("{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ -7 ] }"),
+            "model input 'INPUT0' dimension must be integer >= 1, or -1",
+        ),
+        (
+            with_input0("{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 9223372036854775807, 9223372036854775807 ] }"),
+            "element count for tensor 'INPUT0' exceeds maximum size",
+        ),
+        (
+            format!("{ADD_SUB} input [ {{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 16 ] }} ]"),
+            "configuration expects 3 inputs, model provides 2",
+        ),
+        (
+            "name: \"not-the-folder-name\"".into(),
+            "unexpected directory name 'bad' for model 'not-the-folder-name'",
+        ),
+        (
+            "max_batch_size: -5".into(),
+            "'max_batch_size' must be non-negative value for bad",
+        ),
+        (
+            format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"../../good/1/model.onnx\" }}"),
+            "escapes the model directory",
+        ),
+        (
+            format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"/etc/passwd\" }}"),
+            "is an absolute path",
+        ),
+        (
+            "version_policy { specific { versions: [ -1, 9223372036854775807 ] } }".into(),
+            "at least one version must be available under the version policy",
+        ),
+        // Enum numbers no enum value has, each inside a config that is otherwise complete.
+        (
+            with_input0("{ name: \"INPUT0\" data_type: 77 dims: [ 16 ] }"),
+            "unsupported datatype 77 for input 'INPUT0'",
+        ),
+        (
+            with_input0("{ name: \"INPUT0\" data_type: TYPE_FP32 format: 12 dims: [ 16 ] }"),
+            "unexpected format 12 for model input 'INPUT0'",
+        ),
+        (
+            format!("{ADD_SUB} instance_group [ {{ kind: 42 }} ]"),
+            "has unexpected kind 42",
+        ),
+        (
+            format!("{ADD_SUB} dynamic_batching {{ default_queue_policy {{ timeout_action: 9 }} }}"),
+            "unexpected timeout action 9",
+        ),
+        (
+            format!("{ADD_SUB} model_warmup [ {{ name: \"w\" batch_size: 1 inputs {{ key: \"INPUT0\" value: {{ data_type: -3 dims: [ 16 ] zero_data: true }} }} }} ]"),
+            "failed to run warmup sample 'w': tensors of TYPE_INVALID are not supported",
+        ),
     ];
-    let mut cases: Vec<String> = vec![
-        "\u{0}\u{1}\u{2}\u{ff}garbage".into(),
-        "optimization { ".repeat(700_000),
-        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ -7 ] } ]".into(),
-        "input [ { name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 9223372036854775807, 9223372036854775807 ] } ]".into(),
-        format!("{ADD_SUB} input [ {{ name: \"INPUT0\" data_type: TYPE_FP32 dims: [ 16 ] }} ]"),
-        "name: \"not-the-folder-name\"".into(),
-        "max_batch_size: -5".into(),
-        format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"../../good/1/model.onnx\" }}"),
-        format!("{ADD_SUB} cc_model_filenames {{ key: \"9.0\" value: \"/etc/passwd\" }}"),
-        "version_policy { specific { versions: [ -1, 9223372036854775807 ] } }".into(),
-    ];
-    cases.extend(enum_fields.iter().map(|e| e.to_string()));
-    for text in &cases {
-        let onnx = std::fs::read(fixtures().join("generated/add_sub_fp32_batch.onnx")).unwrap();
+    cases.push(("data_type: 999".into(), "has no field named \"data_type\""));
+    let onnx = std::fs::read(fixtures().join("generated/add_sub_fp32_batch.onnx")).unwrap();
+    for (text, words) in &cases {
         let (_tmp, repo, reason) = with_bad(Some(text), &onnx);
         let head: String = text.chars().take(60).collect();
-        assert!(reason.is_some(), "config {head:?} loaded");
-        assert!(repo.model("bad").is_err());
+        let reason = reason.unwrap_or_else(|| panic!("config {text:?} loaded"));
+        assert!(reason.contains(words), "config {head:?}: {reason}");
+        let e = repo.model("bad").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("has no available versions"), "{e}");
     }
     // The config text alone never panics either.
-    for text in &cases {
+    for (text, _) in &cases {
         let _ = ModelConfig::from_pbtxt(text);
     }
 }
@@ -117,12 +164,13 @@ fn unicode_names_and_an_empty_config_are_fine() {
 
 #[test]
 fn hostile_onnx_files_are_errors() {
-    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "wrong magic",
             b"\x89PNG\r\n\x1a\nnot an onnx file at all".to_vec(),
+            "is not a valid ONNX model",
         ),
-        ("empty", Vec::new()),
+        ("empty", Vec::new(), "contains no graph"),
         (
             "missing graph",
             pb::ModelProto {
@@ -130,18 +178,27 @@ fn hostile_onnx_files_are_errors() {
                 ..add_sub_proto()
             }
             .encode_to_vec(),
+            "contains no graph",
         ),
     ];
     let mut unknown = add_sub_proto();
     unknown.graph.as_mut().unwrap().node[0].op_type = "FrobnicateX".into();
-    cases.push(("unknown op", unknown.encode_to_vec()));
+    cases.push((
+        "unknown op",
+        unknown.encode_to_vec(),
+        "unsupported ONNX operator in node 'OUTPUT0'",
+    ));
     // Two nodes that feed each other.
     let mut cyclic = add_sub_proto();
     let g = cyclic.graph.as_mut().unwrap();
     let (a, b) = (g.node[0].output[0].clone(), g.node[1].output[0].clone());
     g.node[0].input[0] = b;
     g.node[1].input[0] = a;
-    cases.push(("cyclic graph", cyclic.encode_to_vec()));
+    cases.push((
+        "cyclic graph",
+        cyclic.encode_to_vec(),
+        "which is part of a cycle or produced by no node",
+    ));
     // An attribute of the wrong type: Softmax with a string axis.
     let mut attr = add_sub_proto();
     let n = &mut attr.graph.as_mut().unwrap().node[0];
@@ -153,7 +210,11 @@ fn hostile_onnx_files_are_errors() {
         s: b"sideways".to_vec(),
         ..Default::default()
     }];
-    cases.push(("attribute of the wrong type", attr.encode_to_vec()));
+    cases.push((
+        "attribute of the wrong type",
+        attr.encode_to_vec(),
+        "attribute 'axis': expected int",
+    ));
     // An initializer that claims more elements than it stores.
     let mut short = add_sub_proto();
     short
@@ -168,10 +229,18 @@ fn hostile_onnx_files_are_errors() {
             float_data: vec![1.0, 2.0],
             ..Default::default()
         });
-    cases.push(("initializer shorter than its dims", short.encode_to_vec()));
-    for (what, bytes) in &cases {
+    cases.push((
+        "initializer shorter than its dims",
+        short.encode_to_vec(),
+        "initializer 'liar' declares dims [1000] (1000 elements) but stores 2",
+    ));
+    for (what, bytes, words) in &cases {
         let (_tmp, _repo, reason) = with_bad(None, bytes);
-        assert!(reason.is_some(), "{what}: loaded");
+        let reason = reason.unwrap_or_else(|| panic!("{what}: loaded"));
+        assert!(
+            reason.contains(words) && reason.contains("failed to load model 'bad'"),
+            "{what}: {reason}"
+        );
     }
 }
 
@@ -233,8 +302,16 @@ fn hostile_tensors_are_errors_or_correct_answers() {
     // Byte length not matching the shape; element counts that overflow or are absurd.
     let e = Tensor::from_le_bytes(DataType::TypeFp32, &[2, 16], &[0u8; 12]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    assert!(Tensor::from_le_bytes(DataType::TypeFp32, &[1 << 31], &[0u8; 4]).is_err());
-    assert!(Tensor::zeros(DataType::TypeFp32, &[usize::MAX, 2]).is_err());
+    expect_error(
+        Tensor::from_le_bytes(DataType::TypeFp32, &[1 << 31], &[0u8; 4]),
+        ErrorKind::InvalidInput,
+        "4 bytes do not hold 2147483648 elements of TYPE_FP32",
+    );
+    expect_error(
+        Tensor::zeros(DataType::TypeFp32, &[usize::MAX, 2]),
+        ErrorKind::ResourceExhausted,
+        "has too many elements",
+    );
     // Non-UTF-8 BYTES to a model that wants FP32: a type error naming the tensor.
     let bytes = Tensor::from_bytes(&[1, 16], std::iter::repeat_n([0xffu8, 0xfe], 16)).unwrap();
     let e = m
@@ -245,10 +322,22 @@ fn hostile_tensors_are_errors_or_correct_answers() {
         (ErrorKind::InvalidInput, Some("INPUT0"))
     );
     // Wrong shapes, a batch over max_batch_size, unknown names.
-    assert!(m.infer([("INPUT0", ones(9)), ("INPUT1", ones(9))]).is_err());
+    expect_error(
+        m.infer([("INPUT0", ones(9)), ("INPUT1", ones(9))]),
+        ErrorKind::InvalidInput,
+        "inference request batch-size must be <= 8 for 'good'",
+    );
     let narrow = Tensor::from(Array2::<f32>::ones((1, 15)));
-    assert!(m.infer([("INPUT0", narrow), ("INPUT1", ones(1))]).is_err());
-    assert!(m.infer([("INPUT0", ones(1)), ("ΩMEGA", ones(1))]).is_err());
+    expect_error(
+        m.infer([("INPUT0", narrow), ("INPUT1", ones(1))]),
+        ErrorKind::InvalidInput,
+        "Expected [-1,16], got [1,15]",
+    );
+    expect_error(
+        m.infer([("INPUT0", ones(1)), ("ΩMEGA", ones(1))]),
+        ErrorKind::InvalidInput,
+        "unexpected inference input 'ΩMEGA' for model 'good'",
+    );
     still_serving(&repo);
 }
 
@@ -337,7 +426,11 @@ fn a_model_folder_linked_to_the_root_is_polled_in_bounded_time() {
         .unwrap();
     repo.poll().unwrap();
     still_serving(&repo);
-    assert!(repo.model("m").is_err());
+    expect_error(
+        repo.model("m"),
+        ErrorKind::Unavailable,
+        "Request for unknown model: 'm' has no available versions",
+    );
     assert!(
         start.elapsed() < std::time::Duration::from_secs(20),
         "took {:?}",

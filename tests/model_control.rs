@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{add_sub_model, fixtures, rss_kib, ADD_SUB};
+use common::{add_sub_model, expect_error, fixtures, rss_kib, ADD_SUB};
 use modelyard::{ErrorKind, IndexEntry, ModelControl, ModelState, Repository, Tensor};
 use ndarray::Array2;
 
@@ -100,7 +100,11 @@ fn explicit_mode_loads_what_it_is_told_with_dependencies() {
     repo.load_model("ens").unwrap();
     add(&repo, "ens").unwrap();
     add(&repo, "m").unwrap();
-    assert!(repo.model("other").is_err());
+    expect_error(
+        repo.model("other"),
+        ErrorKind::Unavailable,
+        "Request for unknown model: 'other' has no available versions",
+    );
     assert_eq!(repo.ready_models(), ["ens", "m"]);
     // Loading an unchanged model again is a no-op: the same version keeps its statistics.
     let before = repo.model("m").unwrap().statistics().success.count;
@@ -137,7 +141,11 @@ fn explicit_mode_loads_what_it_is_told_with_dependencies() {
         state(&index, "ens", None).unwrap().0,
         ModelState::Unavailable
     );
-    assert!(repo.model("ens").is_err());
+    expect_error(
+        repo.model("ens"),
+        ErrorKind::Unavailable,
+        "Request for unknown model: 'ens' has no available versions",
+    );
     repo.load_model("m").unwrap();
     add(&repo, "ens").unwrap();
     // Unloading an unknown model is a silent success.
@@ -157,7 +165,11 @@ fn startup_models_follow_tritons_rules() {
         e.message(),
         "Wildcard model name '*' must be the ONLY startup model if specified at all."
     );
-    assert!(explicit().startup_models(["missing"]).load().is_err());
+    expect_error(
+        explicit().startup_models(["missing"]).load(),
+        ErrorKind::NotFound,
+        "failed to load 'missing', failed to poll from model repository",
+    );
 }
 
 #[test]

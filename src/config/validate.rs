@@ -547,6 +547,13 @@ fn validate_input(io: &ModelInput, config: &ModelConfig) -> Result<()> {
     let r = io.reshape.as_ref();
     validate_io_shape(&io.name, io.data_type, &io.dims, r, config, "model input ")?;
     use super::model_input::Format;
+    // Stricter than Triton (an open enum there): a format number no format has is refused.
+    if Format::try_from(io.format).is_err() {
+        return err(format!(
+            "unexpected format {} for model input '{}' of {m}",
+            io.format, io.name
+        ));
+    }
     if matches!(io.format(), Format::Nhwc | Format::Nchw) && io.dims.len() != 3 {
         return err(format!("model input NHWC/NCHW require 3 dims for {m}"));
     }

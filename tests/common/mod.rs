@@ -139,3 +139,17 @@ pub fn rss_kib() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// The error of `result`, checked to be of `kind` and to carry `words` in its message: an
+/// error for another reason fails the test.
+#[track_caller]
+pub fn expect_error<T: std::fmt::Debug>(
+    result: modelyard::Result<T>,
+    kind: modelyard::ErrorKind,
+    words: &str,
+) -> modelyard::Error {
+    let e = result.expect_err("an error was expected");
+    assert_eq!(e.kind(), kind, "{e}");
+    assert!(e.to_string().contains(words), "'{words}' not in: {e}");
+    e
+}

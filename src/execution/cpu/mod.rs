@@ -1096,7 +1096,11 @@ mod tests {
             );
         }
         // An absurd size is refused, not wrapped around.
-        assert!(super::memory().alloc(usize::MAX - 8).is_err());
+        let err = super::memory().alloc(usize::MAX - 8).unwrap_err();
+        assert!(
+            matches!(err, super::DeviceError::OutOfMemory { bytes, .. } if bytes == usize::MAX - 8),
+            "{err}"
+        );
         let p = super::memory().alloc(4096).unwrap();
         super::memory().free(p);
     }

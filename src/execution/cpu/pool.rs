@@ -212,7 +212,16 @@ mod tests {
                     }
                 })
             });
-            assert!(r.is_err(), "piece {bad}'s panic was lost");
+            let payload = r.expect_err("the piece's panic was lost");
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+            assert_eq!(
+                message,
+                Some(format!("piece {bad}")),
+                "the piece's own panic"
+            );
         }
         let n = AtomicUsize::new(0);
         parallel(2, &|_| {
