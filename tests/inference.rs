@@ -388,9 +388,12 @@ fn warmup_samples_run_at_load() {
     assert!(e.contains("outside the model's warmup directory"), "{e}");
 }
 
+/// Every call's inputs, in order.
+type Calls = Arc<Mutex<Vec<Vec<(String, Tensor)>>>>;
+
 /// A native model that records every call's inputs, and fails when told to.
 struct Recording {
-    calls: Arc<Mutex<Vec<Vec<(String, Tensor)>>>>,
+    calls: Calls,
     fail_on_rows: usize,
 }
 
@@ -436,7 +439,7 @@ model_warmup [
     };
     std::fs::write(dir.join("config.pbtxt"), config("random")).unwrap();
     let load = |fail_on_rows: usize| {
-        let calls: Arc<Mutex<Vec<Vec<(String, Tensor)>>>> = Arc::default();
+        let calls: Calls = Arc::default();
         let c = calls.clone();
         let repo = Repository::builder(tmp.path())
             .native_backend("recording", move |_: &ModelConfig| {
