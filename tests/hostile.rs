@@ -3,6 +3,8 @@
 //! repository keep serving. Inputs found by the fuzzers (`fuzz/`) are replayed here too.
 
 mod common;
+#[path = "../fuzz/harness/mod.rs"]
+mod harness;
 
 use std::path::Path;
 
@@ -341,9 +343,11 @@ fn hostile_tensors_are_errors_or_correct_answers() {
     still_serving(&repo);
 }
 
-/// Crash inputs the fuzzers found (`fuzz/regressions/<target>/`), replayed through the same
-/// code paths as the fuzz targets. As under libFuzzer, a panic counts even when the library
-/// catches it (an application built with `panic = "abort"` would not survive it).
+/// Crash inputs the fuzzers found (`fuzz/regressions/<target>/`), every folder replayed from
+/// its files through the fuzz target's own body (`fuzz/harness`), and each file's outcome
+/// checked against what it was kept for. As under libFuzzer, a panic counts even when the
+/// library catches it (an application built with `panic = "abort"` would not survive it). A
+/// file no expectation names, or a folder no target reads, fails the test.
 #[test]
 fn fuzz_regressions_stay_fixed() {
     static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -352,62 +356,98 @@ fn fuzz_regressions_stay_fixed() {
         PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
         previous(info);
     }));
+    // What each kept input must do now, beyond not panicking.
+    let expected: &[(&str, &str, &str)] = &[
+        // tract panicked on a graph output no node produces: refused at load.
+        (
+            "onnx_load",
+            "graph-output-without-producer",
+            "load: is produced by no node",
+        ),
+        // tract panicked in Squeeze's shape inference: the request fails instead.
+        (
+            "onnx_load",
+            "squeeze-axis-out-of-range",
+            "request: Squeeze axis -120259084285 is out of range",
+        ),
+        // Polling read /proc through a model folder linked to /: bounded now.
+        ("repository_tree", "model-folder-linked-to-root", "bounded"),
+    ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let files = |target: &str| -> Vec<Vec<u8>> {
-        std::fs::read_dir(root.join(target))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name() != ".gitkeep")
-                    .map(|e| std::fs::read(e.path()).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for data in files("config_text") {
-        let text = String::from_utf8_lossy(&data);
-        if let Ok(mut c) = ModelConfig::from_pbtxt(&text) {
-            modelyard::config::normalize(&mut c);
-            let _ = modelyard::config::validate_model_config(&c);
-            let _ = modelyard::config::validate_io_config(&c);
+    let mut replayed = 0;
+    for folder in std::fs::read_dir(&root).unwrap() {
+        let folder = folder.unwrap();
+        let target = folder.file_name().into_string().unwrap();
+        assert!(
+            harness::TARGETS.contains(&target.as_str()),
+            "fuzz/regressions/{target}: no fuzz target of that name reads it"
+        );
+        for file in std::fs::read_dir(folder.path()).unwrap() {
+            let file = file.unwrap();
+            let name = file.file_name().into_string().unwrap();
+            if name == ".gitkeep" {
+                continue;
+            }
+            let Some(&(_, _, outcome)) =
+                expected.iter().find(|(t, n, _)| *t == target && *n == name)
+            else {
+                panic!("fuzz/regressions/{target}/{name}: no expectation names this input");
+            };
+            let data = std::fs::read(file.path()).unwrap();
+            let start = std::time::Instant::now();
+            assert!(harness::run(&target, &data));
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "{target}/{name} took {:?}",
+                start.elapsed()
+            );
+            if target == "onnx_load" {
+                check_onnx_regression(&name, &data, outcome);
+            }
+            replayed += 1;
         }
     }
-    // Each is a broken model: its load fails, or (when it only fails to type at concrete
-    // shapes) its first request does, with the reason; nothing panics, even caught.
-    let onnx = files("onnx_load");
-    assert!(onnx.len() >= 2, "the onnx_load regressions are there");
-    for data in onnx {
-        let (_tmp, repo, reason) = with_bad(None, &data);
-        if let Some(reason) = reason {
-            assert!(reason.contains("failed to load model 'bad'"), "{reason}");
-            continue;
-        }
-        let m = repo.model("bad").unwrap();
-        let c = m.config().clone();
-        let inputs: Vec<(String, Tensor)> = c
-            .input
-            .iter()
-            .map(|i| {
-                let mut shape = if c.max_batch_size > 0 {
-                    vec![1]
-                } else {
-                    vec![]
-                };
-                shape.extend(i.dims.iter().map(|&d| d.max(1) as usize));
-                (
-                    i.name.clone(),
-                    Tensor::zeros(i.data_type(), &shape).unwrap(),
-                )
-            })
-            .collect();
-        let e = m.infer(inputs).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Execution, "{e}");
-        assert!(e.to_string().contains("out of range"), "{e}");
-        still_serving(&repo);
-    }
+    assert_eq!(replayed, expected.len(), "every expectation has its input");
     assert!(
         !PANICKED.load(std::sync::atomic::Ordering::SeqCst),
         "a fuzz regression panicked (even if caught)"
     );
+}
+
+/// An ONNX regression is a broken model: its load fails, or (when it only fails to type at
+/// concrete shapes) its first request does, with the words `outcome` names.
+fn check_onnx_regression(name: &str, data: &[u8], outcome: &str) {
+    let (_tmp, repo, reason) = with_bad(None, data);
+    match outcome.split_once(": ") {
+        Some(("load", words)) => {
+            let reason = reason.unwrap_or_else(|| panic!("{name}: loaded"));
+            assert!(
+                reason.contains("failed to load model 'bad'") && reason.contains(words),
+                "{name}: {reason}"
+            );
+        }
+        Some(("request", words)) => {
+            assert_eq!(reason, None, "{name}: its load should succeed");
+            let m = repo.model("bad").unwrap();
+            let c = m.config();
+            let inputs: Vec<(String, Tensor)> = c
+                .input
+                .iter()
+                .map(|i| {
+                    let batch = (c.max_batch_size > 0).then_some(1);
+                    let dims = i.dims.iter().map(|&d| d.max(1) as usize);
+                    let shape: Vec<usize> = batch.into_iter().chain(dims).collect();
+                    let zeros = Tensor::zeros(i.data_type(), &shape).unwrap();
+                    (i.name.clone(), zeros)
+                })
+                .collect();
+            let e = m.infer(inputs).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Execution, "{name}: {e}");
+            assert!(e.to_string().contains(words), "{name}: {e}");
+            still_serving(&repo);
+        }
+        _ => panic!("{name}: outcome {outcome:?} is neither load: nor request:"),
+    }
 }
 
 /// fuzz/repository_tree: a model folder that is a symlink to `/` made polling walk the whole
