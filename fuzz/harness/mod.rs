@@ -70,11 +70,12 @@ pub fn onnx_load(data: &[u8]) {
     let Ok(model) = repo.model("m") else {
         return;
     };
-    let _ = model.infer(zeros_for(model.config()));
+    let _ = model.infer(zeros_for(model.config(), 64));
 }
 
-/// One request of zeros shaped by a completed config (variable dims as 1, at most 64).
-pub fn zeros_for(config: &config::ModelConfig) -> Vec<(String, Tensor)> {
+/// One request of zeros shaped by a completed config: a batch of 1, variable dims as 1, each
+/// dim at most `max_dim` (the fuzzer keeps requests small; a replay uses the config's dims).
+pub fn zeros_for(config: &config::ModelConfig, max_dim: i64) -> Vec<(String, Tensor)> {
     config
         .input
         .iter()
@@ -83,7 +84,7 @@ pub fn zeros_for(config: &config::ModelConfig) -> Vec<(String, Tensor)> {
             if config.max_batch_size > 0 {
                 shape.push(1);
             }
-            shape.extend(i.dims.iter().map(|&d| d.clamp(1, 64) as usize));
+            shape.extend(i.dims.iter().map(|&d| d.clamp(1, max_dim) as usize));
             Tensor::zeros(i.data_type(), &shape)
                 .ok()
                 .map(|t| (i.name.clone(), t))
