@@ -103,35 +103,78 @@ fn case_has_model_children(case: &Path) -> bool {
     })
 }
 
-/// Expected error regexes; the CPU-only substitutions described in INDEX.md where Triton's
-/// file assumes a GPU.
-fn expected_errors(case: &Path, name: &str) -> Vec<regex::Regex> {
-    match name {
-        "invalid_gpu" => vec![bre("instance group invalid_gpu_0 of model invalid_gpu has kind KIND_GPU but server does not support GPUs")],
-        "negative_gpu" => vec![bre("instance group negative_gpu_0 of model negative_gpu has kind KIND_CPU but specifies one or more GPUs")],
+/// Where a pass runs GPU groups. Triton's expected files come from a machine with a GPU, where
+/// `KIND_AUTO` resolves to `KIND_GPU`; without one the CPU-only substitutions of INDEX.md apply.
+/// On a machine without a GPU the cases run a second time on the kernel emulator, which counts
+/// as one GPU, so the expectations of a GPU machine are checked here too.
+#[derive(Clone, Copy, Debug)]
+struct Pass {
+    emulated: bool,
+}
+
+impl Pass {
+    fn all() -> Vec<Pass> {
+        let mut passes = vec![Pass { emulated: false }];
+        if cfg!(feature = "cuda") && modelyard::gpu::probe().is_err() {
+            passes.push(Pass { emulated: true });
+        }
+        passes
+    }
+
+    fn gpu(self) -> bool {
+        self.emulated || modelyard::gpu::probe().is_ok()
+    }
+
+    fn load(self, repo: &Path, auto_complete: bool) -> modelyard::Result<Repository> {
+        Repository::builder(repo)
+            .auto_complete(auto_complete)
+            .cuda_emulator(self.emulated)
+            .load()
+    }
+}
+
+/// Expected error regexes; in a pass without a GPU, the CPU-only substitutions described in
+/// INDEX.md where Triton's file assumes a GPU.
+fn expected_errors(case: &Path, name: &str, pass: Pass) -> Vec<regex::Regex> {
+    let cpu_only = match name {
+        "invalid_gpu" => Some("instance group invalid_gpu_0 of model invalid_gpu has kind KIND_GPU but server does not support GPUs"),
+        "negative_gpu" => Some("instance group negative_gpu_0 of model negative_gpu has kind KIND_CPU but specifies one or more GPUs"),
+        _ => None,
+    };
+    match cpu_only {
+        Some(text) if !pass.gpu() => vec![bre(text)],
         _ => expected_files(case)
             .iter()
             // `expected_ensemble` and `expected_unsupported` are retired alternatives.
-            .filter(|p| !p.to_string_lossy().ends_with("_ensemble") && !p.to_string_lossy().ends_with("_unsupported"))
+            .filter(|p| {
+                !p.to_string_lossy().ends_with("_ensemble")
+                    && !p.to_string_lossy().ends_with("_unsupported")
+            })
             .map(|p| bre(&std::fs::read_to_string(p).unwrap()))
             .collect(),
     }
 }
 
-fn assert_fails(case: &Path, repo: &Path, auto_complete: bool, failures: &mut Vec<String>) {
+fn assert_fails(
+    case: &Path,
+    repo: &Path,
+    auto_complete: bool,
+    pass: Pass,
+    failures: &mut Vec<String>,
+) {
     let name = case.file_name().unwrap().to_string_lossy().to_string();
-    let patterns = expected_errors(case, &name);
+    let patterns = expected_errors(case, &name, pass);
     assert!(!patterns.is_empty(), "{name}: no expected file");
-    match Repository::builder(repo)
-        .auto_complete(auto_complete)
-        .load()
-    {
-        Ok(_) => failures.push(format!("{}: loaded, expected failure", case.display())),
+    match pass.load(repo, auto_complete) {
+        Ok(_) => failures.push(format!(
+            "{} ({pass:?}): loaded, expected failure",
+            case.display()
+        )),
         Err(e) => {
             let msg = e.to_string();
             if !patterns.iter().any(|p| p.is_match(&msg)) {
                 failures.push(format!(
-                    "{}:\n    got      {msg}\n    expected {:?}",
+                    "{} ({pass:?}):\n    got      {msg}\n    expected {:?}",
                     case.display(),
                     patterns.iter().map(|p| p.as_str()).collect::<Vec<_>>()
                 ));
@@ -156,7 +199,11 @@ fn report(group: &str, cases: usize, unsupported: usize, failures: &[String]) {
 fn noautofill_platform() {
     let mut failures = Vec::new();
     let cases = case_dirs("noautofill_platform");
-    for case in &cases {
+    let passes = Pass::all();
+    for (case, &pass) in cases
+        .iter()
+        .flat_map(|c| passes.iter().map(move |p| (c, p)))
+    {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(case.join("config.pbtxt")).unwrap();
         let mut config: String = text
@@ -177,9 +224,14 @@ fn noautofill_platform() {
         }
         // Triton runs each case with --strict-model-config=true and with
         // --disable-auto-complete-config: both mean auto-complete off.
-        assert_fails(case, tmp.path(), false, &mut failures);
+        assert_fails(case, tmp.path(), false, pass, &mut failures);
     }
-    report("noautofill_platform", cases.len(), 0, &failures);
+    report(
+        "noautofill_platform",
+        cases.len() * passes.len(),
+        0,
+        &failures,
+    );
 }
 
 #[test]
@@ -206,15 +258,19 @@ fn autofill_noplatform() {
             }
             let no_version = case.ends_with("common/no_version");
             let repo = autofill_repo(&case, tmp.path(), !no_version);
-            assert_fails(&case, &repo, true, &mut failures);
+            assert_fails(&case, &repo, true, Pass { emulated: false }, &mut failures);
         }
     }
     report("autofill_noplatform", n, unsupported, &failures);
 }
 
-/// Triton's expected configs come from a GPU machine; on a CPU-only engine a default group is
-/// KIND_CPU with count 2 for onnxruntime (1 otherwise) and no gpus (INDEX.md).
-fn cpu_substitution(mut expected: ModelConfig) -> ModelConfig {
+/// Triton's expected configs come from a GPU machine; on a machine without a usable GPU a
+/// default group is KIND_CPU with count 2 for onnxruntime (1 otherwise) and no gpus
+/// (INDEX.md). With a GPU the expected config stands as Triton wrote it.
+fn cpu_substitution(mut expected: ModelConfig, pass: Pass) -> ModelConfig {
+    if pass.gpu() {
+        return expected;
+    }
     let count = if expected.backend == "onnxruntime" {
         2
     } else {
@@ -234,8 +290,12 @@ fn cpu_substitution(mut expected: ModelConfig) -> ModelConfig {
 fn autofill_noplatform_success() {
     let mut failures = Vec::new();
     let mut n = 0;
+    let passes = Pass::all();
     for backend in ["custom", "ensemble", "onnx"] {
-        for case in case_dirs(&format!("autofill_noplatform_success/{backend}")) {
+        for (case, &pass) in case_dirs(&format!("autofill_noplatform_success/{backend}"))
+            .into_iter()
+            .flat_map(|c| passes.iter().map(move |p| (c.clone(), p)))
+        {
             n += 1;
             let name = case.file_name().unwrap().to_string_lossy().to_string();
             let tmp = tempfile::tempdir().unwrap();
@@ -253,21 +313,24 @@ fn autofill_noplatform_success() {
             } else {
                 case.join(&name)
             };
-            let loaded = match Repository::load(&repo) {
+            let loaded = match pass.load(&repo, true) {
                 Ok(r) => r,
                 Err(e) => {
-                    failures.push(format!("{}: failed to load: {e}", case.display()));
+                    failures.push(format!(
+                        "{} ({pass:?}): failed to load: {e}",
+                        case.display()
+                    ));
                     continue;
                 }
             };
             let got = loaded.model(&name).unwrap().config().clone();
             let matched = expected_files(&expected_dir).iter().any(|p| {
                 let expected = ModelConfig::from_pbtxt_file(p).unwrap();
-                cpu_substitution(expected) == got
+                cpu_substitution(expected, pass) == got
             });
             if !matched {
                 failures.push(format!(
-                    "{}: completed config differs from every expected file; got:\n{}",
+                    "{} ({pass:?}): completed config differs from every expected file; got:\n{}",
                     case.display(),
                     got.to_pbtxt()
                 ));
@@ -287,7 +350,13 @@ fn special_cases() {
         copy_dir(case, &tmp.path().join(&name));
         std::fs::create_dir_all(tmp.path().join(&name).join("1")).unwrap();
         // invalid_platform runs with --disable-auto-complete-config, the others with defaults.
-        assert_fails(case, tmp.path(), name != "invalid_platform", &mut failures);
+        assert_fails(
+            case,
+            tmp.path(),
+            name != "invalid_platform",
+            Pass { emulated: false },
+            &mut failures,
+        );
     }
     report("special_cases", cases.len(), 0, &failures);
 }

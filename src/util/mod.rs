@@ -19,6 +19,22 @@ pub(crate) fn wanted<T>(
         .collect()
 }
 
+/// A check a unit test cannot make on this machine, said where CI shows it: the same helper
+/// as the integration tests' (`tests/common/skip.rs`).
+#[cfg(test)]
+#[path = "../../tests/common/skip.rs"]
+mod skip;
+#[cfg(test)]
+pub(crate) use skip::skip;
+
+/// Whether CI asked for the NVRTC or GPU checks to run (`MODELYARD_REQUIRE_NVRTC` or
+/// `MODELYARD_REQUIRE_GPU=1`): then a missing NVRTC fails a test instead of skipping it.
+#[cfg(test)]
+pub(crate) fn nvrtc_required() -> bool {
+    std::env::var_os("MODELYARD_REQUIRE_NVRTC").is_some()
+        || std::env::var("MODELYARD_REQUIRE_GPU").as_deref() == Ok("1")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

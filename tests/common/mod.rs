@@ -140,6 +140,10 @@ pub fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip;
+
 /// The error of `result`, checked to be of `kind` and to carry `words` in its message: an
 /// error for another reason fails the test.
 #[track_caller]

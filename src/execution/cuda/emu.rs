@@ -210,7 +210,7 @@ mod tests {
         {
             Ok(s) => assert!(s.success(), "the test kernels did not compile"),
             Err(e) if !cfg!(target_os = "linux") => {
-                eprintln!("NOTICE: no C++ compiler ({e})");
+                crate::util::skip(&format!("no C++ compiler ({e})"));
                 return None;
             }
             Err(e) => panic!("{cxx}: {e}"),
@@ -290,7 +290,7 @@ mod tests {
         let emu = match shared() {
             Ok(e) => e,
             Err(why) if !cfg!(target_os = "linux") => {
-                eprintln!("NOTICE: no emulator ({why})");
+                crate::util::skip(&format!("no emulator ({why})"));
                 return;
             }
             Err(why) => panic!("the emulator failed: {why}"),
