@@ -72,12 +72,18 @@ mod tract_cuda_rows {
         }
     }
 
-    pub fn run(r: &dyn Runnable, input: &ndarray::ArrayD<f32>) {
+    /// `input` as tract's value, built once outside the timed loop (a clone shares the data,
+    /// as `modelyard::Tensor`'s does in the rows beside it).
+    pub fn input(input: &ndarray::ArrayD<f32>) -> TValue {
         let t: Tensor =
             tract_ndarray::ArrayD::from_shape_vec(input.shape(), input.iter().copied().collect())
                 .unwrap()
                 .into();
-        r.run(tvec!(t.into_tvalue())).unwrap();
+        t.into_tvalue()
+    }
+
+    pub fn run(r: &dyn Runnable, input: &TValue) {
+        r.run(tvec!(input.clone())).unwrap();
     }
 }
 
@@ -277,7 +283,7 @@ fn conv_kernels(c: &mut Criterion) {
         });
         #[cfg(feature = "bench-tract-cuda")]
         if let Some(r) = tract_cuda_rows::runnable(&folder.path().join("1/model.onnx"), &x) {
-            let a = random(&x, 3);
+            let a = tract_cuda_rows::input(&random(&x, 3));
             g.bench_function(BenchmarkId::new("tract-cuda incl. copies", name), |b| {
                 b.iter(|| tract_cuda_rows::run(r.as_ref(), &a))
             });
@@ -382,6 +388,7 @@ fn models(c: &mut Criterion) {
         });
         #[cfg(feature = "bench-tract-cuda")]
         if let Some(r) = tract_cuda_rows::runnable(&src.join("1/model.onnx"), &shape) {
+            let x = tract_cuda_rows::input(&x);
             g.bench_function(BenchmarkId::new("tract-cuda", name), |b| {
                 b.iter(|| tract_cuda_rows::run(r.as_ref(), &x))
             });

@@ -2,15 +2,45 @@
 //! `Model::infer` (input checks, plan-cache lookup, output naming), side by side in one run;
 //! plus config parsing and repository loading.
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
+use common::fixtures;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use modelyard::{config::ModelConfig, Repository, Tensor};
 use tract_onnx::prelude::*;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+/// A copy of the repository `src` in which every model runs on the CPU: its instance groups
+/// replaced by one `KIND_CPU` group. On a GPU host `KIND_AUTO` would take the GPU, and this
+/// bench compares modelyard's CPU path with tract's plan (GPU numbers: benches/gpu.rs).
+fn on_cpu(src: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    common::copy_dir(src, tmp.path());
+    for entry in std::fs::read_dir(tmp.path()).unwrap() {
+        let config = entry.unwrap().path().join("config.pbtxt");
+        let text = std::fs::read_to_string(&config).unwrap_or_default();
+        assert!(!text.contains("instance_group"), "{}", config.display());
+        std::fs::write(
+            &config,
+            format!("{text}\ninstance_group [ {{ kind: KIND_CPU }} ]\n"),
+        )
+        .unwrap();
+    }
+    tmp
+}
+
+/// `on_cpu` of the tutorial's Part 1 repository, loaded.
+fn tutorial_on_cpu() -> (tempfile::TempDir, Repository) {
+    let tmp = on_cpu(&fixtures().join("tutorial_repository"));
+    let repo = Repository::load(tmp.path()).unwrap();
+    for m in ["text_detection", "text_recognition"] {
+        let kind = repo.model(m).unwrap().config().instance_group[0].kind();
+        assert_eq!(kind.as_str_name(), "KIND_CPU", "{m}");
+    }
+    (tmp, repo)
 }
 
 fn direct_plan(model: &Path, shapes: &[&[usize]]) -> std::sync::Arc<TypedRunnableModel> {
@@ -52,7 +82,7 @@ fn compare(
 }
 
 fn infer_overhead(c: &mut Criterion) {
-    let tutorial = Repository::load(fixtures().join("tutorial_repository")).unwrap();
+    let (_tmp, tutorial) = tutorial_on_cpu();
     let crop = tract_ndarray::ArrayD::<f32>::from_shape_fn(vec![1, 1, 32, 100], |d| {
         (d[3] as f32 / 50.0) - 1.0
     });
@@ -77,14 +107,15 @@ fn infer_overhead(c: &mut Criterion) {
     );
 
     // A tiny model, where a fixed per-call cost would show most.
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("add_sub");
-    std::fs::create_dir_all(dir.join("1")).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("add_sub/1")).unwrap();
     std::fs::copy(
         fixtures().join("generated/add_sub_fp32_batch.onnx"),
-        dir.join("1/model.onnx"),
+        src.path().join("add_sub/1/model.onnx"),
     )
     .unwrap();
+    let tmp = on_cpu(src.path());
+    let dir = tmp.path().join("add_sub");
     let small = Repository::load(tmp.path()).unwrap();
     let a = tract_ndarray::ArrayD::<f32>::ones(vec![1, 16]);
     compare(
@@ -152,8 +183,9 @@ fn config_parse(c: &mut Criterion) {
 
 fn repository_load(c: &mut Criterion) {
     let mut g = c.benchmark_group("repository_load");
+    let tmp = on_cpu(&fixtures().join("tutorial_repository"));
     g.bench_function("tutorial_repository", |b| {
-        b.iter(|| Repository::load(fixtures().join("tutorial_repository")).unwrap())
+        b.iter(|| Repository::load(tmp.path()).unwrap())
     });
     g.finish();
 }
@@ -168,13 +200,11 @@ model_warmup [ { name: "zeros" batch_size: 1 inputs { key: "input_images:0" valu
   data_type: TYPE_FP32 dims: [ 1, 480, 640, 3 ] zero_data: true } } } ]"#;
     let img = Tensor::from(tract_ndarray::ArrayD::<f32>::zeros(vec![1, 480, 640, 3]));
     for (label, extra) in [("no_warmup", ""), ("warmup", warm)] {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("text_detection");
-        std::fs::create_dir_all(dir.join("1")).unwrap();
-        let src = fixtures().join("tutorial_repository/text_detection");
-        std::fs::copy(src.join("1/model.onnx"), dir.join("1/model.onnx")).unwrap();
-        let config = std::fs::read_to_string(src.join("config.pbtxt")).unwrap();
-        std::fs::write(dir.join("config.pbtxt"), format!("{config}\n{extra}")).unwrap();
+        let tmp = on_cpu(&fixtures().join("tutorial_repository"));
+        std::fs::remove_dir_all(tmp.path().join("text_recognition")).unwrap();
+        let config = tmp.path().join("text_detection/config.pbtxt");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, format!("{text}\n{extra}")).unwrap();
         g.bench_function(BenchmarkId::new("load", label), |b| {
             b.iter(|| Repository::load(tmp.path()).unwrap())
         });
