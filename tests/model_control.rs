@@ -6,12 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{add_sub_model, expect_error, fixtures, rss_kib, ADD_SUB};
-use modelyard::{ErrorKind, IndexEntry, ModelControl, ModelState, Repository, Tensor};
+use modelyard::config::ModelConfig;
+use modelyard::{ErrorKind, IndexEntry, ModelControl, ModelState, NativeModel, Repository, Tensor};
 use ndarray::Array2;
 
 const ENSEMBLE: &str = r#"
@@ -377,4 +378,409 @@ fn a_failed_load_keeps_the_kind_of_its_cause() {
         "{e}"
     );
     assert_eq!(e.version(), Some(1));
+}
+
+/// A gate a test opens: `pass` blocks until `open`; `arrived` counts the threads that reached it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+    arrived: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.changed.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits (20 s at most) until `n` threads reached the gate.
+    fn wait_for(&self, n: usize) {
+        let start = Instant::now();
+        while self.arrived.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nobody reached the gate"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// Native model `offset`: Y = X + its config's `offset`. Its `gate` parameter: "run" makes each
+/// execution pass the test's gate first, "load" makes the load pass it, "fail" refuses to load.
+struct Offset {
+    add: f32,
+    gate: Option<Arc<Gate>>,
+}
+
+impl NativeModel for Offset {
+    fn execute(
+        &self,
+        inputs: &[(String, Tensor)],
+        _: &[String],
+    ) -> modelyard::Result<Vec<(String, Tensor)>> {
+        if let Some(gate) = &self.gate {
+            gate.pass();
+        }
+        let x = inputs[0].1.view::<f32>()?;
+        Ok(vec![("Y".into(), Tensor::from(x.mapv(|v| v + self.add)))])
+    }
+}
+
+/// Writes model `name` of backend `offset` into `dir`.
+fn offset_model(dir: &Path, name: &str, offset: f32, gate: &str) {
+    std::fs::create_dir_all(dir.join(name).join("1")).unwrap();
+    let config = format!(
+        r#"name: "{name}" backend: "offset" max_batch_size: 4
+        input [ {{ name: "X" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+        output [ {{ name: "Y" data_type: TYPE_FP32 dims: [ 2 ] }} ]
+        parameters {{ key: "offset" value: {{ string_value: "{offset}" }} }}
+        parameters {{ key: "gate" value: {{ string_value: "{gate}" }} }}"#
+    );
+    std::fs::write(dir.join(name).join("config.pbtxt"), config).unwrap();
+}
+
+/// The repository at `dir` in explicit mode with the `offset` backend bound to `gate`.
+fn offset_repo(dir: &Path, startup: &[&str], gate: &Arc<Gate>) -> Repository {
+    let gate = gate.clone();
+    Repository::builder(dir)
+        .model_control(ModelControl::Explicit)
+        .startup_models(startup.iter().copied())
+        .native_backend("offset", move |cfg: &ModelConfig| {
+            let param = |k: &str| {
+                cfg.parameters
+                    .get(k)
+                    .map(|p| p.string_value.clone())
+                    .unwrap_or_default()
+            };
+            let add = param("offset").parse().unwrap_or(f32::NAN);
+            match param("gate").as_str() {
+                "fail" => {
+                    return Err(modelyard::Error::new(
+                        ErrorKind::InvalidConfig,
+                        "this version refuses to load",
+                    ))
+                }
+                "load" => gate.pass(),
+                _ => {}
+            }
+            let run = (param("gate") == "run").then(|| gate.clone());
+            Ok(Box::new(Offset { add, gate: run }) as Box<dyn NativeModel>)
+        })
+        .load()
+        .unwrap()
+}
+
+/// Y for X = [1, 1] through `model` (both elements must agree).
+fn y(repo: &Repository, model: &str) -> modelyard::Result<f32> {
+    let x = Tensor::from(Array2::<f32>::from_elem((1, 2), 1.0));
+    let out = repo.model(model)?.infer([("X", x)])?;
+    let y = out.get("Y").unwrap().view::<f32>().unwrap().to_owned();
+    assert_eq!(y.shape(), [1, 2]);
+    assert_eq!(y[[0, 0]], y[[0, 1]]);
+    Ok(y[[0, 0]])
+}
+
+fn has_row(repo: &Repository, name: &str, version: i64, want: ModelState) -> bool {
+    repo.index()
+        .iter()
+        .any(|e| e.name == name && e.version == Some(version) && e.state == want)
+}
+
+/// Callers run while reloads fail and while a slow reload builds: the version being built is
+/// LOADING beside the READY one, every request is answered by the old or the new version (never
+/// an error, never the old one after the new), and the new one serves once it is swapped in.
+#[test]
+fn callers_see_no_failure_while_reloads_fail_and_while_a_reload_is_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    offset_model(tmp.path(), "m", 1.0, "");
+    let gate = Arc::new(Gate::default());
+    let repo = offset_repo(tmp.path(), &["m"], &gate);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_new = Arc::new(AtomicUsize::new(0));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (repo, stop, seen_new) = (repo.clone(), stop.clone(), seen_new.clone());
+            std::thread::spawn(move || {
+                let (mut old, mut new) = (0u64, 0u64);
+                while !stop.load(Ordering::SeqCst) {
+                    match y(&repo, "m").unwrap() {
+                        2.0 => {
+                            assert_eq!(new, 0, "the old version answered after the new one");
+                            old += 1;
+                        }
+                        11.0 => {
+                            if new == 0 {
+                                seen_new.fetch_add(1, Ordering::SeqCst);
+                            }
+                            new += 1;
+                        }
+                        other => panic!("answer {other} from neither version"),
+                    }
+                }
+                (old, new)
+            })
+        })
+        .collect();
+    for i in 0..5 {
+        offset_model(tmp.path(), "m", 50.0 + i as f32, "fail");
+        let e = repo.load_model("m").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        assert!(e.message().contains("this version refuses to load"), "{e}");
+        assert_eq!(y(&repo, "m").unwrap(), 2.0, "the old version serves");
+        assert!(has_row(&repo, "m", 1, ModelState::Ready));
+    }
+    // A reload that takes as long as the test wants: LOADING beside READY, the old one serving.
+    offset_model(tmp.path(), "m", 10.0, "load");
+    let loader = {
+        let repo = repo.clone();
+        std::thread::spawn(move || repo.load_model("m"))
+    };
+    gate.wait_for(1);
+    assert!(
+        has_row(&repo, "m", 1, ModelState::Loading),
+        "{:?}",
+        repo.index()
+    );
+    assert!(
+        has_row(&repo, "m", 1, ModelState::Ready),
+        "{:?}",
+        repo.index()
+    );
+    assert_eq!(
+        y(&repo, "m").unwrap(),
+        2.0,
+        "the old version serves while loading"
+    );
+    gate.open();
+    loader.join().unwrap().unwrap();
+    assert_eq!(y(&repo, "m").unwrap(), 11.0);
+    assert!(
+        !has_row(&repo, "m", 1, ModelState::Loading),
+        "{:?}",
+        repo.index()
+    );
+    let start = Instant::now();
+    while seen_new.load(Ordering::SeqCst) < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a caller never saw the new version"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for h in callers {
+        let (old, new) = h.join().unwrap();
+        assert!(
+            old > 0 && new > 0,
+            "each caller saw both versions ({old}, {new})"
+        );
+    }
+}
+
+/// An ensemble request in flight while a composing model is reloaded finishes on the models it
+/// started with (as Triton's ensemble context, which holds its steps' models from the start);
+/// the next request runs on the new one, and the old versions are released when it is done.
+#[test]
+fn an_ensemble_request_in_flight_finishes_on_the_steps_it_started_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    offset_model(tmp.path(), "first", 1.0, "run");
+    offset_model(tmp.path(), "second", 10.0, "");
+    std::fs::create_dir_all(tmp.path().join("pipe/1")).unwrap();
+    std::fs::write(
+        tmp.path().join("pipe/config.pbtxt"),
+        r#"name: "pipe" platform: "ensemble" max_batch_size: 4
+        input [ { name: "X" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2 ] } ]
+        ensemble_scheduling { step [
+          { model_name: "first" model_version: -1 input_map { key: "X" value: "X" } output_map { key: "Y" value: "T" } },
+          { model_name: "second" model_version: -1 input_map { key: "X" value: "T" } output_map { key: "Y" value: "Y" } }
+        ] }"#,
+    )
+    .unwrap();
+    let gate = Arc::new(Gate::default());
+    let repo = offset_repo(tmp.path(), &["pipe"], &gate);
+    let in_flight = {
+        let repo = repo.clone();
+        std::thread::spawn(move || y(&repo, "pipe"))
+    };
+    gate.wait_for(1);
+    // The request is inside `first`; `second` changes under it.
+    offset_model(tmp.path(), "second", 100.0, "");
+    repo.load_model("second").unwrap();
+    assert_eq!(y(&repo, "second").unwrap(), 101.0);
+    for m in ["second", "pipe"] {
+        assert!(
+            has_row(&repo, m, 1, ModelState::Unloading),
+            "{m}: {:?}",
+            repo.index()
+        );
+        assert!(
+            has_row(&repo, m, 1, ModelState::Ready),
+            "{m}: {:?}",
+            repo.index()
+        );
+    }
+    gate.open();
+    assert_eq!(
+        in_flight.join().unwrap().unwrap(),
+        12.0,
+        "1 + 1 + 10: the old `second`"
+    );
+    assert_eq!(
+        y(&repo, "pipe").unwrap(),
+        102.0,
+        "1 + 1 + 100: the new `second`"
+    );
+    let unloading: Vec<IndexEntry> = repo
+        .index()
+        .into_iter()
+        .filter(|e| e.state == ModelState::Unloading)
+        .collect();
+    assert!(unloading.is_empty(), "released once done: {unloading:?}");
+}
+
+/// Loads and unloads from three threads at once, and polls from two threads beside the
+/// background poller while versions come and go, with callers running throughout: each
+/// request is answered right or refused as unavailable (Triton's words), and the repository
+/// ends consistent (what was loaded last serves, nothing is left LOADING or UNLOADING).
+#[test]
+fn concurrent_loads_unloads_and_polls_leave_a_consistent_repository() {
+    let callers = |repo: &Repository, models: &'static [&'static str], stop: &Arc<AtomicBool>| {
+        (0..4)
+            .map(|i| {
+                let (repo, stop) = (repo.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (mut ok, mut refused) = (0u64, 0u64);
+                    while !stop.load(Ordering::SeqCst) {
+                        match add(&repo, models[i % models.len()]) {
+                            Ok(()) => ok += 1,
+                            Err(e) => {
+                                assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                                let m = e.message();
+                                assert!(
+                                    m.contains("has no available versions")
+                                        || m.contains("is not ready")
+                                        || m.contains("UNAVAILABLE"),
+                                    "{e}"
+                                );
+                                refused += 1;
+                            }
+                        }
+                    }
+                    (ok, refused)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let no_transients = |repo: &Repository| {
+        let left: Vec<IndexEntry> = repo
+            .index()
+            .into_iter()
+            .filter(|e| matches!(e.state, ModelState::Loading | ModelState::Unloading))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    };
+
+    // Explicit: three threads load and unload `m` and the ensemble over it.
+    let tmp = repo_dir();
+    let repo = Repository::builder(tmp.path())
+        .model_control(ModelControl::Explicit)
+        .startup_models(["ens"])
+        .load()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = callers(&repo, &["m", "ens"], &stop);
+    let control: Vec<_> = (0..3)
+        .map(|t| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                for i in 0..30 {
+                    match (t + i) % 4 {
+                        0 => repo.load_model("ens"),
+                        1 => repo.unload_model("m"),
+                        2 => repo.load_model("m"),
+                        _ => repo.unload_model("ens"),
+                    }
+                    .map_err(|e| (e.kind(), e.to_string()))
+                    .or_else(|(kind, text)| {
+                        // Loading the ensemble while another thread unloads `m` again may
+                        // find `m` gone: Triton's refusal, nothing else.
+                        assert_eq!(kind, ErrorKind::Unavailable, "{text}");
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in control {
+        h.join().unwrap();
+    }
+    repo.load_model("ens").unwrap();
+    add(&repo, "ens").unwrap();
+    add(&repo, "m").unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (ok, refused) = running
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(
+        ok > 0 && refused > 0,
+        "both happened ({ok} answered, {refused} refused)"
+    );
+    no_transients(&repo);
+    assert!(has_row(&repo, "m", 1, ModelState::Ready));
+    assert!(has_row(&repo, "ens", 1, ModelState::Ready));
+
+    // Poll: the background poller and two threads poll while version 2 comes and goes; the
+    // model is never unloaded, so no request may fail.
+    let tmp = repo_dir();
+    let repo = Repository::builder(tmp.path())
+        .model_control(ModelControl::Poll)
+        .poll_interval(Duration::from_millis(1))
+        .load()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = callers(&repo, &["m", "ens"], &stop);
+    let pollers: Vec<_> = (0..2)
+        .map(|_| {
+            let (repo, stop) = (repo.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    repo.poll().unwrap();
+                }
+            })
+        })
+        .collect();
+    let m = tmp.path().join("m");
+    for _ in 0..20 {
+        touch_version(&m, 2);
+        std::thread::sleep(Duration::from_millis(2));
+        std::fs::remove_dir_all(m.join("2")).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    touch_version(&m, 2);
+    stop.store(true, Ordering::SeqCst);
+    for h in pollers {
+        h.join().unwrap();
+    }
+    let (ok, refused) = running
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(refused, 0, "a request failed while polling ({ok} answered)");
+    repo.poll().unwrap();
+    assert_eq!(repo.model("m").unwrap().version(), 2);
+    add(&repo, "ens").unwrap();
+    no_transients(&repo);
 }
