@@ -402,7 +402,7 @@ fn the_gpu_probe_never_panics() {
     match modelyard::gpu::probe() {
         Ok(info) => println!("CUDA {}: {:?}", info.driver_version, info.devices),
         Err(reason) => {
-            println!("notice: no usable GPU here ({reason}); GPU tests skip");
+            common::skip(&format!("no usable GPU here ({reason}); GPU tests skip"));
             assert!(!reason.is_empty());
         }
     }
@@ -595,4 +595,51 @@ fn an_unknown_engine_is_a_config_error() {
         ),
         "{e}"
     );
+}
+
+/// `Repository::file_in`, which native models use to resolve a file name from their config:
+/// names inside the folder resolve there (links in it followed, as Triton does), and a name
+/// that is empty, absolute or climbs out with `..` is refused as a config error naming it.
+#[test]
+fn file_in_keeps_a_config_file_name_inside_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("1");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/dict.txt"), "a\nb\n").unwrap();
+    std::fs::write(tmp.path().join("outside.txt"), "secret").unwrap();
+    for (file, resolved) in [
+        ("dict.txt", dir.join("dict.txt")),
+        ("sub/dict.txt", dir.join("sub/dict.txt")),
+        ("./sub/dict.txt", dir.join("./sub/dict.txt")),
+        ("sub/./dict.txt", dir.join("sub/./dict.txt")),
+    ] {
+        assert_eq!(Repository::file_in(&dir, file).unwrap(), resolved, "{file}");
+    }
+    let read = Repository::file_in(&dir, "sub/dict.txt").unwrap();
+    assert_eq!(std::fs::read_to_string(read).unwrap(), "a\nb\n");
+    for (file, why) in [
+        ("../outside.txt", "escapes the model directory"),
+        ("sub/../../outside.txt", "escapes the model directory"),
+        ("sub/..", "escapes the model directory"),
+        ("..", "escapes the model directory"),
+        ("/etc/passwd", "is an absolute path"),
+        ("", "is empty"),
+    ] {
+        let e = expect_error(
+            Repository::file_in(&dir, file),
+            modelyard::ErrorKind::InvalidConfig,
+            &format!(
+                "file '{file}' {why}: it must name a file inside '{}'",
+                dir.display()
+            ),
+        );
+        assert_eq!(e.model(), None, "{e}");
+    }
+    // A link the operator placed in the folder is followed, as Triton does.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(tmp.path().join("outside.txt"), dir.join("linked.txt")).unwrap();
+        let linked = Repository::file_in(&dir, "linked.txt").unwrap();
+        assert_eq!(std::fs::read_to_string(linked).unwrap(), "secret");
+    }
 }

@@ -263,12 +263,13 @@ impl Repository {
         }
     }
 
-    /// `file` (a name from a config) inside `dir`, or an error if it could leave it: an
-    /// absolute path or `..`. Symbolic links inside `dir` are followed, as Triton does.
+    /// `file` (a name from a config) inside `dir`, or an `InvalidConfig` error if it could
+    /// leave it (an absolute path or `..`) or is empty. Symbolic links inside `dir` are
+    /// followed, as Triton does.
     pub fn file_in(dir: &Path, file: &str) -> Result<PathBuf> {
-        crate::util::paths::confined(dir, file).map_err(|_| {
+        crate::util::paths::confined(dir, file).map_err(|why| {
             Error::invalid_config(format!(
-                "file '{file}' is outside the folder '{}'",
+                "file '{file}' {why}: it must name a file inside '{}'",
                 dir.display()
             ))
         })
