@@ -316,6 +316,42 @@ fn identity_backend_passes_tensors_through() {
     );
 }
 
+/// Triton's classification refuses an output of more than 1,000,000 elements ("classification
+/// output tensor too large", naming the model and the output); one of exactly 1,000,000 is
+/// classified.
+#[test]
+fn classification_refuses_outputs_past_a_million_elements() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("scores");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(
+        dir.join("config.pbtxt"),
+        r#"backend: "identity" max_batch_size: 0 input [ { name: "IN" data_type: TYPE_FP32 dims: [ -1 ] } ] output [ { name: "OUT" data_type: TYPE_FP32 dims: [ -1 ] } ]"#,
+    )
+    .unwrap();
+    let repo = Repository::load(tmp.path()).unwrap();
+    let model = repo.model("scores").unwrap();
+    let scores = |n: usize| {
+        let mut v = ndarray::Array1::<f32>::zeros(n);
+        v[n - 3] = 2.5;
+        Tensor::from(v)
+    };
+    let out = model
+        .infer_classes([("IN", scores(1_000_000))], &[("OUT", 1)])
+        .unwrap();
+    assert_eq!(
+        out.get("OUT").unwrap().bytes().unwrap(),
+        [b"2.500000:999997".as_slice()]
+    );
+    let e = expect_error(
+        model.infer_classes([("IN", scores(1_000_001))], &[("OUT", 1)]),
+        ErrorKind::InvalidInput,
+        "classification output tensor too large",
+    );
+    assert_eq!(e.model(), Some("scores"));
+    assert_eq!(e.tensor(), Some("OUT"));
+}
+
 #[test]
 fn plans_are_cached_per_shape_and_bounded() {
     let tmp = tempfile::tempdir().unwrap();
