@@ -51,7 +51,12 @@ impl NativeModel for Doubler {
         inputs: &[(String, Tensor)],
         _: &[String],
     ) -> modelyard::Result<Vec<(String, Tensor)>> {
-        let x = inputs[0].1.view::<f32>()?;
+        let x = inputs
+            .iter()
+            .find(|(n, _)| n == "IN")
+            .unwrap()
+            .1
+            .view::<f32>()?;
         let firsts: Vec<f32> = x
             .outer_iter()
             .map(|r| r.iter().next().copied().unwrap_or(0.0))
@@ -83,14 +88,27 @@ struct Fixture {
 }
 
 fn fixture(max_batch: i32, dims: &str, scheduling: &str, count: i32) -> Fixture {
+    fixture_of("doubler", "", max_batch, dims, scheduling, count)
+}
+
+/// `fixture` with the doubler registered as backend `backend` and `more_inputs` (config text
+/// after the IN input) beside IN.
+fn fixture_of(
+    backend: &str,
+    more_inputs: &str,
+    max_batch: i32,
+    dims: &str,
+    scheduling: &str,
+    count: i32,
+) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("doubler");
     std::fs::create_dir_all(dir.join("1")).unwrap();
     std::fs::write(
         dir.join("config.pbtxt"),
         format!(
-            r#"backend: "doubler" max_batch_size: {max_batch}
-input [ {{ name: "IN" data_type: TYPE_FP32 dims: {dims} }} ]
+            r#"backend: "{backend}" max_batch_size: {max_batch}
+input [ {{ name: "IN" data_type: TYPE_FP32 dims: {dims} }} {more_inputs} ]
 output [ {{ name: "OUT" data_type: TYPE_FP32 dims: {dims} }} ]
 instance_group [ {{ count: {count} kind: KIND_CPU }} ]
 {scheduling}"#
@@ -104,7 +122,7 @@ instance_group [ {{ count: {count} kind: KIND_CPU }} ]
     let repo = Repository::builder(tmp.path())
         .model_control(ModelControl::Explicit)
         .startup_models(["doubler"])
-        .native_backend("doubler", move |_: &ModelConfig| {
+        .native_backend(backend, move |_: &ModelConfig| {
             Ok(Box::new(Doubler {
                 gate: g.clone(),
                 batches: b.clone(),
@@ -258,6 +276,66 @@ fn only_requests_with_the_same_shapes_are_merged() {
     let sizes: Vec<usize> = f.batches.lock().unwrap()[1..].iter().map(|b| b.0).collect();
     // In arrival order: [1x4], then [1x5] closes it; [1x5] alone, then [2x4].
     assert_eq!(sizes, [1, 1, 2]);
+}
+
+/// Shape tensors (`is_shape_tensor`, a TensorRT feature: here the native doubler registered as
+/// backend "tensorrt" stands in) batch only with requests whose shape tensor holds the same
+/// values past the batch dim, whatever their batch sizes (Triton's
+/// `enforce_equal_shape_tensors`): a different value closes the batch.
+#[test]
+fn requests_batch_only_with_equal_shape_tensor_values() {
+    let f = fixture_of(
+        "tensorrt",
+        r#", { name: "SHAPE" data_type: TYPE_INT32 dims: [ 2 ] is_shape_tensor: true }"#,
+        8,
+        "[ 4 ]",
+        "dynamic_batching { }",
+        1,
+    );
+    let send_shape = |first: f32, n: usize, shape: [i32; 2]| {
+        let model = f.model.clone();
+        std::thread::spawn(move || {
+            let x = rows(first, n, 4);
+            let s = Tensor::from(Array2::from_shape_fn((n, 2), |(_, j)| shape[j]));
+            let out = model.infer([("IN", x.clone()), ("SHAPE", s)]).unwrap();
+            let got = out.get("OUT").unwrap().view::<f32>().unwrap().to_owned();
+            assert_eq!(got, x.view::<f32>().unwrap().mapv(|v| v * 2.0));
+        })
+    };
+    let blocker = send_shape(-1.0, 8, [3, 4]);
+    settle();
+    let handles: Vec<_> = [
+        (10.0, 1, [3, 4]),
+        (20.0, 2, [3, 4]),
+        (30.0, 1, [3, 5]),
+        (40.0, 1, [3, 5]),
+        (50.0, 3, [3, 4]),
+    ]
+    .into_iter()
+    .map(|(first, n, shape)| {
+        let h = send_shape(first, n, shape);
+        settle();
+        h
+    })
+    .collect();
+    f.gate.open();
+    blocker.join().unwrap();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let firsts: Vec<Vec<f32>> = f.batches.lock().unwrap()[1..]
+        .iter()
+        .map(|b| b.1.clone())
+        .collect();
+    // [3, 4] x 3 rows, closed by [3, 5]; the two [3, 5] together; then [3, 4] again.
+    assert_eq!(
+        firsts,
+        [
+            vec![10.0, 20.0, 21.0],
+            vec![30.0, 40.0],
+            vec![50.0, 51.0, 52.0]
+        ]
+    );
 }
 
 #[test]

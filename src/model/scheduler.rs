@@ -395,6 +395,9 @@ impl Scheduler {
             return Form::Empty;
         };
         let (mut total, mut count) = (first.batch, 1);
+        // The queue delay runs from the oldest request of the pending batch (Triton's
+        // `OldestEnqueueTime`), which may be a lower-priority one behind newer urgent ones.
+        let mut oldest = first.enqueued;
         let mut best = b.preferred.contains(&total).then_some(1);
         let mut send_now = false;
         for q in pending {
@@ -409,16 +412,17 @@ impl Scheduler {
             }
             total += q.batch;
             count += 1;
+            oldest = oldest.min(q.enqueued);
             if b.preferred.contains(&total) {
                 best = Some(count);
             }
         }
-        let waited = now.saturating_duration_since(first.enqueued);
+        let waited = now.saturating_duration_since(oldest);
         let exceeded = !b.delay.is_zero() && waited >= b.delay;
         let take = match best {
             Some(n) if !exceeded => n,
             _ if send_now || total >= b.max_preferred || exceeded || b.delay.is_zero() => count,
-            _ => return Form::WaitUntil(first.enqueued + b.delay),
+            _ => return Form::WaitUntil(oldest + b.delay),
         };
         let mut batch = Vec::with_capacity(take);
         for queue in &mut st.queues {
@@ -460,7 +464,9 @@ impl Scheduler {
 }
 
 /// Whether `q` may join a batch started by `first`: the same input names, the same shapes
-/// past the batch dim, and the same contents for shape tensors.
+/// past the batch dim, and for shape tensors the same contents past the batch dim (Triton's
+/// `enforce_equal_shape_tensors`): every row of `q`'s holds the values of `first`'s first
+/// row, whatever the two batch sizes.
 fn compatible(first: &Queued, q: &Queued, shape_tensors: &[String]) -> bool {
     first.inputs.len() == q.inputs.len()
         && first.inputs.iter().all(|(name, a)| {
@@ -468,9 +474,21 @@ fn compatible(first: &Queued, q: &Queued, shape_tensors: &[String]) -> bool {
                 n == name
                     && a.shape().get(1..) == b.shape().get(1..)
                     && a.data_type() == b.data_type()
-                    && (!shape_tensors.contains(name) || a.as_tract() == b.as_tract())
+                    && (!shape_tensors.contains(name) || rows_repeat(a, b))
             })
         })
+}
+
+/// Whether every row of `b` equals the first row of `a` (same shape past the batch dim).
+fn rows_repeat(a: &Tensor, b: &Tensor) -> bool {
+    let Ok(want) = a.rows(0, 1) else {
+        return false;
+    };
+    let rows = b.shape().first().copied().unwrap_or(0);
+    (0..rows).all(|i| {
+        b.rows(i, i + 1)
+            .is_ok_and(|row| row.as_tract() == want.as_tract())
+    })
 }
 
 impl Queued {
@@ -620,6 +638,51 @@ mod tests {
         // Level 1 first, then the oldest of level 2 (priority 0 means the default, level 2).
         assert_eq!(form(&s, t0), Ok(vec![high[0], low[0]]));
         assert_eq!(form(&s, t0), Ok(vec![low[1]]));
+    }
+
+    #[test]
+    fn the_queue_delay_runs_from_the_oldest_request_of_the_pending_batch() {
+        let us = Duration::from_micros;
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 1000 priority_levels: 2 default_priority_level: 2 }}"
+        ));
+        let t0 = Instant::now();
+        let low = queue(&s, t0, vec![request(1, 16, 2, None)]);
+        // A newer, more urgent request heads the batch; the low one joins it, and the delay
+        // still counts from when the low one arrived.
+        let high = queue(&s, t0 + us(600), vec![request(1, 16, 1, None)]);
+        assert_eq!(form(&s, t0 + us(600)), Err(us(400)));
+        assert_eq!(form(&s, t0 + us(1000)), Ok(vec![high[0], low[0]]));
+    }
+
+    #[test]
+    fn each_priority_level_has_its_own_queue_policy() {
+        let ms = Duration::from_millis;
+        let s = scheduler(&format!(
+            "{BATCHING} dynamic_batching {{ preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 100000 priority_levels: 2 default_priority_level: 2
+             default_queue_policy {{ max_queue_size: 3 }}
+             priority_queue_policy {{ key: 1 value: {{ max_queue_size: 1 default_timeout_microseconds: 10000 }} }} }}"
+        ));
+        let t0 = Instant::now();
+        let mut st = s.state.lock();
+        // Level 1 holds one request; level 2 (the default policy) three.
+        let urgent = s.enqueue(&mut st, request(1, 16, 1, None), t0).unwrap();
+        let e = s.enqueue(&mut st, request(1, 16, 1, None), t0).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::ResourceExhausted, "Exceeds maximum queue size")
+        );
+        let low: Vec<u64> = (0..3)
+            .map(|_| s.enqueue(&mut st, request(1, 16, 2, None), t0).unwrap())
+            .collect();
+        let e = s.enqueue(&mut st, request(1, 16, 0, None), t0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        drop(st);
+        // Level 1's timeout (10 ms) expires its request; level 2's requests have none.
+        assert_eq!(form(&s, t0 + ms(20)), Err(ms(80)));
+        let answer = s.state.lock().finished.remove(&urgent).unwrap();
+        assert_eq!(answer.err().unwrap().kind(), ErrorKind::TimedOut);
+        assert_eq!(form(&s, t0 + ms(100)), Ok(low));
     }
 
     #[test]
