@@ -8,8 +8,12 @@
 // memory is filled with NaN (all bits set: NaN as a float, -1 as an int) before every block,
 // so a read of shared memory no thread of the block wrote shows up instead of seeing the
 // previous block's values (the emulator's translation unit follows every __shared__
-// declaration with emu::poison, which the block's first thread to get there runs).
+// declaration with emu::poison, which the block's first thread to get there runs). A float4
+// is read and written only at 16-byte aligned addresses, as on a GPU: a misaligned one is
+// recorded as the emulated context's fault (CUDA_ERROR_MISALIGNED_ADDRESS), which the Rust
+// side reports after the launch and keeps for every later call, as a CUDA context does.
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -27,9 +31,41 @@
 #define __grid_constant__
 
 struct dim3 { unsigned x, y, z; };
-struct float4 { float x, y, z, w; };
 
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+// The emulated context's first fault ("" while there is none).
+static char fault[512] = "";
+
+static void record_fault(const char* code, const char* what, const void* at) {
+    if (fault[0]) return;
+    std::snprintf(fault, sizeof fault, "%s: %s at %p (block %u,%u,%u, thread %u,%u,%u)", code,
+                  what, at, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+                  threadIdx.z);
+}
+
+static inline void check_float4(const void* at) {
+    if (reinterpret_cast<uintptr_t>(at) % 16 != 0) {
+        record_fault("CUDA_ERROR_MISALIGNED_ADDRESS", "a float4 access not 16-byte aligned", at);
+    }
+}
+} // namespace emu
+
+// CUDA's float4 is 16-byte aligned and moved in one access; every copy from or into one is
+// checked here (locals are aligned by alignas, so only a misaligned view of memory fires).
+struct alignas(16) float4 {
+    float x, y, z, w;
+    float4() = default;
+    float4(float a, float b, float c, float d) : x(a), y(b), z(c), w(d) {}
+    float4(const float4& o) : x(o.x), y(o.y), z(o.z), w(o.w) { emu::check_float4(&o); }
+    float4& operator=(const float4& o) {
+        emu::check_float4(this);
+        emu::check_float4(&o);
+        x = o.x; y = o.y; z = o.z; w = o.w;
+        return *this;
+    }
+};
 
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::device::{cache_dir, write_atomically};
 use crate::execution::program::device::{
     check_launch, host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
+    Sticky,
 };
 use crate::execution::program::kernels::{self, Kernel};
 
@@ -25,19 +26,23 @@ pub(crate) const MEMORY: usize = 1 << 30;
 
 type LaunchFn = unsafe extern "C" fn(*const u8, u32, u32, u32, u32, u32, u32);
 type SizeFn = unsafe extern "C" fn() -> u32;
+type FaultFn = unsafe extern "C" fn() -> *const std::ffi::c_char;
 
 pub(crate) struct EmuDevice {
     _lib: libloading::Library,
     launches: HashMap<Kernel, (LaunchFn, usize)>,
+    /// The emulated context's first fault, "" while there is none (`emu::fault`).
+    fault: FaultFn,
     memory: HostMemory,
     /// The emulated device runs one launch at a time (its built-ins are globals).
     running: Mutex<()>,
 }
 
-/// The process's emulator, built on first use.
-pub(crate) fn shared() -> Result<&'static EmuDevice, String> {
-    static EMU: OnceLock<Result<EmuDevice, String>> = OnceLock::new();
-    EMU.get_or_init(EmuDevice::build)
+/// The process's emulator, built on first use. Like a CUDA context, it does not survive a
+/// fault: the first one makes every later call fail (`Sticky`).
+pub(crate) fn shared() -> Result<&'static Sticky<EmuDevice>, String> {
+    static EMU: OnceLock<Result<Sticky<EmuDevice>, String>> = OnceLock::new();
+    EMU.get_or_init(|| EmuDevice::build().map(Sticky::new))
         .as_ref()
         .map_err(Clone::clone)
 }
@@ -46,6 +51,7 @@ pub(crate) fn shared() -> Result<&'static EmuDevice, String> {
 fn translation_unit() -> String {
     let src = kernels::source();
     let mut unit = String::from(PRELUDE);
+    unit.push_str("extern \"C\" const char* emu_fault() { return emu::fault; }\n");
     unit.push_str(&poison_shared(&src));
     // The layouts and codes Rust uses, checked by the host compiler: a struct or code that
     // drifted from kernels.rs fails this build.
@@ -118,6 +124,11 @@ impl EmuDevice {
         // initialisers only set up statics.
         let lib = unsafe { libloading::Library::new(&lib_path) }
             .map_err(|e| format!("loading {}: {e}", lib_path.display()))?;
+        // SAFETY: generated above with exactly this signature.
+        let fault = unsafe {
+            *lib.get::<FaultFn>(b"emu_fault")
+                .map_err(|e| e.to_string())?
+        };
         let mut launches = HashMap::new();
         for &k in Kernel::ALL {
             // SAFETY: the symbols were generated with exactly these signatures.
@@ -134,6 +145,7 @@ impl EmuDevice {
         Ok(EmuDevice {
             _lib: lib,
             launches,
+            fault,
             memory: HostMemory::new(256, MEMORY),
             running: Mutex::new(()),
         })
@@ -181,6 +193,14 @@ impl Device for EmuDevice {
                 block[2],
             )
         };
+        // SAFETY: a NUL-terminated static buffer of the library.
+        let fault = unsafe { std::ffi::CStr::from_ptr((self.fault)()) };
+        if !fault.is_empty() {
+            return Err(DeviceError::Fault {
+                call: format!("launching {}", kernel.name()),
+                detail: fault.to_string_lossy().into_owned(),
+            });
+        }
         Ok(())
     }
 }
@@ -283,6 +303,98 @@ mod tests {
         );
     }
 
+    /// A float4 moves only at 16-byte aligned addresses, as on a GPU: a view 4 bytes off
+    /// records CUDA_ERROR_MISALIGNED_ADDRESS (naming block and thread) and an aligned one
+    /// nothing, reads and writes alike.
+    #[test]
+    fn a_misaligned_float4_is_the_contexts_fault() {
+        let kernels = "__global__ void copy4(const float* x, float* y) {\n\
+            const float4* x4 = (const float4*)x;\n\
+            float4* y4 = (float4*)y;\n\
+            y4[threadIdx.x] = x4[threadIdx.x];\n}\n";
+        let main = "alignas(16) static float a[16], b[16];\n\
+            emu::run([&] { copy4(a, b); }, dim3{1, 1, 1}, dim3{2, 1, 1}, false);\n\
+            std::printf(\"aligned:%s|\", emu::fault);\n\
+            emu::run([&] { copy4(a + 1, b); }, dim3{1, 1, 1}, dim3{2, 1, 1}, false);\n\
+            std::printf(\"read:%s|\", emu::fault); emu::fault[0] = 0;\n\
+            emu::run([&] { copy4(a, b + 2); }, dim3{1, 1, 1}, dim3{2, 1, 1}, false);\n\
+            std::printf(\"write:%s|\", emu::fault); return 0;";
+        let Some(out) = run_on_prelude(kernels, main, 1) else {
+            return;
+        };
+        let parts: Vec<&str> = out.split('|').collect();
+        assert_eq!(parts[0], "aligned:", "{out}");
+        for part in &parts[1..3] {
+            assert!(
+                part.contains("CUDA_ERROR_MISALIGNED_ADDRESS: a float4 access not 16-byte aligned")
+                    && part.contains("(block 0,0,0, thread "),
+                "{out}"
+            );
+        }
+    }
+
+    /// Through the device: a launch whose float4 view is misaligned answers the fault, and the
+    /// emulated context is lost for good, as a CUDA one (every later call: `Lost`). Run in a
+    /// child process, since the emulator is the process's.
+    #[test]
+    fn a_fault_on_the_emulator_is_sticky_like_a_cuda_context() {
+        let name = "a_fault_on_the_emulator_is_sticky_like_a_cuda_context";
+        if std::env::var_os("MODELYARD_EMU_FAULT_CHILD").is_none() {
+            let test = format!(
+                "{}::{name}",
+                module_path!().trim_start_matches("modelyard::")
+            );
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+                .env("MODELYARD_EMU_FAULT_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("child: fault and loss seen"), "{text}");
+            return;
+        }
+        let emu = match shared() {
+            Ok(e) => e,
+            Err(why) if !cfg!(target_os = "linux") => {
+                crate::util::skip(&format!("no emulator ({why})"));
+                return;
+            }
+            Err(why) => panic!("the emulator failed: {why}"),
+        };
+        let buf = emu.alloc(1024).unwrap();
+        let params = kernels::UnaryParams {
+            x: buf + 4,
+            y: buf + 512,
+            n: 8,
+            vec4: 1,
+            ..Default::default()
+        };
+        let e = emu
+            .launch(
+                0,
+                Kernel::Unary,
+                [1, 1, 1],
+                [2, 1, 1],
+                &kernels::bytes_of(&params),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&e, DeviceError::Fault { detail, .. } if detail.contains("CUDA_ERROR_MISALIGNED_ADDRESS")),
+            "{e}"
+        );
+        let later = emu.alloc(16).unwrap_err();
+        assert!(
+            matches!(&later, DeviceError::Lost(first) if first.contains("launching unary_f32")),
+            "{later}"
+        );
+        println!("child: fault and loss seen");
+    }
+
     /// The emulator refuses what a GPU refuses (`CUDA_ERROR_INVALID_VALUE`): empty grids,
     /// grids past sm_90's limits, blocks of more than 1024 threads, before the kernel runs.
     #[test]
@@ -296,7 +408,7 @@ mod tests {
             Err(why) => panic!("the emulator failed: {why}"),
         };
         let k = Kernel::ALL[0];
-        let params = vec![0u8; emu.launches[&k].1];
+        let params = vec![0u8; emu.inner().launches[&k].1];
         for (grid, block, says) in [
             ([0, 1, 1], [256, 1, 1], "gridDim.x must be 1..="),
             ([4, 0, 1], [256, 1, 1], "gridDim.y must be 1..="),

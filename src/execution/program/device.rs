@@ -144,6 +144,12 @@ impl<D: Device> Sticky<D> {
     fn is_lost(&self) -> bool {
         self.lost.get().is_some()
     }
+
+    /// The wrapped device, for tests that need its own parts.
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &D {
+        &self.inner
+    }
 }
 
 impl<D: Device> Device for Sticky<D> {
