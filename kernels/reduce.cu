@@ -1,5 +1,5 @@
-// Reductions over any set of axes (one output per thread) and softmax along one axis (one
-// block per row).
+// Reductions over any set of axes (one output per thread, or one block per output when the
+// outputs are few and long) and softmax along one axis (one block per row).
 
 #define RED_SUM 0
 #define RED_MAX 1
@@ -19,31 +19,73 @@ struct ReduceParams {
     int red_strides[MY_MAX_RANK];
     int op;
     float scale;    // applied at the end (1/count for a mean)
+    int per_block;  // one block per output (blockDim.x = 256), else one thread per output
 };
+
+static __device__ __forceinline__ float red_init(int op) {
+    return op == RED_MAX ? -MY_INF : (op == RED_MIN ? MY_INF : (op == RED_PROD ? 1.0f : 0.0f));
+}
+
+// `acc` with element `v` folded in.
+static __device__ __forceinline__ float red_step(int op, float acc, float v) {
+    switch (op) {
+    case RED_MAX: return fmaxf(acc, v);
+    case RED_MIN: return fminf(acc, v);
+    case RED_PROD: return acc * v;
+    case RED_SUM_SQUARES: return acc + v * v;
+    default: return acc + v;
+    }
+}
+
+// Two partial results combined (a sum of squares adds its partial sums).
+static __device__ __forceinline__ float red_combine(int op, float a, float b) {
+    switch (op) {
+    case RED_MAX: return fmaxf(a, b);
+    case RED_MIN: return fminf(a, b);
+    case RED_PROD: return a * b;
+    default: return a + b;
+    }
+}
+
+// Offset of the j-th reduced element of the output whose kept axes start at `base`.
+static __device__ __forceinline__ int red_offset(const ReduceParams& p, int base, int j) {
+    int off = base;
+    for (int d = p.red_rank - 1; d >= 0; --d) {
+        off += (j % p.red_dims[d]) * p.red_strides[d];
+        j /= p.red_dims[d];
+    }
+    return off;
+}
 
 extern "C" __global__ void __launch_bounds__(256) reduce_f32(const __grid_constant__ ReduceParams p) {
     int red_n = 1;
     for (int d = 0; d < p.red_rank; ++d) red_n *= p.red_dims[d];
+    if (p.per_block) {
+        // A GlobalAveragePool over 1,320 pixels or a max over 6,625 classes: the block's
+        // threads strided along the reduced elements, folded in shared memory.
+        __shared__ float red[256];
+        const int t = threadIdx.x, nt = blockDim.x;
+        for (int i = blockIdx.x; i < p.n_out; i += gridDim.x) {
+            int base = my_offset(i, p.rank, p.out_dims, p.vout);
+            float acc = red_init(p.op);
+            for (int j = t; j < red_n; j += nt) acc = red_step(p.op, acc, p.x[red_offset(p, base, j)]);
+            red[t] = acc;
+            __syncthreads();
+            for (int s = nt / 2; s > 0; s >>= 1) {
+                if (t < s) red[t] = red_combine(p.op, red[t], red[t + s]);
+                __syncthreads();
+            }
+            if (t == 0) p.y[i] = red[0] * p.scale;
+            // Thread 0 has read red[0] before the next output writes red.
+            __syncthreads();
+        }
+        return;
+    }
     const int step = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n_out; i += step) {
         int base = my_offset(i, p.rank, p.out_dims, p.vout);
-        float acc = p.op == RED_MAX ? -MY_INF : (p.op == RED_MIN ? MY_INF : (p.op == RED_PROD ? 1.0f : 0.0f));
-        for (int j = 0; j < red_n; ++j) {
-            int idx = j;
-            int off = base;
-            for (int d = p.red_rank - 1; d >= 0; --d) {
-                off += (idx % p.red_dims[d]) * p.red_strides[d];
-                idx /= p.red_dims[d];
-            }
-            float v = p.x[off];
-            switch (p.op) {
-            case RED_MAX: acc = fmaxf(acc, v); break;
-            case RED_MIN: acc = fminf(acc, v); break;
-            case RED_PROD: acc *= v; break;
-            case RED_SUM_SQUARES: acc += v * v; break;
-            default: acc += v; break;
-            }
-        }
+        float acc = red_init(p.op);
+        for (int j = 0; j < red_n; ++j) acc = red_step(p.op, acc, p.x[red_offset(p, base, j)]);
         p.y[i] = acc * p.scale;
     }
 }

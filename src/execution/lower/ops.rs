@@ -1118,7 +1118,10 @@ fn reduce_launch(
     let red_dims: Vec<usize> = axes.iter().map(|&a| ishape[a]).collect();
     let red_strides: Vec<usize> = axes.iter().map(|&a| istr[a]).collect();
     let n = oshape.iter().product::<usize>();
+    let red_n = red_dims.iter().product::<usize>();
+    let per_block = reduce_per_block(n, red_n);
     let params = k::ReduceParams {
+        per_block: per_block as i32,
         n_out: n as i32,
         rank: oshape.len() as i32,
         out_dims: dims6(oshape),
@@ -1130,10 +1133,19 @@ fn reduce_launch(
         scale,
         ..Default::default()
     };
-    launch(
-        Kernel::Reduce,
-        grid_1d(n),
-        &params,
-        vec![Operand::Input(0), dst],
-    )
+    let grid = if per_block {
+        [n.clamp(1, 65_535) as u32, 1, 1]
+    } else {
+        grid_1d(n)
+    };
+    launch(Kernel::Reduce, grid, &params, vec![Operand::Input(0), dst])
+}
+
+/// Whether a reduction to `n_out` outputs of `red_n` elements each runs one block per output
+/// (256 threads along the elements) rather than one thread per output: when each output is
+/// long and there are too few of them to fill the GPU with threads (PP-OCR's global pools:
+/// hundreds of outputs over ~1,000 pixels; a max over 6,625 classes). A thread per output
+/// stays for many short reductions, where a block would leave most of its threads idle.
+fn reduce_per_block(n_out: usize, red_n: usize) -> bool {
+    red_n >= 64 && n_out <= 32_768
 }

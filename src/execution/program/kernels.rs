@@ -341,7 +341,7 @@ params! {
         x: u64, y: u64, n_out: i32, rank: i32,
         out_dims: [i32; MAX_RANK], vout: View,
         red_rank: i32, red_dims: [i32; MAX_RANK], red_strides: [i32; MAX_RANK],
-        op: i32, scale: f32,
+        op: i32, scale: f32, per_block: i32, _pad: i32,
     }
 }
 params! {
