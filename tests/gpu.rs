@@ -965,6 +965,31 @@ fn nodes_without_a_kernel_run_as_one_cpu_island() {
     }
 }
 
+/// Page-locked staging is reused by liveness: the copies between two synchronisations (the
+/// run waits for its copies before each CPU step) share the buffer with the next group's.
+/// Neg -> Sign (CPU) -> Sigmoid -> Acos (CPU) -> Neg: three groups of two 30-float copies (120
+/// bytes, slots of 128), so 256 bytes, not the 768 of one slot per copy.
+#[test]
+fn staging_slots_are_reused_between_synchronisations() {
+    for target in device_targets() {
+        let op = OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
+            .then("Sign")
+            .then("Sigmoid")
+            .then("Acos")
+            .then("Neg");
+        let folder = op.folder(None, &[2, 3, 5]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = vec![("x".to_string(), random(&[2, 3, 5], 4))];
+        for _ in 0..3 {
+            compare(&repo, &x, 1e-6, 1e-6, &format!("two islands on {target:?}"));
+        }
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.cpu_islands, 2, "{r:?}");
+        assert_eq!((r.uploads, r.downloads), (3, 3), "{r:?}");
+        assert_eq!(r.staging_bytes, 256, "{r:?}");
+    }
+}
+
 /// Resize, linear, half_pixel: the GPU follows ONNX (ONNX Runtime clamps the source
 /// coordinate to the image); tract's CPU Resize extrapolates at the borders instead, so here
 /// the reference is ONNX Runtime's known answer, not the CPU path.

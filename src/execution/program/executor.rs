@@ -112,6 +112,31 @@ fn device_error(model: &str, device: &dyn Device, what: &str, e: DeviceError) ->
     )
 }
 
+/// Each copy step's offset in the page-locked staging buffer, and the buffer's size. A slot is
+/// in use from its copy until the stream is next synchronised, which `run` does before each
+/// CPU step that follows a copy (`sync_staging`) and at the end: the copies between two such
+/// points are laid out side by side, and each group starts again at offset 0.
+fn staging_layout(program: &Program) -> (Vec<usize>, usize) {
+    let mut staging = vec![0; program.steps.len()];
+    let (mut group, mut most) = (0usize, 0usize);
+    for (i, s) in program.steps.iter().enumerate() {
+        let v = match s {
+            Step::UploadInput { value, .. } | Step::Upload { value } | Step::Download { value } => {
+                *value
+            }
+            Step::Cpu { .. } | Step::CpuIsland { .. } => {
+                group = 0;
+                continue;
+            }
+            _ => continue,
+        };
+        staging[i] = group;
+        group += program.values[v].bytes().div_ceil(64) * 64;
+        most = most.max(group);
+    }
+    (staging, most)
+}
+
 impl ProgramExecutable {
     pub(crate) fn new(plans: Plans, device: &'static dyn Device, capacity: usize) -> Self {
         ProgramExecutable {
@@ -163,18 +188,8 @@ impl ProgramExecutable {
             .upload_weights(&program.weights)
             .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
         report.uploaded_weight_bytes = uploaded;
-        let mut staging = vec![0; program.steps.len()];
-        let mut staging_bytes = 0usize;
-        for (i, s) in program.steps.iter().enumerate() {
-            let v = match s {
-                Step::UploadInput { value, .. }
-                | Step::Upload { value }
-                | Step::Download { value } => *value,
-                _ => continue,
-            };
-            staging[i] = staging_bytes;
-            staging_bytes += program.values[v].bytes().div_ceil(64) * 64;
-        }
+        let (staging, staging_bytes) = staging_layout(&program);
+        report.staging_bytes = staging_bytes;
         *self.last_report.lock() = Some(report);
         let plan = Arc::new(GpuPlan {
             program,
@@ -400,8 +415,14 @@ impl GpuPlan {
             host[*v] = Some(TValue::from_const(t.clone()));
         }
         let mut pending: Vec<(ValueId, usize)> = Vec::new();
-        let flush = |pending: &mut Vec<(ValueId, usize)>, host: &mut Vec<Option<TValue>>| {
-            if pending.is_empty() {
+        // Whether a copy used the staging buffer since the stream was last synchronised.
+        let mut staged = false;
+        // Waits for the copies in flight, so that their staging slots can be reused (see
+        // `staging_layout`), and moves the downloaded values to the host.
+        let sync_staging = |pending: &mut Vec<(ValueId, usize)>,
+                            host: &mut Vec<Option<TValue>>,
+                            staged: &mut bool| {
+            if !std::mem::take(staged) {
                 return Ok::<(), DeviceError>(());
             }
             dev.sync(inst.stream)?;
@@ -435,6 +456,7 @@ impl GpuPlan {
                 }
                 Step::UploadInput { input, value } => {
                     self.stage_upload(inst, i, *value, &inputs[*input])?;
+                    staged = true;
                 }
                 Step::HostInput { input, value } => host[*value] = Some(inputs[*input].clone()),
                 Step::Upload { value } => {
@@ -442,6 +464,7 @@ impl GpuPlan {
                         .clone()
                         .ok_or_else(|| missing("a value to upload"))?;
                     self.stage_upload(inst, i, *value, &t)?;
+                    staged = true;
                 }
                 Step::Download { value } => {
                     let off = self.staging[i];
@@ -450,6 +473,7 @@ impl GpuPlan {
                     let dst = unsafe { inst.staging.add(off) };
                     dev.download(inst.stream, self.ptr(inst, *value)?, dst, bytes)?;
                     pending.push((*value, off));
+                    staged = true;
                 }
                 Step::Launch {
                     kernel,
@@ -465,7 +489,7 @@ impl GpuPlan {
                     inputs: ins,
                     outputs: outs,
                 } => {
-                    flush(&mut pending, &mut host)?;
+                    sync_staging(&mut pending, &mut host, &mut staged)?;
                     let res = run_cpu("a CPU island", &host, ins, |args| island.run(args))?;
                     for (v, t) in outs.iter().zip(res) {
                         host[*v] = Some(t);
@@ -476,7 +500,7 @@ impl GpuPlan {
                     inputs: ins,
                     outputs: outs,
                 } => {
-                    flush(&mut pending, &mut host)?;
+                    sync_staging(&mut pending, &mut host, &mut staged)?;
                     let node = p.model.node(*node);
                     let what = format!("CPU node '{}'", node.name);
                     let res = run_cpu(&what, &host, ins, |args| {
@@ -492,7 +516,7 @@ impl GpuPlan {
                 }
             }
         }
-        flush(&mut pending, &mut host)?;
+        sync_staging(&mut pending, &mut host, &mut staged)?;
         dev.sync(inst.stream)?;
         p.outputs
             .iter()

@@ -39,4 +39,8 @@ pub struct ExecutionReport {
     pub uploaded_weight_bytes: usize,
     /// Bytes of the activation arena each instance holds.
     pub arena_bytes: usize,
+    /// Bytes of page-locked host memory each instance holds for its copies: the slots of the
+    /// copies between two stream synchronisations (the run synchronises before each CPU
+    /// step) share it, so it is the largest such group, not the sum of every copy.
+    pub staging_bytes: usize,
 }
