@@ -253,6 +253,8 @@ fn poll_picks_up_new_deleted_and_broken_versions_and_models() {
     assert_eq!(repo.model("m").unwrap().version(), 1);
     let reason = state(&repo.index(), "m", None).unwrap().1;
     assert!(reason.contains("reload failed"), "{reason}");
+    // The ensemble over `m` keeps serving on the version that keeps serving.
+    add(&repo, "ens").unwrap();
     touch_version(&m, 3);
     repo.poll().unwrap();
     assert_eq!(repo.model("m").unwrap().version(), 3);
@@ -506,16 +508,20 @@ fn callers_see_no_failure_while_reloads_fail_and_while_a_reload_is_loading() {
     let gate = Arc::new(Gate::default());
     let repo = offset_repo(tmp.path(), &["m"], &gate);
     let stop = Arc::new(AtomicBool::new(false));
-    let seen_new = Arc::new(AtomicUsize::new(0));
+    let (seen_old, seen_new) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let callers: Vec<_> = (0..4)
         .map(|_| {
-            let (repo, stop, seen_new) = (repo.clone(), stop.clone(), seen_new.clone());
+            let (repo, stop) = (repo.clone(), stop.clone());
+            let (seen_old, seen_new) = (seen_old.clone(), seen_new.clone());
             std::thread::spawn(move || {
                 let (mut old, mut new) = (0u64, 0u64);
                 while !stop.load(Ordering::SeqCst) {
                     match y(&repo, "m").unwrap() {
                         2.0 => {
                             assert_eq!(new, 0, "the old version answered after the new one");
+                            if old == 0 {
+                                seen_old.fetch_add(1, Ordering::SeqCst);
+                            }
                             old += 1;
                         }
                         11.0 => {
@@ -531,6 +537,15 @@ fn callers_see_no_failure_while_reloads_fail_and_while_a_reload_is_loading() {
             })
         })
         .collect();
+    // Every caller is running before anything changes.
+    let start = Instant::now();
+    while seen_old.load(Ordering::SeqCst) < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the callers never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     for i in 0..5 {
         offset_model(tmp.path(), "m", 50.0 + i as f32, "fail");
         let e = repo.load_model("m").unwrap_err();

@@ -543,10 +543,8 @@ fn composing_model(
     match &entry.status {
         Status::Invalid(e) => return Err(ensemble::DepError::Invalid(e.to_string())),
         Status::Failed(e) => return Err(ensemble::DepError::NotLoaded(Some(e.to_string()))),
-        Status::Loaded {
-            reload_error: Some(e),
-            ..
-        } => return Err(ensemble::DepError::NotLoaded(Some(e.to_string()))),
+        // A failed reload (`reload_error`) leaves the versions that served before serving:
+        // the ensemble keeps using them.
         _ => {}
     }
     if entry.ensemble.is_some() && !done.contains(dep) {
