@@ -8,34 +8,17 @@
 
 mod common;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use common::Gate;
 
 use modelyard::config::ModelConfig;
 use modelyard::{
     CancelToken, ErrorKind, InferOptions, ModelControl, ModelState, NativeModel, Repository, Tensor,
 };
 use ndarray::{Array2, ArrayD};
-
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-    fn wait(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
-}
 
 /// One execution: rows, first value of each row, when it started.
 type Batches = Arc<Mutex<Vec<(usize, Vec<f32>, Instant)>>>;
@@ -66,7 +49,7 @@ impl NativeModel for Doubler {
             .unwrap()
             .push((x.shape()[0], firsts.clone(), Instant::now()));
         if firsts.contains(&-1.0) {
-            self.gate.wait();
+            self.gate.pass();
         }
         if firsts.contains(&-2.0) {
             panic!("asked to panic");

@@ -7,10 +7,10 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{add_sub_model, expect_error, fixtures, rss_kib, ADD_SUB};
+use common::{add_sub_model, expect_error, fixtures, rss_kib, wait_until, Gate, ADD_SUB};
 use modelyard::config::ModelConfig;
 use modelyard::{ErrorKind, IndexEntry, ModelControl, ModelState, NativeModel, Repository, Tensor};
 use ndarray::Array2;
@@ -382,41 +382,6 @@ fn a_failed_load_keeps_the_kind_of_its_cause() {
     assert_eq!(e.version(), Some(1));
 }
 
-/// A gate a test opens: `pass` blocks until `open`; `arrived` counts the threads that reached it.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    changed: Condvar,
-    arrived: AtomicUsize,
-}
-
-impl Gate {
-    fn pass(&self) {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.changed.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.changed.notify_all();
-    }
-
-    /// Waits (20 s at most) until `n` threads reached the gate.
-    fn wait_for(&self, n: usize) {
-        let start = Instant::now();
-        while self.arrived.load(Ordering::SeqCst) < n {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "nobody reached the gate"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// Native model `offset`: Y = X + its config's `offset`. Its `gate` parameter: "run" makes each
 /// execution pass the test's gate first, "load" makes the load pass it, "fail" refuses to load.
 struct Offset {
@@ -538,14 +503,9 @@ fn callers_see_no_failure_while_reloads_fail_and_while_a_reload_is_loading() {
         })
         .collect();
     // Every caller is running before anything changes.
-    let start = Instant::now();
-    while seen_old.load(Ordering::SeqCst) < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the callers never started"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("every caller to start", || {
+        seen_old.load(Ordering::SeqCst) == 4
+    });
     for i in 0..5 {
         offset_model(tmp.path(), "m", 50.0 + i as f32, "fail");
         let e = repo.load_model("m").unwrap_err();
@@ -584,14 +544,9 @@ fn callers_see_no_failure_while_reloads_fail_and_while_a_reload_is_loading() {
         "{:?}",
         repo.index()
     );
-    let start = Instant::now();
-    while seen_new.load(Ordering::SeqCst) < 4 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "a caller never saw the new version"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until("every caller to see the new version", || {
+        seen_new.load(Ordering::SeqCst) == 4
+    });
     stop.store(true, Ordering::SeqCst);
     for h in callers {
         let (old, new) = h.join().unwrap();

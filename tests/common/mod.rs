@@ -140,6 +140,49 @@ pub fn rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A gate a test opens: `pass` blocks until `open`; `arrived` counts the threads that
+/// reached it, so a test can wait until a request is held exactly where it wants it.
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+    arrived: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    pub fn pass(&self) {
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.changed.wait(open).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits (20 s at most) until `n` threads reached the gate.
+    pub fn wait_for(&self, n: usize) {
+        let arrived = || self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= n;
+        wait_until("a thread to reach the gate", arrived);
+    }
+}
+
+/// Polls `done` every millisecond until it holds; fails naming `what` after 20 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "waited 20 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 mod skip;
 #[allow(unused_imports)]
 pub use skip::skip;

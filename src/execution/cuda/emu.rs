@@ -209,6 +209,18 @@ impl Device for EmuDevice {
 mod tests {
     use super::*;
 
+    /// The process's emulator; `None` (a skip) only off Linux without a C++ compiler.
+    fn emulator_or_skip() -> Option<&'static Sticky<EmuDevice>> {
+        match shared() {
+            Ok(e) => Some(e),
+            Err(why) if !cfg!(target_os = "linux") => {
+                crate::util::skip(&format!("no emulator ({why})"));
+                None
+            }
+            Err(why) => panic!("the emulator failed: {why}"),
+        }
+    }
+
     /// Compiles `kernels` (CUDA source) with the emulator's prelude and a `main`, runs it with
     /// `MODELYARD_EMU_SEED=seed`, and returns what it printed; `None` without a C++ compiler
     /// off Linux.
@@ -358,13 +370,8 @@ mod tests {
             assert!(text.contains("child: fault and loss seen"), "{text}");
             return;
         }
-        let emu = match shared() {
-            Ok(e) => e,
-            Err(why) if !cfg!(target_os = "linux") => {
-                crate::util::skip(&format!("no emulator ({why})"));
-                return;
-            }
-            Err(why) => panic!("the emulator failed: {why}"),
+        let Some(emu) = emulator_or_skip() else {
+            return;
         };
         let buf = emu.alloc(1024).unwrap();
         let params = kernels::UnaryParams {
@@ -399,13 +406,8 @@ mod tests {
     /// grids past sm_90's limits, blocks of more than 1024 threads, before the kernel runs.
     #[test]
     fn launches_outside_sm_90_limits_are_refused() {
-        let emu = match shared() {
-            Ok(e) => e,
-            Err(why) if !cfg!(target_os = "linux") => {
-                crate::util::skip(&format!("no emulator ({why})"));
-                return;
-            }
-            Err(why) => panic!("the emulator failed: {why}"),
+        let Some(emu) = emulator_or_skip() else {
+            return;
         };
         let k = Kernel::ALL[0];
         let params = vec![0u8; emu.inner().launches[&k].1];
