@@ -132,6 +132,9 @@ pub mod model;
 #[cfg_attr(docsrs, doc(cfg(feature = "ocr")))]
 pub mod ocr;
 pub mod repository;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 pub mod tensor;
 mod util;
 

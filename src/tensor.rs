@@ -346,6 +346,53 @@ impl Tensor {
 }
 
 impl Tensor {
+    /// The elements as raw little-endian row-major bytes: the inverse of
+    /// [`from_le_bytes`](Self::from_le_bytes), Triton's binary tensor format (BOOL: one byte
+    /// each; BYTES: each element prefixed by its 4-byte little-endian length).
+    pub fn to_le_bytes(&self) -> Result<Vec<u8>> {
+        let dt = self.data_type();
+        if dt == DataType::TypeString {
+            let items = self.bytes()?;
+            let mut out = Vec::with_capacity(self.byte_size());
+            for item in items {
+                let len = u32::try_from(item.len()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::ResourceExhausted,
+                        "a BYTES element is longer than 4 GiB",
+                    )
+                })?;
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(item);
+            }
+            return Ok(out);
+        }
+        macro_rules! le {
+            ($t:ty) => {{
+                let view = self.view::<$t>()?;
+                let mut out = Vec::with_capacity(self.byte_size());
+                for v in view.iter() {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                Ok(out)
+            }};
+        }
+        match dt {
+            DataType::TypeBool => Ok(self.view::<bool>()?.iter().map(|&b| b as u8).collect()),
+            DataType::TypeUint8 => Ok(self.view::<u8>()?.iter().copied().collect()),
+            DataType::TypeUint16 => le!(u16),
+            DataType::TypeUint32 => le!(u32),
+            DataType::TypeUint64 => le!(u64),
+            DataType::TypeInt8 => le!(i8),
+            DataType::TypeInt16 => le!(i16),
+            DataType::TypeInt32 => le!(i32),
+            DataType::TypeInt64 => le!(i64),
+            DataType::TypeFp16 => le!(f16),
+            DataType::TypeFp32 => le!(f32),
+            DataType::TypeFp64 => le!(f64),
+            _ => Err(unsupported(dt)),
+        }
+    }
+
     /// The tensors stacked along their first dim (all other dims equal): the rows of a batch.
     pub(crate) fn concat_rows(parts: &[Tensor]) -> Result<Tensor> {
         if let [one] = parts {

@@ -84,6 +84,7 @@ pub struct InferOptions {
     priority: u32,
     timeout: Option<Duration>,
     cancel: Option<CancelToken>,
+    classes: Vec<(String, usize)>,
 }
 
 impl InferOptions {
@@ -115,6 +116,21 @@ impl InferOptions {
     /// `default_timeout_microseconds` wins. Without `dynamic_batching` it always applies.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Returns output `output` as its top `k` classes per batch item (Triton's
+    /// classification extension, as [`Model::infer_classes`] formats them) instead of the raw
+    /// tensor. The output is computed even when [`outputs`](Self::outputs) leaves it out.
+    pub fn classification(mut self, output: impl Into<String>, k: usize) -> Self {
+        let output = output.into();
+        if let Some(outputs) = &mut self.outputs {
+            if !outputs.contains(&output) {
+                outputs.push(output.clone());
+            }
+        }
+        self.classes.retain(|(o, _)| *o != output);
+        self.classes.push((output, k));
         self
     }
 
@@ -334,19 +350,27 @@ impl Model {
         I: IntoIterator<Item = (S, Tensor)>,
         S: Into<String>,
     {
-        let names: Vec<&str> = classifications.iter().map(|(n, _)| *n).collect();
-        let out = self.infer_outputs(inputs, &names)?;
+        let options = classifications.iter().fold(
+            InferOptions::new().outputs(classifications.iter().map(|(n, _)| *n)),
+            |o, (name, k)| o.classification(*name, *k),
+        );
+        self.infer_with(inputs, &options)
+    }
+
+    /// The outputs named in `classes` replaced by their top-k classes.
+    fn classify(&self, outputs: Outputs, classes: &[(String, usize)]) -> Result<Outputs> {
+        if classes.is_empty() {
+            return Ok(outputs);
+        }
         let batching = self.inner.config.max_batch_size > 0;
-        let tensors = out
+        let tensors = outputs
             .tensors
             .into_iter()
             .map(|(name, t)| {
-                let k = classifications
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, k)| *k)
-                    .unwrap_or(0);
-                let classes = classification::classify(&t, k, batching, self.labels(&name))
+                let Some((_, k)) = classes.iter().find(|(n, _)| *n == name) else {
+                    return Ok((name, t));
+                };
+                let classes = classification::classify(&t, *k, batching, self.labels(&name))
                     .map_err(|e| {
                         e.with_model(self.name().to_string())
                             .with_version(self.version())
@@ -408,14 +432,15 @@ impl Model {
         self.inner.stats.snapshot()
     }
 
-    fn run(&self, inputs: Vec<(String, Tensor)>, options: InferOptions) -> Result<Outputs> {
+    fn run(&self, inputs: Vec<(String, Tensor)>, mut options: InferOptions) -> Result<Outputs> {
         let start = Instant::now();
         let mut rows = 1;
+        let classes = std::mem::take(&mut options.classes);
         let result = self.request(inputs, options, &mut rows);
         match result {
             Ok(done) => {
                 self.inner.stats.request_ok(start.elapsed(), &done, rows);
-                Ok(done.outputs)
+                self.classify(done.outputs, &classes)
             }
             Err(e) => {
                 self.inner.stats.request_failed(start.elapsed());
