@@ -54,7 +54,10 @@ fn grpc(config_dir: &str, out: &std::path::Path) {
             .map(|m| m.name())
             .chain(f.enum_type.iter().map(|e| e.name()))
         {
-            builder = builder.extern_path(format!(".inference.{name}"), format!("crate::config::{name}"));
+            builder = builder.extern_path(
+                format!(".inference.{name}"),
+                format!("crate::config::{name}"),
+            );
         }
     }
     builder

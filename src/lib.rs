@@ -99,6 +99,7 @@
 //! |---|---|---|---|
 //! | `ocr` | yes | the [`ocr`] module: EAST and DB detectors, crops, CTC decoding, the photo-to-text pipeline of the `east_ocr` example | `image`, `imageproc` |
 //! | `cuda` | yes | `KIND_GPU` models on modelyard's CUDA kernels; [`gpu::probe`] | `cudarc`, `libloading`; libcuda and libnvrtc (CUDA 13) are loaded at run time, so it builds and runs without CUDA (a `KIND_GPU` model then fails to load with a clear error) |
+//! | `server` | no | the [`server`] module and the `modelyard serve` binary: Triton's HTTP/REST, gRPC and metrics endpoints | `tokio`, `hyper`, `tonic`, `serde_json`, `flate2` |
 //! | `bench-ort` | no | ONNX Runtime beside modelyard in `benches/cpu.rs` | `ort` (loads `ORT_DYLIB_PATH` at run time) |
 //! | `bench-tract-cuda` | no | tract's own CUDA runtime in `benches/gpu.rs` | `tract-cuda` |
 //! | `bench-cudnn` | no | cuDNN's convolution in `benches/gpu.rs` | cudarc's `cudnn` |

@@ -60,7 +60,9 @@ fn boolean(flag: &str, v: &str) -> Result<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(usage(format!("{flag}: '{v}' is not a boolean (true or false)"))),
+        _ => Err(usage(format!(
+            "{flag}: '{v}' is not a boolean (true or false)"
+        ))),
     }
 }
 
@@ -77,7 +79,11 @@ pub(crate) fn parse(args: &[String]) -> Result<Parsed> {
             "--help" | "-h" | "help" => return Ok(Parsed::Help),
             "--version" | "-V" => return Ok(Parsed::Version),
             f if f.starts_with("--") => {}
-            other => return Err(usage(format!("unknown command '{other}': the command is 'serve'"))),
+            other => {
+                return Err(usage(format!(
+                    "unknown command '{other}': the command is 'serve'"
+                )))
+            }
         }
     }
     let mut repository = None;
@@ -129,7 +135,9 @@ pub(crate) fn parse(args: &[String]) -> Result<Parsed> {
                 .map_err(|_| usage(format!("{flag}: '{v}' is not an IP address")))
         };
         match flag {
-            "--model-repository" | "--model-store" => repository = Some(std::path::PathBuf::from(v)),
+            "--model-repository" | "--model-store" => {
+                repository = Some(std::path::PathBuf::from(v))
+            }
             "--http-port" => http_port = number(flag, v)?,
             "--grpc-port" => grpc_port = number(flag, v)?,
             "--metrics-port" => metrics_port = number(flag, v)?,
@@ -160,7 +168,8 @@ pub(crate) fn parse(args: &[String]) -> Result<Parsed> {
             "--grpc-restricted-protocol" => o.grpc_restricted.push(Restriction::parse(v)?),
             "--http-max-input-size" => o.max_input_bytes = number(flag, v)?,
             "--http-thread-count" => o.threads = number(flag, v)?,
-            "--log-verbose" | "--log-info" | "--log-warning" | "--log-error" | "--strict-readiness" => {}
+            "--log-verbose" | "--log-info" | "--log-warning" | "--log-error"
+            | "--strict-readiness" => {}
             _ => return Err(usage(format!("unknown option '{flag}' (see --help)"))),
         }
     }
@@ -197,8 +206,14 @@ fn serve(args: Args) -> Result<()> {
     }
     let repo = builder.load()?;
     for e in repo.index() {
-        let version = e.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-        eprintln!("model '{}' version {version}: {} {}", e.name, e.state, e.reason);
+        let version = e
+            .version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        eprintln!(
+            "model '{}' version {version}: {} {}",
+            e.name, e.state, e.reason
+        );
     }
     let server = Server::start(repo, args.options)?;
     if let Some(a) = server.grpc_addr() {
@@ -270,7 +285,10 @@ mod tests {
         assert!(!a.auto_complete && !a.exit_on_error);
         assert_eq!(a.options.http_restricted.len(), 1);
         // tritonserver's own form, without the subcommand.
-        assert!(matches!(parse(&args("--model-repository /m")).unwrap(), Parsed::Serve(_)));
+        assert!(matches!(
+            parse(&args("--model-repository /m")).unwrap(),
+            Parsed::Serve(_)
+        ));
     }
 
     #[test]

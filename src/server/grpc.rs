@@ -13,7 +13,13 @@ use crate::config::DataType;
 use crate::{Error, Model, Result, Tensor};
 
 /// The generated messages, server and client of Triton's gRPC service.
-#[allow(clippy::all, missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/grpc/inference.rs"));
 }
@@ -77,7 +83,11 @@ fn status(e: &Error) -> tonic::Status {
 type Answer<T> = std::result::Result<Response<T>, tonic::Status>;
 
 impl Grpc {
-    fn allow<T>(&self, req: &Request<T>, group: ApiGroup) -> std::result::Result<(), tonic::Status> {
+    fn allow<T>(
+        &self,
+        req: &Request<T>,
+        group: ApiGroup,
+    ) -> std::result::Result<(), tonic::Status> {
         let meta = req.metadata();
         protocol::allowed(
             &self.state.opts.grpc_restricted,
@@ -139,7 +149,12 @@ fn input_tensor(
                 .iter()
                 .map(|v| <$t>::try_from(*v).ok())
                 .collect::<Option<Vec<$t>>>()
-                .ok_or_else(|| invalid(format!("input '{name}': a value does not fit {}", input.datatype)))?;
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "input '{name}': a value does not fit {}",
+                        input.datatype
+                    ))
+                })?;
             protocol::tensor_from(&shape, values, name)
         }};
     }
@@ -158,7 +173,11 @@ fn input_tensor(
         DataType::TypeString => {
             let n = protocol::element_count(&shape);
             if c.bytes_contents.len() != n {
-                return Err(protocol::count_mismatch(name, &shape, c.bytes_contents.len()));
+                return Err(protocol::count_mismatch(
+                    name,
+                    &shape,
+                    c.bytes_contents.len(),
+                ));
             }
             Tensor::from_bytes(&shape, &c.bytes_contents)
         }
@@ -226,13 +245,14 @@ fn infer(model: &Model, req: pb::ModelInferRequest) -> Result<pb::ModelInferResp
         let Some(t) = outputs.get(&name) else {
             continue;
         };
-        resp.outputs.push(pb::model_infer_response::InferOutputTensor {
-            name: name.clone(),
-            datatype: t.data_type().protocol_name().to_string(),
-            shape: t.shape().iter().map(|&d| d as i64).collect(),
-            parameters: HashMap::new(),
-            contents: None,
-        });
+        resp.outputs
+            .push(pb::model_infer_response::InferOutputTensor {
+                name: name.clone(),
+                datatype: t.data_type().protocol_name().to_string(),
+                shape: t.shape().iter().map(|&d| d as i64).collect(),
+                parameters: HashMap::new(),
+                contents: None,
+            });
         resp.raw_output_contents.push(t.to_le_bytes()?);
     }
     Ok(resp)
@@ -240,7 +260,10 @@ fn infer(model: &Model, req: pb::ModelInferRequest) -> Result<pb::ModelInferResp
 
 #[tonic::async_trait]
 impl GrpcInferenceService for Grpc {
-    async fn server_live(&self, req: Request<pb::ServerLiveRequest>) -> Answer<pb::ServerLiveResponse> {
+    async fn server_live(
+        &self,
+        req: Request<pb::ServerLiveRequest>,
+    ) -> Answer<pb::ServerLiveResponse> {
         self.allow(&req, ApiGroup::Health)?;
         Ok(Response::new(pb::ServerLiveResponse { live: true }))
     }
@@ -255,7 +278,10 @@ impl GrpcInferenceService for Grpc {
         }))
     }
 
-    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Answer<pb::ModelReadyResponse> {
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Answer<pb::ModelReadyResponse> {
         self.allow(&req, ApiGroup::Health)?;
         let r = req.into_inner();
         Ok(Response::new(pb::ModelReadyResponse {
@@ -301,7 +327,10 @@ impl GrpcInferenceService for Grpc {
         }))
     }
 
-    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Answer<pb::ModelInferResponse> {
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Answer<pb::ModelInferResponse> {
         self.allow(&req, ApiGroup::Inference)?;
         let r = req.into_inner();
         let model = protocol::model(&self.state.repo, &r.model_name, &r.model_version)
@@ -331,8 +360,8 @@ impl GrpcInferenceService for Grpc {
     ) -> Answer<pb::ModelStatisticsResponse> {
         self.allow(&req, ApiGroup::Statistics)?;
         let r = req.into_inner();
-        let all = protocol::statistics(&self.state.repo, &r.name, &r.version)
-            .map_err(|e| status(&e))?;
+        let all =
+            protocol::statistics(&self.state.repo, &r.name, &r.version).map_err(|e| status(&e))?;
         let model_stats = all
             .into_iter()
             .map(|s| pb::ModelStatistics {
@@ -398,7 +427,8 @@ impl GrpcInferenceService for Grpc {
         for key in r.parameters.keys() {
             protocol::check_load_parameter(key).map_err(|e| status(&e))?;
         }
-        self.blocking(move |repo| repo.load_model(&r.model_name)).await?;
+        self.blocking(move |repo| repo.load_model(&r.model_name))
+            .await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -408,7 +438,8 @@ impl GrpcInferenceService for Grpc {
     ) -> Answer<pb::RepositoryModelUnloadResponse> {
         self.allow(&req, ApiGroup::ModelRepository)?;
         let r = req.into_inner();
-        self.blocking(move |repo| repo.unload_model(&r.model_name)).await?;
+        self.blocking(move |repo| repo.unload_model(&r.model_name))
+            .await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

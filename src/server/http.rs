@@ -281,10 +281,12 @@ async fn model_request(
             }
             Err(e) => error(&e),
         },
-        ModelRoute::Config => match protocol::model(repo, name, version).and_then(|m| config_json(&m)) {
-            Ok(text) => reply(StatusCode::OK, "application/json", text),
-            Err(e) => error(&e),
-        },
+        ModelRoute::Config => {
+            match protocol::model(repo, name, version).and_then(|m| config_json(&m)) {
+                Ok(text) => reply(StatusCode::OK, "application/json", text),
+                Err(e) => error(&e),
+            }
+        }
         ModelRoute::Stats => stats(repo, name, version),
         ModelRoute::Infer => {
             let headers = req.headers().clone();
@@ -325,17 +327,26 @@ async fn body(state: &State, req: Request<Incoming>) -> std::result::Result<Byte
         .get(CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
-    let collected =
-        tokio::time::timeout(state.opts.read_timeout, Limited::new(req.into_body(), max).collect())
-            .await
-            .map_err(|_| error_reply(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body"))?
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                    too_big()
-                } else {
-                    error(&invalid(format!("failed to read the request body: {e}")))
-                }
-            })?;
+    let collected = tokio::time::timeout(
+        state.opts.read_timeout,
+        Limited::new(req.into_body(), max).collect(),
+    )
+    .await
+    .map_err(|_| {
+        error_reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "timed out reading the request body",
+        )
+    })?
+    .map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            too_big()
+        } else {
+            error(&invalid(format!("failed to read the request body: {e}")))
+        }
+    })?;
     let raw = collected.to_bytes();
     let mut out = Vec::new();
     let decoded = match encoding.as_deref() {
@@ -353,7 +364,11 @@ async fn body(state: &State, req: Request<Incoming>) -> std::result::Result<Byte
             )))
         }
     };
-    decoded.map_err(|e| error(&invalid(format!("failed to decompress the request body: {e}"))))?;
+    decoded.map_err(|e| {
+        error(&invalid(format!(
+            "failed to decompress the request body: {e}"
+        )))
+    })?;
     if out.len() > max {
         return Err(too_big());
     }
@@ -421,8 +436,14 @@ fn config_json(model: &Model) -> Result<String> {
     use prost::Message;
     let desc = crate::config::descriptor("inference.ModelConfig")
         .ok_or_else(|| Error::new(ErrorKind::Execution, "the config schema is not embedded"))?;
-    let message = prost_reflect::DynamicMessage::decode(desc, model.config().encode_to_vec().as_slice())
-        .map_err(|e| Error::new(ErrorKind::Execution, format!("cannot encode the config: {e}")))?;
+    let message =
+        prost_reflect::DynamicMessage::decode(desc, model.config().encode_to_vec().as_slice())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Execution,
+                    format!("cannot encode the config: {e}"),
+                )
+            })?;
     let options = prost_reflect::SerializeOptions::new()
         .stringify_64_bit_integers(false)
         .use_proto_field_name(true)
@@ -430,9 +451,18 @@ fn config_json(model: &Model) -> Result<String> {
     let mut out = serde_json::Serializer::new(Vec::new());
     message
         .serialize_with_options(&mut out, &options)
-        .map_err(|e| Error::new(ErrorKind::Execution, format!("cannot write the config: {e}")))?;
-    String::from_utf8(out.into_inner())
-        .map_err(|e| Error::new(ErrorKind::Execution, format!("cannot write the config: {e}")))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Execution,
+                format!("cannot write the config: {e}"),
+            )
+        })?;
+    String::from_utf8(out.into_inner()).map_err(|e| {
+        Error::new(
+            ErrorKind::Execution,
+            format!("cannot write the config: {e}"),
+        )
+    })
 }
 
 fn index(repo: &crate::Repository, body: &[u8]) -> Reply {
@@ -491,7 +521,10 @@ async fn control(state: &Arc<State>, name: &str, action: &str, body: &[u8]) -> R
     match done {
         Ok(Ok(())) => ok_empty(),
         Ok(Err(e)) => error(&e),
-        Err(e) => error(&Error::new(ErrorKind::Execution, format!("the request failed: {e}"))),
+        Err(e) => error(&Error::new(
+            ErrorKind::Execution,
+            format!("the request failed: {e}"),
+        )),
     }
 }
 
@@ -636,7 +669,8 @@ fn parse_infer(model: &Model, headers: &HeaderMap, body: &[u8]) -> Result<Parsed
 
 fn input_header(i: &Value) -> Result<InputHeader> {
     let name = str_field(i, "name", "an input")?.to_string();
-    let datatype = protocol::data_type(str_field(i, "datatype", &format!("input '{name}'"))?, &name)?;
+    let datatype =
+        protocol::data_type(str_field(i, "datatype", &format!("input '{name}'"))?, &name)?;
     let dims = i
         .get("shape")
         .and_then(Value::as_array)
@@ -644,12 +678,18 @@ fn input_header(i: &Value) -> Result<InputHeader> {
         .iter()
         .map(|d| d.as_i64())
         .collect::<Option<Vec<i64>>>()
-        .ok_or_else(|| invalid(format!("unable to parse shape of input '{name}': not integers")))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "unable to parse shape of input '{name}': not integers"
+            ))
+        })?;
     let shape = protocol::shape(&dims, &name)?;
     let binary_size = match i.get("parameters").and_then(|p| p.get("binary_data_size")) {
         None => None,
         Some(v) => Some(v.as_u64().map(|n| n as usize).ok_or_else(|| {
-            invalid(format!("binary_data_size of input '{name}' must be a non-negative integer"))
+            invalid(format!(
+                "binary_data_size of input '{name}' must be a non-negative integer"
+            ))
         })?),
     };
     Ok(InputHeader {
@@ -832,7 +872,12 @@ fn json_data(t: &Tensor) -> Result<Value> {
     }
 }
 
-fn respond(model: &Model, parsed: &Parsed, outputs: Outputs, accept: Option<&str>) -> Result<Reply> {
+fn respond(
+    model: &Model,
+    parsed: &Parsed,
+    outputs: Outputs,
+    accept: Option<&str>,
+) -> Result<Reply> {
     let mut binary = Vec::new();
     let mut listed = Vec::new();
     // The order the request asked for (or the config's), with each output's binary choice.
@@ -858,7 +903,10 @@ fn respond(model: &Model, parsed: &Parsed, outputs: Outputs, accept: Option<&str
         o.insert("shape".into(), json!(t.shape()));
         if as_binary {
             let bytes = t.to_le_bytes()?;
-            o.insert("parameters".into(), json!({"binary_data_size": bytes.len()}));
+            o.insert(
+                "parameters".into(),
+                json!({"binary_data_size": bytes.len()}),
+            );
             binary.extend_from_slice(&bytes);
         } else {
             o.insert("data".into(), json_data(t)?);
@@ -906,9 +954,11 @@ fn compress(body: Vec<u8>, accept: Option<&str>) -> (Vec<u8>, Option<&'static st
         return (body, None);
     };
     let wants = |enc: &str| {
-        accept
-            .split(',')
-            .any(|a| a.split(';').next().is_some_and(|n| n.trim().eq_ignore_ascii_case(enc)))
+        accept.split(',').any(|a| {
+            a.split(';')
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case(enc))
+        })
     };
     let level = flate2::Compression::fast();
     if wants("gzip") {
@@ -946,7 +996,10 @@ async fn infer(model: Model, headers: &HeaderMap, body: Bytes) -> Reply {
     match done {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => error(&e),
-        Err(e) => error(&Error::new(ErrorKind::Execution, format!("the request failed: {e}"))),
+        Err(e) => error(&Error::new(
+            ErrorKind::Execution,
+            format!("the request failed: {e}"),
+        )),
     }
 }
 
@@ -971,9 +1024,15 @@ mod tests {
             binary_size: None,
         };
         let t = json_tensor(&h, &json!([[1, 2], [3, 4]])).unwrap();
-        assert_eq!(t.view::<i32>().unwrap().iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            t.view::<i32>().unwrap().iter().copied().collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
         let e = json_tensor(&h, &json!([1, 2, 3])).unwrap_err();
-        assert!(e.message().contains("holds 4 elements, the data has 3"), "{e}");
+        assert!(
+            e.message().contains("holds 4 elements, the data has 3"),
+            "{e}"
+        );
         let e = json_tensor(&h, &json!([1, 2, 3, "x"])).unwrap_err();
         assert!(e.message().contains("is not a INT32 value"), "{e}");
         let e = json_tensor(&h, &json!([1, 2, 3, 1u64 << 40])).unwrap_err();
@@ -986,7 +1045,9 @@ mod tests {
         let (out, enc) = compress(body.clone(), Some("deflate;q=1.0"));
         assert_eq!(enc, Some("deflate"));
         let mut back = Vec::new();
-        flate2::read::ZlibDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        flate2::read::ZlibDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, body);
         assert_eq!(compress(body.clone(), Some("br")).1, None);
         assert_eq!(compress(body, None).1, None);

@@ -304,9 +304,7 @@ pub(crate) fn data_type(name: &str, tensor: &str) -> Result<DataType> {
     ];
     all.into_iter()
         .find(|d| d.protocol_name() == name)
-        .ok_or_else(|| {
-            invalid(format!("invalid datatype '{name}' of input '{tensor}'"))
-        })
+        .ok_or_else(|| invalid(format!("invalid datatype '{name}' of input '{tensor}'")))
 }
 
 /// A request's shape, checked: no negative dims, and an element count that fits.
@@ -338,7 +336,11 @@ pub(crate) fn element_count(shape: &[usize]) -> usize {
 }
 
 /// A tensor of `shape` from its elements, which must fill it.
-pub(crate) fn tensor_from<T: Element>(shape: &[usize], values: Vec<T>, tensor: &str) -> Result<Tensor>
+pub(crate) fn tensor_from<T: Element>(
+    shape: &[usize],
+    values: Vec<T>,
+    tensor: &str,
+) -> Result<Tensor>
 where
     Tensor: From<ndarray::ArrayD<T>>,
 {
@@ -420,17 +422,23 @@ mod tests {
     #[test]
     fn restrictions_parse_as_triton_writes_them() {
         let r = Restriction::parse("model-repository,statistics:Admin-Key=secret").unwrap();
-        assert_eq!(
-            r.groups,
-            [ApiGroup::ModelRepository, ApiGroup::Statistics]
-        );
+        assert_eq!(r.groups, [ApiGroup::ModelRepository, ApiGroup::Statistics]);
         assert_eq!((r.key.as_str(), r.value.as_str()), ("admin-key", "secret"));
         assert!(Restriction::parse("statistics").is_err());
         assert!(Restriction::parse("nonsense:k=v").is_err());
         let rs = [r];
         let refused = allowed(&rs, ApiGroup::Statistics, |_| None, "API").unwrap_err();
-        assert_eq!(refused, "This API is restricted, expecting header 'admin-key'");
-        assert!(allowed(&rs, ApiGroup::Statistics, |k| (k == "admin-key").then_some("secret"), "API").is_ok());
+        assert_eq!(
+            refused,
+            "This API is restricted, expecting header 'admin-key'"
+        );
+        assert!(allowed(
+            &rs,
+            ApiGroup::Statistics,
+            |k| (k == "admin-key").then_some("secret"),
+            "API"
+        )
+        .is_ok());
         assert!(allowed(&rs, ApiGroup::Statistics, |_| Some("wrong"), "API").is_err());
         assert!(allowed(&rs, ApiGroup::Inference, |_| None, "API").is_ok());
     }
@@ -438,7 +446,10 @@ mod tests {
     #[test]
     fn shapes_are_checked() {
         assert_eq!(shape(&[2, 3], "x").unwrap(), [2, 3]);
-        assert_eq!(shape(&[-1], "x").unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            shape(&[-1], "x").unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         assert_eq!(
             shape(&[1 << 40, 1 << 40], "x").unwrap_err().kind(),
             ErrorKind::ResourceExhausted
