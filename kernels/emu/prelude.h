@@ -12,12 +12,24 @@
 // is read and written only at 16-byte aligned addresses, as on a GPU: a misaligned one is
 // recorded as the emulated context's fault (CUDA_ERROR_MISALIGNED_ADDRESS), which the Rust
 // side reports after the launch and keeps for every later call, as a CUDA context does.
+// Device memory comes from emu::alloc: each allocation has its own pages, ends where a
+// PROT_NONE guard page starts (its size rounded up to 256 bytes, as cudaMalloc's granularity
+// lets a GPU read that far too) and has a guard page before its first page, so that a read or
+// write past its end, or before its first page, faults; during a launch, the SIGSEGV handler
+// records that as CUDA_ERROR_ILLEGAL_ADDRESS and leaves the launch (siglongjmp back to
+// emu::run), instead of reading whatever the host heap holds there. Faults that are not a
+// launch's are passed on to the handler that was there before (Rust's stack-overflow one).
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <csetjmp>
+#include <csignal>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 #include <functional>
@@ -123,7 +135,99 @@ static void set_thread(int t) {
     threadIdx.z = t / (blockDim.x * blockDim.y);
 }
 
+// ---- guarded allocations
+
+static size_t page_size() {
+    static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
+    return p;
+}
+
+// The layout of an allocation of `bytes`: its size rounded to 256 and its data pages.
+static void guarded_layout(size_t bytes, size_t* rounded, size_t* data) {
+    const size_t ps = page_size();
+    *rounded = bytes == 0 ? 256 : (bytes + 255) / 256 * 256;
+    *data = (*rounded + ps - 1) / ps * ps;
+}
+
+// Zeroed memory of `bytes` (256-byte aligned) between two guard pages; nullptr if the host
+// has none to give.
+static void* alloc(size_t bytes) {
+    size_t rounded, data;
+    guarded_layout(bytes, &rounded, &data);
+    const size_t ps = page_size();
+    if (data > SIZE_MAX - 2 * ps) return nullptr;
+    char* base = (char*)mmap(nullptr, data + 2 * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+                             -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    if (mprotect(base + ps, data, PROT_READ | PROT_WRITE) != 0) {
+        munmap(base, data + 2 * ps);
+        return nullptr;
+    }
+    return base + ps + data - rounded;
+}
+
+static void release(void* p, size_t bytes) {
+    size_t rounded, data;
+    guarded_layout(bytes, &rounded, &data);
+    const size_t ps = page_size();
+    munmap((char*)p + rounded - data - ps, data + 2 * ps);
+}
+
+// ---- faults during a launch
+
+static sigjmp_buf escape;
+static volatile sig_atomic_t launching = 0;
+static pthread_t launcher;
+static struct sigaction before_segv, before_bus;
+
+static void on_fault(int sig, siginfo_t* info, void* uc) {
+    if (launching && pthread_equal(pthread_self(), launcher)) {
+        launching = 0;
+        record_fault("CUDA_ERROR_ILLEGAL_ADDRESS", "an access outside every allocation",
+                     info->si_addr);
+        siglongjmp(escape, 1);
+    }
+    struct sigaction* before = sig == SIGBUS ? &before_bus : &before_segv;
+    if (before->sa_flags & SA_SIGINFO) {
+        before->sa_sigaction(sig, info, uc);
+    } else if (before->sa_handler != SIG_DFL && before->sa_handler != SIG_IGN) {
+        before->sa_handler(sig);
+    } else {
+        // Returning re-runs the access, which now ends the process as it would have.
+        signal(sig, SIG_DFL);
+    }
+}
+
+static void catch_faults() {
+    static bool installed = false;
+    if (installed) return;
+    installed = true;
+    struct sigaction act;
+    std::memset(&act, 0, sizeof act);
+    act.sa_sigaction = on_fault;
+    act.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&act.sa_mask);
+    sigaction(SIGSEGV, &act, &before_segv);
+    sigaction(SIGBUS, &act, &before_bus);
+}
+
+static void run_blocks(std::function<void()>& f, dim3 g, dim3 b, bool sync);
+
+// Runs the grid; a fault (emu::fault) ends it early, as it ends a kernel on a GPU.
 static void run(std::function<void()> f, dim3 g, dim3 b, bool sync) {
+    catch_faults();
+    launcher = pthread_self();
+    if (sigsetjmp(escape, 1) != 0) {
+        // Left by on_fault from inside a block: the threads' fibers are abandoned.
+        fibers = false;
+        return;
+    }
+    launching = 1;
+    run_blocks(f, g, b, sync);
+    launching = 0;
+}
+
+static void run_blocks(std::function<void()>& f, dim3 g, dim3 b, bool sync) {
     gridDim = g;
     blockDim = b;
     body = &f;

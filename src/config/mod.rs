@@ -161,6 +161,28 @@ impl DataType {
             DataType::TypeBf16 => "BF16",
         }
     }
+
+    /// The data type a protocol (KServe v2) name names, the inverse of
+    /// [`protocol_name`](Self::protocol_name); `None` for an unknown name and for `INVALID`.
+    pub fn from_protocol_name(name: &str) -> Option<DataType> {
+        Some(match name {
+            "BOOL" => DataType::TypeBool,
+            "UINT8" => DataType::TypeUint8,
+            "UINT16" => DataType::TypeUint16,
+            "UINT32" => DataType::TypeUint32,
+            "UINT64" => DataType::TypeUint64,
+            "INT8" => DataType::TypeInt8,
+            "INT16" => DataType::TypeInt16,
+            "INT32" => DataType::TypeInt32,
+            "INT64" => DataType::TypeInt64,
+            "FP16" => DataType::TypeFp16,
+            "FP32" => DataType::TypeFp32,
+            "FP64" => DataType::TypeFp64,
+            "BYTES" => DataType::TypeString,
+            "BF16" => DataType::TypeBf16,
+            _ => return None,
+        })
+    }
 }
 
 /// The config's name for a data-type number (`TYPE_FP32`), or the number for unknown values.

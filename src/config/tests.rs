@@ -184,3 +184,43 @@ fn reshape_segments_between_variable_dims() {
         "element count for tensor 'i' exceeds maximum size of 9223372036854775807"
     );
 }
+
+/// Every protocol name in Triton's table (model_config.md, "Datatypes": the API column) maps
+/// to its config type and back; INVALID and unknown names map to nothing.
+#[test]
+fn protocol_names_round_trip() {
+    let triton = [
+        ("TYPE_BOOL", "BOOL"),
+        ("TYPE_UINT8", "UINT8"),
+        ("TYPE_UINT16", "UINT16"),
+        ("TYPE_UINT32", "UINT32"),
+        ("TYPE_UINT64", "UINT64"),
+        ("TYPE_INT8", "INT8"),
+        ("TYPE_INT16", "INT16"),
+        ("TYPE_INT32", "INT32"),
+        ("TYPE_INT64", "INT64"),
+        ("TYPE_FP16", "FP16"),
+        ("TYPE_FP32", "FP32"),
+        ("TYPE_FP64", "FP64"),
+        ("TYPE_STRING", "BYTES"),
+        ("TYPE_BF16", "BF16"),
+    ];
+    for (config, api) in triton {
+        let d = DataType::from_protocol_name(api).unwrap();
+        assert_eq!(d.as_str_name(), config);
+        assert_eq!(d.protocol_name(), api);
+    }
+    let mut known = 0;
+    for v in 0..32 {
+        if let Ok(d) = DataType::try_from(v) {
+            if d != DataType::TypeInvalid {
+                assert_eq!(DataType::from_protocol_name(d.protocol_name()), Some(d));
+                known += 1;
+            }
+        }
+    }
+    assert_eq!(known, triton.len());
+    for bad in ["INVALID", "fp32", "STRING", "TYPE_FP32", ""] {
+        assert_eq!(DataType::from_protocol_name(bad), None, "{bad}");
+    }
+}

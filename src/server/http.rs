@@ -185,11 +185,10 @@ async fn handle(
         ["v2", "logging"] => ApiGroup::Logging,
         _ => return error_reply(StatusCode::NOT_FOUND, "Not Found"),
     };
-    let headers = req.headers().clone();
     if let Err(refused) = protocol::allowed(
         &state.opts.http_restricted,
         group,
-        |k| headers.get(k).and_then(|v| v.to_str().ok()),
+        |k| req.headers().get(k).and_then(|v| v.to_str().ok()),
         "API",
     ) {
         return error_reply(StatusCode::FORBIDDEN, &refused);
@@ -289,8 +288,8 @@ async fn model_request(
         }
         ModelRoute::Stats => stats(repo, name, version),
         ModelRoute::Infer => {
-            let headers = req.headers().clone();
-            let b = match body(state, req).await {
+            let (parts, incoming) = req.into_parts();
+            let b = match read_body(state, &parts.headers, incoming).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
@@ -298,7 +297,7 @@ async fn model_request(
                 Ok(m) => m,
                 Err(e) => return error(&e),
             };
-            infer(model, &headers, b).await
+            infer(model, parts.headers, b).await
         }
     }
 }
@@ -307,6 +306,16 @@ async fn model_request(
 /// reading, or as soon as the stream passes it), read within the read timeout, and
 /// decompressed (`Content-Encoding: gzip` or `deflate`) to at most the same limit.
 async fn body(state: &State, req: Request<Incoming>) -> std::result::Result<Bytes, Reply> {
+    let (parts, incoming) = req.into_parts();
+    read_body(state, &parts.headers, incoming).await
+}
+
+/// [`body`] from a request already split into its headers and body stream.
+async fn read_body(
+    state: &State,
+    headers: &HeaderMap,
+    incoming: Incoming,
+) -> std::result::Result<Bytes, Reply> {
     let max = state.opts.max_input_bytes;
     let too_big = || {
         error_reply(
@@ -314,22 +323,20 @@ async fn body(state: &State, req: Request<Incoming>) -> std::result::Result<Byte
             &format!("request body is larger than the server's limit of {max} bytes (--http-max-input-size)"),
         )
     };
-    let declared = req
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_big());
     }
-    let encoding = req
-        .headers()
+    let encoding = headers
         .get(CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase());
     let collected = tokio::time::timeout(
         state.opts.read_timeout,
-        Limited::new(req.into_body(), max).collect(),
+        Limited::new(incoming, max).collect(),
     )
     .await
     .map_err(|_| {
@@ -979,18 +986,16 @@ fn compress(body: Vec<u8>, accept: Option<&str>) -> (Vec<u8>, Option<&'static st
     (body, None)
 }
 
-async fn infer(model: Model, headers: &HeaderMap, body: Bytes) -> Reply {
-    let accept = headers
-        .get(hyper::header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let headers = headers.clone();
+async fn infer(model: Model, headers: HeaderMap, body: Bytes) -> Reply {
     let done = tokio::task::spawn_blocking(move || -> Result<Reply> {
         let mut parsed = parse_infer(&model, &headers, &body)?;
         let options = protocol::options(&parsed.wanted, parsed.priority, parsed.timeout);
         let inputs = std::mem::take(&mut parsed.inputs);
         let outputs = model.infer_with(inputs, &options)?;
-        respond(&model, &parsed, outputs, accept.as_deref())
+        let accept = headers
+            .get(hyper::header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        respond(&model, &parsed, outputs, accept)
     })
     .await;
     match done {

@@ -286,24 +286,7 @@ pub(crate) fn statistics(
 
 /// A protocol data type name (`FP32`, `BYTES`) of tensor `tensor`.
 pub(crate) fn data_type(name: &str, tensor: &str) -> Result<DataType> {
-    let all = [
-        DataType::TypeBool,
-        DataType::TypeUint8,
-        DataType::TypeUint16,
-        DataType::TypeUint32,
-        DataType::TypeUint64,
-        DataType::TypeInt8,
-        DataType::TypeInt16,
-        DataType::TypeInt32,
-        DataType::TypeInt64,
-        DataType::TypeFp16,
-        DataType::TypeFp32,
-        DataType::TypeFp64,
-        DataType::TypeString,
-        DataType::TypeBf16,
-    ];
-    all.into_iter()
-        .find(|d| d.protocol_name() == name)
+    DataType::from_protocol_name(name)
         .ok_or_else(|| invalid(format!("invalid datatype '{name}' of input '{tensor}'")))
 }
 

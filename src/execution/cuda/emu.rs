@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::device::{cache_dir, write_atomically};
 use crate::execution::program::device::{
     check_launch, host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
-    Sticky,
+    RawAlloc, Sticky,
 };
 use crate::execution::program::kernels::{self, Kernel};
 
@@ -52,6 +52,10 @@ fn translation_unit() -> String {
     let src = kernels::source();
     let mut unit = String::from(PRELUDE);
     unit.push_str("extern \"C\" const char* emu_fault() { return emu::fault; }\n");
+    unit.push_str(
+        "extern \"C\" void* emu_alloc(size_t n) { return emu::alloc(n); }\n\
+         extern \"C\" void emu_free(void* p, size_t n) { emu::release(p, n); }\n",
+    );
     unit.push_str(&poison_shared(&src));
     // The layouts and codes Rust uses, checked by the host compiler: a struct or code that
     // drifted from kernels.rs fails this build.
@@ -129,6 +133,17 @@ impl EmuDevice {
             *lib.get::<FaultFn>(b"emu_fault")
                 .map_err(|e| e.to_string())?
         };
+        // SAFETY: generated above (translation_unit) with exactly these signatures.
+        let raw = unsafe {
+            RawAlloc {
+                alloc: *lib
+                    .get::<unsafe extern "C" fn(usize) -> *mut u8>(b"emu_alloc")
+                    .map_err(|e| e.to_string())?,
+                free: *lib
+                    .get::<unsafe extern "C" fn(*mut u8, usize)>(b"emu_free")
+                    .map_err(|e| e.to_string())?,
+            }
+        };
         let mut launches = HashMap::new();
         for &k in Kernel::ALL {
             // SAFETY: the symbols were generated with exactly these signatures.
@@ -146,7 +161,8 @@ impl EmuDevice {
             _lib: lib,
             launches,
             fault,
-            memory: HostMemory::new(256, MEMORY),
+            // Guarded pages: an access past an allocation faults (kernels/emu/prelude.h).
+            memory: HostMemory::with_allocator(256, MEMORY, raw),
             running: Mutex::new(()),
         })
     }
@@ -225,6 +241,17 @@ mod tests {
     /// `MODELYARD_EMU_SEED=seed`, and returns what it printed; `None` without a C++ compiler
     /// off Linux.
     fn run_on_prelude(kernels: &str, main: &str, seed: u64) -> Option<String> {
+        let (status, out) = run_on_prelude_status(kernels, main, seed)?;
+        assert!(status.success(), "{status}: {out}");
+        Some(out)
+    }
+
+    /// [`run_on_prelude`] that lets the program fail: its exit status and output.
+    fn run_on_prelude_status(
+        kernels: &str,
+        main: &str,
+        seed: u64,
+    ) -> Option<(std::process::ExitStatus, String)> {
         let dir = tempfile::tempdir().unwrap();
         let cpp = dir.path().join("t.cpp");
         let exe = dir.path().join("t");
@@ -251,8 +278,7 @@ mod tests {
             .env("MODELYARD_EMU_SEED", seed.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success());
-        Some(String::from_utf8(out.stdout).unwrap())
+        Some((out.status, String::from_utf8(out.stdout).unwrap()))
     }
 
     /// A planted race: every thread writes one shared slot before the barrier, thread 0 reads
@@ -345,51 +371,105 @@ mod tests {
         }
     }
 
+    /// Whether this is the child process [`in_child`] started for `test`; in the parent,
+    /// runs `test` alone in a child (the emulator is the process's, and a fault loses it for
+    /// good) and checks that it passed and printed "child: done".
+    fn in_child(test: &str) -> bool {
+        if std::env::var_os("MODELYARD_EMU_FAULT_CHILD").is_some() {
+            return true;
+        }
+        let test = format!(
+            "{}::{test}",
+            module_path!().trim_start_matches("modelyard::")
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env("MODELYARD_EMU_FAULT_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("child: done"), "{text}");
+        false
+    }
+
+    /// Launches unary_f32 (y = x, one block of 2 threads) on the emulator; the error, if any.
+    fn unary(emu: &Sticky<EmuDevice>, x: DevPtr, y: DevPtr, n: i32, vec4: i32) -> DeviceResult<()> {
+        let params = kernels::UnaryParams {
+            x,
+            y,
+            n,
+            vec4,
+            ..Default::default()
+        };
+        emu.launch(
+            0,
+            Kernel::Unary,
+            [1, 1, 1],
+            [2, 1, 1],
+            &kernels::bytes_of(&params),
+        )
+    }
+
+    /// On the prelude alone: an out-of-bounds write past the end (from a fiber, between
+    /// barriers) and a read before the first page both fault and end their launch; the
+    /// process goes on, and an in-bounds launch after that runs.
+    #[test]
+    fn out_of_bounds_accesses_fault_and_end_the_launch() {
+        let kernels = "__global__ void fill(float* y, int n, int off) {\n\
+            __syncthreads();\n\
+            for (int i = threadIdx.x; i < n; i += blockDim.x) y[i + off] = 1.0f;\n\
+            __syncthreads();\n}\n";
+        let main = "float* y = (float*)emu::alloc(4096 * 4);\n\
+            emu::run([&] { fill(y, 4096, 0); }, dim3{2, 1, 1}, dim3{64, 1, 1}, true);\n\
+            std::printf(\"inside:%s|\", emu::fault);\n\
+            emu::run([&] { fill(y, 4096, 1); }, dim3{2, 1, 1}, dim3{64, 1, 1}, true);\n\
+            std::printf(\"past:%s|\", emu::fault); emu::fault[0] = 0;\n\
+            emu::run([&] { fill(y, 1, -1); }, dim3{1, 1, 1}, dim3{1, 1, 1}, false);\n\
+            std::printf(\"before:%s|\", emu::fault); emu::fault[0] = 0;\n\
+            emu::run([&] { fill(y, 4096, 0); }, dim3{1, 1, 1}, dim3{32, 1, 1}, true);\n\
+            std::printf(\"again:%s|%g\", emu::fault, y[4095]);\n\
+            emu::release(y, 4096 * 4); return 0;";
+        let Some(out) = run_on_prelude(kernels, main, 1) else {
+            return;
+        };
+        let parts: Vec<&str> = out.split('|').collect();
+        assert_eq!(parts[0], "inside:", "{out}");
+        for part in &parts[1..3] {
+            assert!(
+                part.contains("CUDA_ERROR_ILLEGAL_ADDRESS: an access outside every allocation"),
+                "{out}"
+            );
+        }
+        assert_eq!(&parts[3..], ["again:", "1"], "{out}");
+
+        // Outside a launch a bad access is none of the emulator's business: the handler that
+        // was there before gets it, and the process dies of it as it would have.
+        let main = "float* y = (float*)emu::alloc(64);\n\
+            emu::run([&] { fill(y, 16, 0); }, dim3{1, 1, 1}, dim3{4, 1, 1}, true);\n\
+            std::printf(\"ran|\"); std::fflush(stdout);\n\
+            *(volatile float*)(y + 64) = 1.0f; std::printf(\"survived\"); return 0;";
+        let (status, out) = run_on_prelude_status(kernels, main, 1).unwrap();
+        assert_eq!(out, "ran|");
+        assert!(!status.success(), "{status}");
+    }
+
     /// Through the device: a launch whose float4 view is misaligned answers the fault, and the
-    /// emulated context is lost for good, as a CUDA one (every later call: `Lost`). Run in a
-    /// child process, since the emulator is the process's.
+    /// emulated context is lost for good, as a CUDA one (every later call: `Lost`).
     #[test]
     fn a_fault_on_the_emulator_is_sticky_like_a_cuda_context() {
-        let name = "a_fault_on_the_emulator_is_sticky_like_a_cuda_context";
-        if std::env::var_os("MODELYARD_EMU_FAULT_CHILD").is_none() {
-            let test = format!(
-                "{}::{name}",
-                module_path!().trim_start_matches("modelyard::")
-            );
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-                .env("MODELYARD_EMU_FAULT_CHILD", "1")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(text.contains("child: fault and loss seen"), "{text}");
+        if !in_child("a_fault_on_the_emulator_is_sticky_like_a_cuda_context") {
             return;
         }
         let Some(emu) = emulator_or_skip() else {
             return;
         };
         let buf = emu.alloc(1024).unwrap();
-        let params = kernels::UnaryParams {
-            x: buf + 4,
-            y: buf + 512,
-            n: 8,
-            vec4: 1,
-            ..Default::default()
-        };
-        let e = emu
-            .launch(
-                0,
-                Kernel::Unary,
-                [1, 1, 1],
-                [2, 1, 1],
-                &kernels::bytes_of(&params),
-            )
-            .unwrap_err();
+        let e = unary(emu, buf + 4, buf + 512, 8, 1).unwrap_err();
         assert!(
             matches!(&e, DeviceError::Fault { detail, .. } if detail.contains("CUDA_ERROR_MISALIGNED_ADDRESS")),
             "{e}"
@@ -399,7 +479,34 @@ mod tests {
             matches!(&later, DeviceError::Lost(first) if first.contains("launching unary_f32")),
             "{later}"
         );
-        println!("child: fault and loss seen");
+        println!("child: done");
+    }
+
+    /// Device memory ends at a guard page: a kernel that reads past its allocation's end
+    /// faults with CUDA_ERROR_ILLEGAL_ADDRESS, as on a GPU, instead of reading the host heap;
+    /// the same kernel within the allocation does not; the context is lost after the fault.
+    #[test]
+    fn a_read_past_an_allocation_is_an_illegal_address() {
+        if !in_child("a_read_past_an_allocation_is_an_illegal_address") {
+            return;
+        }
+        let Some(emu) = emulator_or_skip() else {
+            return;
+        };
+        // 1000 bytes: 250 floats, rounded up to 1024 bytes (256 floats) as cudaMalloc would.
+        let x = emu.alloc(1000).unwrap();
+        let y = emu.alloc(64 << 10).unwrap();
+        unary(emu, x, y, 256, 0).unwrap();
+        unary(emu, x, y, 256, 1).unwrap();
+        let e = unary(emu, x, y, 257, 0).unwrap_err();
+        assert!(
+            matches!(&e, DeviceError::Fault { detail, .. }
+                if detail.contains("CUDA_ERROR_ILLEGAL_ADDRESS: an access outside every allocation")
+                    && detail.contains(&format!("{:#x}", x + 1024))),
+            "{e}"
+        );
+        assert!(matches!(emu.alloc(16).unwrap_err(), DeviceError::Lost(_)));
+        println!("child: done");
     }
 
     /// The emulator refuses what a GPU refuses (`CUDA_ERROR_INVALID_VALUE`): empty grids,

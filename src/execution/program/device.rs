@@ -224,6 +224,18 @@ pub(crate) struct HostMemory {
     limit: usize,
     /// (bytes in use, the allocations by address)
     allocations: parking_lot::Mutex<(usize, std::collections::HashMap<u64, std::alloc::Layout>)>,
+    /// Where the memory comes from instead of the global allocator (the emulator's guarded
+    /// pages).
+    raw: Option<RawAlloc>,
+}
+
+/// An allocator in place of the global one: `alloc(bytes)` returns zeroed memory aligned to
+/// the [`HostMemory`]'s alignment, or null; `free(ptr, bytes)` takes it back.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct RawAlloc {
+    pub(crate) alloc: unsafe extern "C" fn(usize) -> *mut u8,
+    pub(crate) free: unsafe extern "C" fn(*mut u8, usize),
 }
 
 impl HostMemory {
@@ -232,6 +244,16 @@ impl HostMemory {
             align,
             limit,
             allocations: Default::default(),
+            raw: None,
+        }
+    }
+
+    /// Memory from `raw` instead of the global allocator.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn with_allocator(align: usize, limit: usize, raw: RawAlloc) -> HostMemory {
+        HostMemory {
+            raw: Some(raw),
+            ..HostMemory::new(align, limit)
         }
     }
 
@@ -244,8 +266,12 @@ impl HostMemory {
         if used.saturating_add(layout.size()) > self.limit {
             return Err(oom(format!(", {used} of {} in use", self.limit)));
         }
-        // SAFETY: non-zero size. Zeroed, so a value never written reads as 0.0.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: non-zero size; `raw` promises what alloc_zeroed does. Zeroed, so a value
+        // never written reads as 0.0.
+        let p = match self.raw {
+            Some(raw) => unsafe { (raw.alloc)(layout.size()) },
+            None => unsafe { std::alloc::alloc_zeroed(layout) },
+        };
         if p.is_null() {
             return Err(oom(String::new()));
         }
@@ -258,8 +284,11 @@ impl HostMemory {
         let mut allocations = self.allocations.lock();
         if let Some(layout) = allocations.1.remove(&ptr) {
             allocations.0 -= layout.size();
-            // SAFETY: allocated above with this layout.
-            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) };
+            // SAFETY: allocated above with this layout, by the same allocator.
+            match self.raw {
+                Some(raw) => unsafe { (raw.free)(ptr as *mut u8, layout.size()) },
+                None => unsafe { std::alloc::dealloc(ptr as *mut u8, layout) },
+            }
         }
     }
 }
