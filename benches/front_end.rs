@@ -2,10 +2,11 @@
 //! request on the same model, in-process and over loopback, side by side in one run.
 //!
 //! - `front_end_tiny`: the identity model `id_fp32` (16 floats), one caller: in-process
-//!   `Model::infer`, HTTP/REST with the binary tensor extension and with JSON tensors over one
-//!   keep-alive connection, and gRPC `ModelInfer` over one HTTP/2 channel. After the group,
-//!   p50/p99 per row and what the front end adds at p50 over the in-process call (goal:
-//!   <= 50 us).
+//!   `Model::infer`, the same request's bytes echoed by a bare TCP thread over loopback (the
+//!   floor any server has: two thread wake-ups a round trip), HTTP/REST with the binary
+//!   tensor extension and with JSON tensors over one keep-alive connection, and gRPC
+//!   `ModelInfer` over one HTTP/2 channel. After the group, p50/p99 per row and what each
+//!   adds at p50 over the in-process call (goal: <= 50 us).
 //! - `front_end_tiny_16_clients`: 16 callers at once (16 keep-alive connections; 16 tonic
 //!   clients on one runtime); criterion's throughput is requests/s (goal: >= 10,000/s on 2
 //!   cores).
@@ -159,6 +160,19 @@ async fn grpc_client(url: String) -> GrpcInferenceServiceClient<tonic::transport
     GrpcInferenceServiceClient::new(channel)
 }
 
+/// A thread that sends back every `len` bytes it receives, on one connection.
+fn echo_server(len: usize) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; len];
+        while s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {}
+    });
+    addr
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(i).copied().unwrap_or_default()
@@ -186,17 +200,21 @@ impl Latencies {
         for (_, v) in &mut rows {
             v.sort();
         }
-        let base = rows
-            .iter()
-            .find(|(r, _)| r == baseline)
-            .map(|(_, v)| percentile(v, 0.5));
+        let p50_of = |name: &str| {
+            rows.iter()
+                .find(|(r, _)| r == name)
+                .map(|(_, v)| us(percentile(v, 0.5)))
+        };
+        let (base, echo) = (p50_of(baseline), p50_of("tcp_echo"));
         println!("\nlatency, {title}:");
         for (row, v) in &rows {
             let p50 = percentile(v, 0.5);
-            let added = match base {
-                Some(b) if row != baseline => {
-                    format!("  added at p50 {:>8.1} us", us(p50) - us(b))
-                }
+            let added = match (base, echo) {
+                (Some(b), Some(e)) if row != baseline && row != "tcp_echo" => format!(
+                    "  over in-process {:>7.1} us, over in-process + echo {:>7.1} us",
+                    us(p50) - b,
+                    us(p50) - b - e
+                ),
                 _ => String::new(),
             };
             println!(
@@ -227,7 +245,6 @@ fn one_caller(
     group: &str,
     model: &Model,
     server: &Server,
-    rt: &tokio::runtime::Runtime,
     req: &Request,
     json: bool,
 ) {
@@ -243,6 +260,25 @@ fn one_caller(
                 let t = Instant::now();
                 model.infer([input.clone()]).unwrap();
                 lat.record("in_process", t.elapsed());
+            }
+            start.elapsed()
+        })
+    });
+    // The floor: the same bytes over loopback to a thread that answers at once (two
+    // threads woken per round trip, as for any server).
+    let echo = echo_server(req.http_binary().len());
+    let mut conn = TcpStream::connect(echo).unwrap();
+    conn.set_nodelay(true).unwrap();
+    let bytes = req.http_binary();
+    let mut back = vec![0u8; bytes.len()];
+    g.bench_function("tcp_echo", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let t = Instant::now();
+                conn.write_all(&bytes).unwrap();
+                conn.read_exact(&mut back).unwrap();
+                lat.record("tcp_echo", t.elapsed());
             }
             start.elapsed()
         })
@@ -266,12 +302,18 @@ fn one_caller(
             })
         });
     }
+    // One caller's client on a runtime of its own thread (the HTTP/2 connection task runs
+    // on the caller's thread: no client-side thread wake-ups, as for the HTTP rows).
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let url = format!("http://{}", server.grpc_addr().unwrap());
-    let mut client = rt.block_on(async { grpc_client(url).await });
+    let mut client = local.block_on(async { grpc_client(url).await });
     let grpc = req.grpc();
     g.bench_function("grpc", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            local.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let t = Instant::now();
@@ -379,7 +421,7 @@ fn front_end(c: &mut Criterion) {
         values: (0..16).map(|i| i as f32 * 0.5).collect(),
     };
     let tiny_model = repo.model("id_fp32").unwrap();
-    one_caller(c, "front_end_tiny", &tiny_model, &server, &rt, &tiny, true);
+    one_caller(c, "front_end_tiny", &tiny_model, &server, &tiny, true);
     sixteen(c, &server, &rt, &tiny);
 
     let rec = Request {
@@ -389,15 +431,7 @@ fn front_end(c: &mut Criterion) {
         values: (0..3200).map(|i| ((i % 17) as f32) / 8.0 - 1.0).collect(),
     };
     let rec_model = repo.model("text_recognition").unwrap();
-    one_caller(
-        c,
-        "front_end_recogniser",
-        &rec_model,
-        &server,
-        &rt,
-        &rec,
-        false,
-    );
+    one_caller(c, "front_end_recogniser", &rec_model, &server, &rec, false);
     server.shutdown();
 }
 

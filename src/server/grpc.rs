@@ -335,11 +335,9 @@ impl GrpcInferenceService for Grpc {
         let r = req.into_inner();
         let model = protocol::model(&self.state.repo, &r.model_name, &r.model_version)
             .map_err(|e| status(&e))?;
-        match tokio::task::spawn_blocking(move || infer(&model, r)).await {
-            Ok(Ok(resp)) => Ok(Response::new(resp)),
-            Ok(Err(e)) => Err(status(&e)),
-            Err(e) => Err(tonic::Status::internal(format!("the request failed: {e}"))),
-        }
+        protocol::blocking(|| infer(&model, r))
+            .map(Response::new)
+            .map_err(|e| status(&e))
     }
 
     async fn model_config(

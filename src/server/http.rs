@@ -987,7 +987,7 @@ fn compress(body: Vec<u8>, accept: Option<&str>) -> (Vec<u8>, Option<&'static st
 }
 
 async fn infer(model: Model, headers: HeaderMap, body: Bytes) -> Reply {
-    let done = tokio::task::spawn_blocking(move || -> Result<Reply> {
+    let done = protocol::blocking(|| -> Result<Reply> {
         let mut parsed = parse_infer(&model, &headers, &body)?;
         let options = protocol::options(&parsed.wanted, parsed.priority, parsed.timeout);
         let inputs = std::mem::take(&mut parsed.inputs);
@@ -996,16 +996,8 @@ async fn infer(model: Model, headers: HeaderMap, body: Bytes) -> Reply {
             .get(hyper::header::ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok());
         respond(&model, &parsed, outputs, accept)
-    })
-    .await;
-    match done {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => error(&e),
-        Err(e) => error(&Error::new(
-            ErrorKind::Execution,
-            format!("the request failed: {e}"),
-        )),
-    }
+    });
+    done.unwrap_or_else(|e| error(&e))
 }
 
 #[cfg(test)]

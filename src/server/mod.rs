@@ -67,8 +67,9 @@ pub struct ServerOptions {
     pub read_timeout: Duration,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
-    /// Worker threads of the network runtime (0: the machine's cores). Inference runs on a
-    /// separate pool of blocking threads, so slow models do not stall the network.
+    /// Worker threads of the network runtime (0: the machine's cores). A request's
+    /// inference runs on the worker that received it, which hands its other connections to
+    /// another thread meanwhile (`block_in_place`), so slow models do not stall the network.
     pub threads: usize,
 }
 
