@@ -526,6 +526,11 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
         check_op(target, "Softmax axis 1", &sm, None, &[2, 37, 26]);
         let sm = OneOp::new("Softmax", vec![("x", vec![3, 6625])]).attr(attr_int("axis", -1));
         check_op(target, "Softmax last axis", &sm, None, &[3, 6625]);
+        // The recogniser's rows: enough of them to be split over the CPU's threads.
+        let sm = OneOp::new("Softmax", vec![("x", vec![40, 6625])]).attr(attr_int("axis", -1));
+        check_op(target, "Softmax 40 rows", &sm, None, &[40, 6625]);
+        let sm = OneOp::new("LogSoftmax", vec![("x", vec![40, 6625])]).attr(attr_int("axis", -1));
+        check_op(target, "LogSoftmax 40 rows", &sm, None, &[40, 6625]);
         let tr = OneOp::new("Transpose", vec![("x", vec![2, 3, 4, 5])])
             .attr(attr_ints("perm", &[0, 2, 3, 1]));
         check_op(target, "Transpose NCHW->NHWC", &tr, None, &[2, 4, 5, 3]);

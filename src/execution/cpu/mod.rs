@@ -118,7 +118,7 @@ impl Device for CpuDevice {
                 Kernel::Pool => pool(&params(bytes)?),
                 Kernel::Resize => resize(&params(bytes)?),
                 Kernel::Reduce => reduce(&params(bytes)?),
-                Kernel::Softmax => softmax(&params(bytes)?),
+                Kernel::Softmax => softmax(&params(bytes)?, self.threads),
             }
         }
         if profiling() {
@@ -176,6 +176,10 @@ fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> Devi
                 p.n_in,
                 &p.code[..p.n_ops.max(0) as usize]
             )
+        }
+        Kernel::Softmax => {
+            let p: k::SoftmaxParams = params(bytes)?;
+            format!("outer {} axis {} inner {}", p.outer, p.axis, p.inner)
         }
         _ => String::new(),
     };
@@ -1000,45 +1004,26 @@ isa::multiversion! {
 }
 
 isa::multiversion! {
-    /// Softmax and log-softmax. Rows along a contiguous axis (the recogniser's 6625 classes)
-    /// take the max, the exponentials and their sum in 16 lanes with [`exp_approx`]; other
-    /// layouts walk the axis with its stride.
-    unsafe fn softmax(p: &k::SoftmaxParams) {
+    /// Softmax and log-softmax. Rows along a contiguous axis (the recogniser's 6625
+    /// classes), split over the threads, take the max, the exponentials and their sum in 16
+    /// lanes with [`exp_approx`] ([`softmax_row`]); other layouts walk the axis with its
+    /// stride.
+    unsafe fn softmax(p: &k::SoftmaxParams, threads: usize) {
         let (x, y) = (p.x as *const f32, p.y as *mut f32);
         let [outer, axis, inner] = [p.outer, p.axis, p.inner].map(|v| v.max(0) as usize);
         if inner == 1 && axis > 0 {
-            for o in 0..outer {
-                let xs = std::slice::from_raw_parts(x.add(o * axis), axis);
-                let ys = std::slice::from_raw_parts_mut(y.add(o * axis), axis);
-                let mx = elementwise::fold(xs.as_ptr(), axis, 1, f32::NEG_INFINITY, |v| v, f32::max);
-                let mut sums = [0f32; 16];
-                let mut i = 0;
-                while i + 16 <= axis {
-                    for (j, s) in sums.iter_mut().enumerate() {
-                        let e = exp_approx(xs[i + j] - mx);
-                        ys[i + j] = e;
-                        *s += e;
-                    }
-                    i += 16;
+            let (xp, yp) = (gemm::Shared(x), gemm::Shared(y));
+            // Rows split over the threads (a piece should be worth a pool dispatch).
+            let parts = threads.min(outer).min((outer * axis) >> 15).max(1);
+            pool::parallel(parts, &|piece| {
+                for o in pool::range(outer, parts, piece) {
+                    // SAFETY: row `o` of `outer` rows of `axis` floats, in `x` and in `y`;
+                    // pieces own disjoint rows of `y`.
+                    let xs = std::slice::from_raw_parts(xp.get().add(o * axis), axis);
+                    let ys = std::slice::from_raw_parts_mut(yp.get().add(o * axis), axis);
+                    softmax_row(xs, ys, p.log != 0);
                 }
-                let mut sum: f32 = sums.iter().sum();
-                for j in i..axis {
-                    let e = exp_approx(xs[j] - mx);
-                    ys[j] = e;
-                    sum += e;
-                }
-                if p.log != 0 {
-                    let ls = sum.ln();
-                    for (d, v) in ys.iter_mut().zip(xs) {
-                        *d = *v - mx - ls;
-                    }
-                } else {
-                    let inv = 1.0 / sum;
-                    for d in ys.iter_mut() {
-                        *d *= inv;
-                    }
-                }
-            }
+            });
             return;
         }
         for o in 0..outer {
@@ -1060,6 +1045,41 @@ isa::multiversion! {
     }
 }
 
+/// Softmax (or log-softmax) of one contiguous row: the max, then the exponentials and their
+/// sum 16 lanes at a time (fixed-size chunks, so the loop is straight-line vector code), then
+/// the scaling.
+#[inline(always)]
+fn softmax_row(xs: &[f32], ys: &mut [f32], log: bool) {
+    let mx = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0f32; 16];
+    let mut xc = xs.chunks_exact(16);
+    let mut yc = ys.chunks_exact_mut(16);
+    for (x16, y16) in (&mut xc).zip(&mut yc) {
+        for ((d, &v), s) in y16.iter_mut().zip(x16).zip(sums.iter_mut()) {
+            let e = exp_approx(v - mx);
+            *d = e;
+            *s += e;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for (d, &v) in yc.into_remainder().iter_mut().zip(xc.remainder()) {
+        let e = exp_approx(v - mx);
+        *d = e;
+        sum += e;
+    }
+    if log {
+        let ls = sum.ln();
+        for (d, v) in ys.iter_mut().zip(xs) {
+            *d = *v - mx - ls;
+        }
+    } else {
+        let inv = 1.0 / sum;
+        for d in ys.iter_mut() {
+            *d *= inv;
+        }
+    }
+}
+
 /// `e^x` without a call into libm, so loops over it vectorise: `x = n·ln 2 + r` with
 /// `|r| <= ln 2 / 2`, `e^r` by its degree-6 Taylor polynomial (truncation below 1.3e-7
 /// relative; with the rounding of the reduction, within 4e-7 of libm), `2^n` built in the
@@ -1069,11 +1089,11 @@ isa::multiversion! {
 fn exp_approx(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    if x > 88.7 {
-        return f32::INFINITY;
-    }
-    // Not `max`, which would turn NaN into the bound.
+    // Selects, not `min`/`max` (which would turn NaN into a bound) and not an early return
+    // (which keeps the loops around it from vectorising). At 88.7, `n` is 128 and `2^n` is
+    // built as `inf`, so everything above it is `inf` too.
     let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.7 { 88.7 } else { x };
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
