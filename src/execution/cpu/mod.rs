@@ -1050,7 +1050,9 @@ isa::multiversion! {
 /// the scaling.
 #[inline(always)]
 fn softmax_row(xs: &[f32], ys: &mut [f32], log: bool) {
-    let mx = xs.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    // SAFETY: `xs` holds `xs.len()` contiguous floats.
+    let mx =
+        unsafe { elementwise::fold(xs.as_ptr(), xs.len(), 1, f32::NEG_INFINITY, |v| v, f32::max) };
     let mut sums = [0f32; 16];
     let mut xc = xs.chunks_exact(16);
     let mut yc = ys.chunks_exact_mut(16);
