@@ -15,7 +15,12 @@ struct ConvParams {
     int group;
     int act;
     float a, b;
+    float post_mul, post_add; // y = post_mul * act(acc + bias) + post_add
 };
+
+__device__ __forceinline__ float my_conv_out(const ConvParams& p, float v) {
+    return fmaf(my_act(v, p.act, p.a, p.b), p.post_mul, p.post_add);
+}
 
 // Tile shapes: BM output channels x BN pixels per block of 256 threads, each thread TM x TN
 // outputs (rows ty*TM + i, columns tx + j*(BN/TN): neighbouring threads take neighbouring
@@ -110,7 +115,7 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
             if (q >= npix) continue;
             int nb = q / opix;
             int r = q - nb * opix;
-            p.y[((long long)nb * p.co + oc) * opix + r] = my_act(acc[i][j] + bias, p.act, p.a, p.b);
+            p.y[((long long)nb * p.co + oc) * opix + r] = my_conv_out(p, acc[i][j] + bias);
         }
     }
 }
@@ -156,7 +161,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_f32(const __g
                 acc += wp[ky * p.kw + kx] * xp[ih * p.w + iw];
             }
         }
-        p.y[i] = my_act(acc, p.act, p.a, p.b);
+        p.y[i] = my_conv_out(p, acc);
     }
 }
 
@@ -191,6 +196,6 @@ extern "C" __global__ void __launch_bounds__(256) deconv2d_f32(const __grid_cons
                 }
             }
         }
-        p.y[i] = my_act(acc, p.act, p.a, p.b);
+        p.y[i] = my_conv_out(p, acc);
     }
 }

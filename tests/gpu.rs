@@ -318,10 +318,10 @@ fn convolutions_match_the_cpu_path() {
             // Each shape class goes to its kernel.
             let want = if x[1] == g && g > 1 {
                 "conv2d_depthwise_f32"
-            } else if k == [1, 1] && g > 1 {
-                "conv2d_1x1_f32"
             } else if k == [1, 1] {
-                "gemm" // tract turns an ungrouped 1x1 convolution into an EinSum
+                // Grouped or not: tract turns an ungrouped one into an EinSum, which is
+                // recognised as a 1x1 convolution again.
+                "conv2d_1x1_f32"
             } else if co / g <= 16 {
                 "conv2d_narrow_f32"
             } else {
@@ -348,6 +348,76 @@ fn convolutions_match_the_cpu_path() {
             check_op(target, &format!("ConvTranspose {what}"), &op, None, &out);
         }
         check_op(target, "Conv + Sigmoid fused", &op, Some("Sigmoid"), &out);
+    }
+}
+
+/// A scalar initializer holding `v`.
+fn scalar(v: f32) -> ArrayD<f32> {
+    ArrayD::from_elem(ndarray::IxDyn(&[1]), v)
+}
+
+/// paddle2onnx's tail after each PP-OCRv4 convolution: a learnable affine block (`Mul`, `Add`;
+/// here per channel, as a folded batch norm would be), hard-swish decomposed into
+/// `Add(3) → Max(0) → Min(6) → Mul(x, ·)` with `x` read twice, a `Mul` by 1/6, and another
+/// affine block. The whole tail runs in the convolution's epilogue: one launch.
+fn paddle_tail(op: OneOp, co: usize) -> OneOp {
+    op.extra_weight("s", random(&[1, co, 1, 1], 21))
+        .extra_weight("t", random(&[1, co, 1, 1], 22))
+        .extra_weight("three", scalar(3.0))
+        .extra_weight("zero", scalar(0.0))
+        .extra_weight("six", scalar(6.0))
+        .extra_weight("sixth", scalar(1.0 / 6.0))
+        .extra_weight("m", scalar(0.8))
+        .extra_weight("p", scalar(-0.3))
+        .then_with("Mul", "s") // t1
+        .then_with("Add", "t") // t2: hard-swish's x
+        .then_with("Add", "three")
+        .then_with("Max", "zero")
+        .then_with("Min", "six")
+        .then_with("Mul", "t2")
+        .then_with("Mul", "sixth")
+        .then_with("Mul", "m")
+        .then_with("Add", "p")
+}
+
+#[test]
+fn a_convolutions_affine_and_hard_swish_tail_runs_in_its_epilogue() {
+    for target in targets() {
+        for (what, x, co, k, g, s) in [
+            ("3x3", [2, 5, 9, 11], 9, 3, 1, 1),
+            ("3x3 narrow stride 2", [1, 4, 12, 70], 6, 3, 1, 2),
+            ("depthwise", [1, 8, 9, 70], 8, 3, 8, 1),
+            // tract makes this an EinSum; it runs as a 1x1 convolution with the epilogue.
+            ("1x1", [2, 8, 5, 70], 12, 1, 1, 1),
+        ] {
+            let p = (k / 2) as i64;
+            let (op, out) = conv(x, co, [k, k], g, [s, s], [p, p, p, p], [1, 1]);
+            let op = paddle_tail(op, co);
+            let folder = op.folder(None, &out);
+            let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+            let inputs = vec![("x".to_string(), random(&x, 23))];
+            let what = format!("Conv {what} + paddle tail on {target:?}");
+            compare_with(&repo, &inputs, 1e-4, 1e-4, Scale::Tensor, &what);
+            let r = repo.model("gpu").unwrap().execution_report().unwrap();
+            // One launch: every node of the tail is in it (tract's declutter merges a few of
+            // the nine first, e.g. the consecutive scalar `Mul`s).
+            assert_eq!(r.launches, 1, "{what}: {r:?}");
+            assert!(r.fused_nodes >= 5, "{what}: {r:?}");
+        }
+        // A factor that varies along the width is not a channel's: it cannot be folded into
+        // the weights, and stays an element-wise launch of its own (answers unchanged).
+        let (op, out) = conv([1, 3, 6, 7], 4, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        let op = op
+            .extra_weight("s", random(&[1, 1, 1, 7], 24))
+            .then_with("Mul", "s")
+            .then("Relu");
+        let folder = op.folder(None, &out);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let inputs = vec![("x".to_string(), random(&[1, 3, 6, 7], 25))];
+        let what = format!("Conv + Mul along the width on {target:?}");
+        compare_with(&repo, &inputs, 1e-4, 1e-4, Scale::Tensor, &what);
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.launches, 2, "{what}: {r:?}");
     }
 }
 

@@ -79,6 +79,16 @@ pub(super) fn activate_row(row: &mut [f32], code: i32, a: f32, b: f32) {
     })
 }
 
+/// `v = mul · v + add` over a row, in place (a fused scalar affine op after an activation).
+#[inline(always)]
+pub(super) fn affine_row(row: &mut [f32], mul: f32, add: f32) {
+    if mul != 1.0 || add != 0.0 {
+        for v in row.iter_mut() {
+            *v = *v * mul + add;
+        }
+    }
+}
+
 /// Expands `$body` with `$f` bound to the binary operator `op` as a closure.
 macro_rules! with_bin {
     ($op:expr, |$f:ident| $body:expr) => {{

@@ -10,7 +10,7 @@
 //! machines run the same loops written for the compiler to vectorise.
 
 use super::activate;
-use super::elementwise::activate_row;
+use super::elementwise::{activate_row, affine_row};
 use super::isa::{isa, Isa};
 use super::pool::{parallel, range};
 use crate::execution::program::kernels::act;
@@ -31,6 +31,9 @@ pub(super) struct Epilogue {
     pub act: i32,
     pub a: f32,
     pub b: f32,
+    /// Then `post_mul · v + post_add` (a model's scalar affine op after the activation).
+    pub post_mul: f32,
+    pub post_add: f32,
 }
 
 impl Epilogue {
@@ -39,7 +42,14 @@ impl Epilogue {
         act: act::NONE,
         a: 0.0,
         b: 0.0,
+        post_mul: 1.0,
+        post_add: 0.0,
     };
+
+    /// Whether the post-activation affine op does anything.
+    fn has_post(&self) -> bool {
+        self.post_mul != 1.0 || self.post_add != 0.0
+    }
 }
 
 /// One product: A row-major with unit column stride (`rs_a` between rows), C likewise
@@ -238,6 +248,9 @@ unsafe fn micro(isa: Isa, rows: usize, t: &Tile) {
             for r in 0..rows {
                 let row = std::slice::from_raw_parts_mut(t.c.add(r * t.rs_c), t.cols);
                 activate_row(row, e.act, e.a, e.b);
+                if e.has_post() {
+                    affine_row(row, e.post_mul, e.post_add);
+                }
             }
         }
     }
@@ -275,7 +288,7 @@ unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
             if let Some(e) = t.epilogue {
                 v += bias;
                 if vector_act(e.act) {
-                    v = activate(v, e.act, e.a, e.b);
+                    v = activate(v, e.act, e.a, e.b) * e.post_mul + e.post_add;
                 }
             }
             *dst = v;
@@ -377,6 +390,9 @@ unsafe fn micro_avx512<const R: usize, const D: bool>(t: &Tile) {
                     }
                     _ => v,
                 };
+                if vector_act(e.act) {
+                    v = _mm512_fmadd_ps(v, _mm512_set1_ps(e.post_mul), _mm512_set1_ps(e.post_add));
+                }
             }
             _mm512_mask_storeu_ps(dst, m, v);
         }
@@ -448,6 +464,8 @@ mod tests {
                 act: ep_act,
                 a: 0.2,
                 b: 0.5,
+                post_mul: 1.5,
+                post_add: -0.25,
             },
             row: 0,
         };
@@ -458,7 +476,7 @@ mod tests {
                 for q in 0..k {
                     s += a[i * k + q] as f64 * b[q * n + j] as f64;
                 }
-                let want = activate(s as f32, ep_act, 0.2, 0.5);
+                let want = activate(s as f32, ep_act, 0.2, 0.5) * 1.5 - 0.25;
                 let got = c[i * n + j];
                 assert!(
                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()),

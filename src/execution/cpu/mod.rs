@@ -24,7 +24,7 @@ mod pool;
 
 use isa::{copy_short, zero_short};
 
-use elementwise::{activate_row, binary, binary_same, copy, pointwise, reduce, unary};
+use elementwise::{activate_row, affine_row, binary, binary_same, copy, pointwise, reduce, unary};
 
 /// Host memory standing in for device memory, and the Rust kernels.
 pub(crate) struct CpuDevice {
@@ -325,6 +325,8 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
                     act: p.act,
                     a: p.a,
                     b: p.b,
+                    post_mul: p.post_mul,
+                    post_add: p.post_add,
                 },
                 // Panels inside output rows, so the interior ones read the image in place.
                 row: if g.sw == 1 && g.ow >= gemm::NR && !g.pointwise() {
@@ -608,6 +610,7 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                     }
                 }
                 activate_row(row, p.act, p.a, p.b);
+                affine_row(row, p.post_mul, p.post_add);
             }
         }
     }
@@ -754,6 +757,7 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
             p0 += len;
         }
         activate_row(out, p.act, p.a, p.b);
+        affine_row(out, p.post_mul, p.post_add);
     }
 }
 

@@ -28,6 +28,7 @@ use super::program::kernels::{self as k, act, bin, bytes_of, Kernel, View, MAX_R
 use super::program::ExecutionReport;
 use schedule::{form_islands, layout_arena};
 
+mod epilogue;
 mod ops;
 mod pointwise;
 mod schedule;
@@ -165,12 +166,20 @@ fn fits_i32(n: usize) -> bool {
     n <= i32::MAX as usize - 65_535 * 256
 }
 
-/// An activation a convolution or GEMM can take into its epilogue.
+/// What a convolution or GEMM takes into its epilogue from the nodes after it:
+/// `post_mul · act(scale · acc + shift) + post_add`, `scale` and `shift` per output channel
+/// (convolutions only; a GEMM takes the activation alone).
+#[derive(Clone)]
 struct Fusable {
-    node: usize,
+    /// The nodes computed in the epilogue, in order; the last one's output is the launch's.
+    nodes: Vec<usize>,
     act: i32,
     a: f32,
     b: f32,
+    scale: Option<Vec<f32>>,
+    shift: Option<Vec<f32>>,
+    post_mul: f32,
+    post_add: f32,
 }
 
 struct Lowering<'m> {
@@ -187,6 +196,10 @@ struct Lowering<'m> {
     /// Element-wise nodes fused into one `pointwise_f32` launch: node → its group's members
     /// (eval order; the last one is the group's output). Only groups of two or more.
     pointwise: HashMap<usize, Arc<Vec<usize>>>,
+    /// Convolution → the nodes after it its epilogue computes (`epilogue.rs`).
+    epilogues: HashMap<usize, Fusable>,
+    /// Every node some epilogue above computes: no element-wise group takes them.
+    in_epilogue: HashSet<usize>,
     report: ExecutionReport,
 }
 
@@ -205,9 +218,13 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         skip: HashSet::new(),
         outputs: model.output_outlets()?.iter().copied().collect(),
         pointwise: HashMap::new(),
+        epilogues: HashMap::new(),
+        in_epilogue: HashSet::new(),
         report: ExecutionReport::default(),
     };
     let order = model.eval_order()?;
+    l.epilogues = l.conv_epilogues(&order);
+    l.in_epilogue = l.epilogues.values().flat_map(|f| f.nodes.clone()).collect();
     l.pointwise = l.pointwise_groups(&order)?;
     for id in order {
         l.node(id)?;
@@ -495,10 +512,10 @@ impl Lowering<'_> {
             .iter()
             .map(|i| self.value_of(*i))
             .collect::<TractResult<_>>()?;
-        let out_outlet = match &fused {
-            Some(f) => OutletId::new(f.node, 0),
-            None => OutletId::new(id, 0),
-        };
+        let out_outlet = fused
+            .as_ref()
+            .and_then(Fusable::output)
+            .unwrap_or(OutletId::new(id, 0));
         let (shape, dt) = self.fact_shape(out_outlet)?;
         let mut used_inputs = HashMap::new();
         for l in &launches {
@@ -549,9 +566,9 @@ impl Lowering<'_> {
         self.outlet_value.insert(out_outlet, out);
         self.report.gpu_nodes += 1;
         if let Some(f) = fused {
-            self.skip.insert(f.node);
-            self.report.gpu_nodes += 1;
-            self.report.fused_nodes += 1;
+            self.skip.extend(f.nodes.iter().copied());
+            self.report.gpu_nodes += f.nodes.len();
+            self.report.fused_nodes += f.nodes.len();
         }
         Ok(())
     }
@@ -611,12 +628,7 @@ impl Lowering<'_> {
         }
         if let Some(e) = next.op_as::<ElementWiseOp>() {
             if e.0.name() == "Sigmoid" {
-                return Some(Fusable {
-                    node: next.id,
-                    act: act::SIGMOID,
-                    a: 0.0,
-                    b: 0.0,
-                });
+                return Some(Fusable::act(next.id, act::SIGMOID, 0.0, 0.0));
             }
             return None;
         }
@@ -628,24 +640,9 @@ impl Lowering<'_> {
         }
         let c = *c.try_as_plain_ram().ok()?.to_scalar::<f32>().ok()?;
         match b.0.name() {
-            "Max" if c == 0.0 => Some(Fusable {
-                node: next.id,
-                act: act::RELU,
-                a: 0.0,
-                b: 0.0,
-            }),
-            "Max" => Some(Fusable {
-                node: next.id,
-                act: act::CLIP,
-                a: c,
-                b: f32::INFINITY,
-            }),
-            "Min" => Some(Fusable {
-                node: next.id,
-                act: act::CLIP,
-                a: f32::NEG_INFINITY,
-                b: c,
-            }),
+            "Max" if c == 0.0 => Some(Fusable::act(next.id, act::RELU, 0.0, 0.0)),
+            "Max" => Some(Fusable::act(next.id, act::CLIP, c, f32::INFINITY)),
+            "Min" => Some(Fusable::act(next.id, act::CLIP, f32::NEG_INFINITY, c)),
             _ => None,
         }
     }

@@ -9,6 +9,20 @@ use super::{
 };
 use tract_onnx::prelude::*;
 
+/// An EinSum that is a 1x1 convolution ([`Lowering::einsum_conv`]).
+pub(super) struct PointwiseConv {
+    /// The node's input that is the image (the other is the constant weights).
+    input: usize,
+    /// `[co, c]`.
+    weights: Arc<Tensor>,
+    n: usize,
+    c: usize,
+    npix: usize,
+    co: usize,
+    /// The output's channel axis.
+    pub(super) axis: usize,
+}
+
 /// The launches planned for one node, and the activation fused into them.
 pub(super) type Planned = (Vec<LaunchSpec>, Option<Fusable>);
 
@@ -186,7 +200,7 @@ fn conv_node(l: &Lowering<'_>, node: &TypedNode, oshape: &[usize]) -> TractResul
     let Some(c) = node.op.downcast_ref::<Conv>() else {
         return Ok(None);
     };
-    let fused = l.fusable_after(node.id);
+    let fused = l.epilogues.get(&node.id).cloned();
     Ok(l.conv(node, c, oshape, fused.as_ref())?
         .map(|x| (vec![x], fused)))
 }
@@ -198,6 +212,13 @@ translator!(deconv_node, Deconv, |l, node, d, oshape| {
 });
 
 translator!(einsum_node, EinSum, |l, node, e, oshape| {
+    // A 1x1 convolution (tract turns them into EinSum) runs as one, with its epilogue.
+    if let Some(p) = l.einsum_conv(node, e) {
+        let fused = l.epilogues.get(&node.id).cloned();
+        return Ok(l
+            .pointwise_conv(&p, fused.as_ref())?
+            .map(|x| (vec![x], fused)));
+    }
     // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
     let fused = l.fusable_after(node.id).filter(|f| f.act != act::CLIP);
     Ok(l.einsum(node, e, oshape, fused.as_ref())?
@@ -552,9 +573,16 @@ impl Lowering<'_> {
             [a] => (0, before[*a]),
             _ => (0, 0),
         };
-        let Some(bias) = self.conv_bias(node, co)? else {
+        let Some(mut bias) = self.conv_bias(node, co)? else {
             return Ok(None);
         };
+        let mut kernel = kernel;
+        if let Some(f) = fused {
+            let Some(folded) = fold_affine(kernel, bias, co, f)? else {
+                return Ok(None);
+            };
+            (kernel, bias) = folded;
+        }
         let group = c.group;
         if group == 0
             || c_in % group != 0
@@ -563,9 +591,9 @@ impl Lowering<'_> {
         {
             return Ok(None);
         }
-        let (act, a, b) = fused
-            .map(|f| (f.act, f.a, f.b))
-            .unwrap_or((act::NONE, 0.0, 0.0));
+        let (act, a, b, post_mul, post_add) = fused
+            .map(|f| (f.act, f.a, f.b, f.post_mul, f.post_add))
+            .unwrap_or((act::NONE, 0.0, 0.0, 1.0, 0.0));
         let params = k::ConvParams {
             n: n as i32,
             c: c_in as i32,
@@ -586,6 +614,8 @@ impl Lowering<'_> {
             act,
             a,
             b,
+            post_mul,
+            post_add,
             ..Default::default()
         };
         let cg = c_in / group;
@@ -633,6 +663,151 @@ impl Lowering<'_> {
             (l, _) if l == co => Some(Some(Arc::new(t.into_shape(&[co])?))),
             _ => None,
         })
+    }
+
+    /// An EinSum that is a 1x1 convolution: a constant `[co, c]` (either order) times an
+    /// input laid out `[outer…, c, inner…]`, giving `[outer…, co, inner…]` (size-1 axes
+    /// anywhere). The outer axes are the batch, the inner ones the pixels.
+    pub(super) fn einsum_conv(&self, node: &TypedNode, e: &EinSum) -> Option<PointwiseConv> {
+        if node.inputs.len() != 2 || e.q_params.is_some() || e.operating_dt != DatumType::F32 {
+            return None;
+        }
+        let wi = (0..2).find(|&i| self.konst(node.inputs[i]).is_some())?;
+        let xi = 1 - wi;
+        let w = self.konst(node.inputs[wi])?;
+        if self.konst(node.inputs[xi]).is_some()
+            || w.datum_type() != DatumType::F32
+            || !self.is_f32(node.inputs[xi])
+        {
+            return None;
+        }
+        let (sx, _) = self.fact_shape(node.inputs[xi]).ok()?;
+        let (so, _) = self.fact_shape(OutletId::new(node.id, 0)).ok()?;
+        let (mut k_axis, mut co_axis) = (None, None);
+        let mut others: Vec<(usize, usize)> = Vec::new();
+        for axis in e.axes.iter_all_axes() {
+            if axis.inputs.len() != 2
+                || axis.outputs.len() != 1
+                || axis.inputs.iter().chain(&axis.outputs).any(|p| p.len() > 1)
+            {
+                return None;
+            }
+            let (px, pw, po) = (
+                axis.inputs[xi].first().copied(),
+                axis.inputs[wi].first().copied(),
+                axis.outputs[0].first().copied(),
+            );
+            let size = px
+                .map(|p| sx[p])
+                .or(pw.map(|p| w.shape()[p]))
+                .or(po.map(|p| so[p]))
+                .unwrap_or(1);
+            if size == 1 {
+                continue;
+            }
+            match (px, pw, po) {
+                (Some(x), Some(w), None) if k_axis.replace((x, w)).is_none() => {}
+                (None, Some(w), Some(o)) if co_axis.replace((w, o)).is_none() => {}
+                (Some(x), None, Some(o)) => others.push((x, o)),
+                _ => return None,
+            }
+        }
+        let ((kx, kw), (cw, axis)) = (k_axis?, co_axis?);
+        others.sort_by_key(|a| a.0);
+        if !others.windows(2).all(|p| p[0].1 < p[1].1)
+            || !others.iter().all(|&(x, o)| (x < kx) == (o < axis))
+        {
+            return None;
+        }
+        let n: usize = others
+            .iter()
+            .filter(|a| a.0 < kx)
+            .map(|a| sx[a.0])
+            .product();
+        let npix: usize = others
+            .iter()
+            .filter(|a| a.0 > kx)
+            .map(|a| sx[a.0])
+            .product();
+        let (c, co) = (sx[kx], so[axis]);
+        // Rows of a plain MatMul ([tokens, c] x [c, co]: no pixels) stay a GEMM.
+        if npix < 2 {
+            return None;
+        }
+        let wv = w.try_as_plain_ram().ok()?;
+        let wv = wv.as_slice::<f32>().ok()?;
+        if wv.len() != c * co {
+            return None;
+        }
+        // Row-major over its non-trivial axes, the constant is [co, c] or [c, co].
+        let weights: Vec<f32> = if cw < kw {
+            wv.to_vec()
+        } else {
+            (0..co * c).map(|i| wv[(i % c) * co + i / c]).collect()
+        };
+        Some(PointwiseConv {
+            input: xi,
+            weights: Arc::new(Tensor::from_shape(&[co, c], &weights).ok()?),
+            n,
+            c,
+            npix,
+            co,
+            axis,
+        })
+    }
+
+    /// The `conv2d_1x1_f32` launch of [`Self::einsum_conv`]'s convolution.
+    fn pointwise_conv(
+        &self,
+        p: &PointwiseConv,
+        fused: Option<&Fusable>,
+    ) -> TractResult<Option<LaunchSpec>> {
+        let (mut kernel, mut bias) = (p.weights.clone(), None);
+        if let Some(f) = fused {
+            let Some(folded) = fold_affine(kernel, bias, p.co, f)? else {
+                return Ok(None);
+            };
+            (kernel, bias) = folded;
+        }
+        let gy = p.co.div_ceil(64);
+        let npix = p.n * p.npix;
+        if gy > 65_535 || [p.n, p.c, p.npix, p.co].iter().any(|&s| !fits_i32(s)) {
+            return Ok(None);
+        }
+        let (act, a, b, post_mul, post_add) = fused
+            .map(|f| (f.act, f.a, f.b, f.post_mul, f.post_add))
+            .unwrap_or((act::NONE, 0.0, 0.0, 1.0, 0.0));
+        let params = k::ConvParams {
+            n: p.n as i32,
+            c: p.c as i32,
+            h: 1,
+            w: p.npix as i32,
+            co: p.co as i32,
+            oh: 1,
+            ow: p.npix as i32,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            group: 1,
+            act,
+            a,
+            b,
+            post_mul,
+            post_add,
+            ..Default::default()
+        };
+        let grid = [npix.div_ceil(64).max(1) as u32, gy as u32, 1];
+        Ok(Some(conv_launch_of(
+            p.input,
+            Kernel::Conv1x1,
+            grid,
+            &params,
+            kernel,
+            bias,
+        )))
     }
 
     /// ConvTranspose: 2-D, NCHW, one group, explicit padding.
@@ -695,6 +870,8 @@ impl Lowering<'_> {
             act,
             a,
             b,
+            post_mul: 1.0,
+            post_add: 0.0,
             ..Default::default()
         };
         let n = oshape.iter().product::<usize>();
@@ -1059,6 +1236,39 @@ impl Lowering<'_> {
     }
 }
 
+/// A convolution's weights and its bias (`None`: no bias).
+type WeightsAndBias = (Arc<Tensor>, Option<Arc<Tensor>>);
+
+/// A convolution's weights and bias with an epilogue's per-channel affine op folded in:
+/// `scale · (w ∗ x + bias) + shift = (scale · w) ∗ x + (scale · bias + shift)`, rows of the
+/// kernel (O first) scaled by their channel's factor.
+fn fold_affine(
+    kernel: Arc<Tensor>,
+    bias: Option<Arc<Tensor>>,
+    co: usize,
+    f: &Fusable,
+) -> TractResult<Option<WeightsAndBias>> {
+    let (Some(s), Some(t)) = (&f.scale, &f.shift) else {
+        return Ok(Some((kernel, bias)));
+    };
+    let w = kernel.try_as_plain_ram()?.as_slice::<f32>()?;
+    if co == 0 || w.len() % co != 0 || s.len() != co || t.len() != co {
+        // Not a layout the fold reads: the node is not planned with this epilogue.
+        return Ok(None);
+    }
+    let per = w.len() / co;
+    let w: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i / per]).collect();
+    let b0 = match &bias {
+        Some(b) => b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(),
+        None => vec![0.0; co],
+    };
+    let b: Vec<f32> = (0..co).map(|o| b0[o] * s[o] + t[o]).collect();
+    Ok(Some((
+        Arc::new(Tensor::from_shape(kernel.shape(), &w)?),
+        Some(Arc::new(tensor1(&b))),
+    )))
+}
+
 /// A convolution-family launch: input, weights, optional bias, output (`ConvParams` order).
 fn conv_launch(
     kernel: Kernel,
@@ -1067,7 +1277,19 @@ fn conv_launch(
     weights: Arc<Tensor>,
     bias: Option<Arc<Tensor>>,
 ) -> LaunchSpec {
-    let mut fixups = vec![(0, Operand::Input(0)), (8, Operand::Const(weights))];
+    conv_launch_of(0, kernel, grid, params, weights, bias)
+}
+
+/// [`conv_launch`] reading the node's input `input`.
+fn conv_launch_of(
+    input: usize,
+    kernel: Kernel,
+    grid: [u32; 3],
+    params: &k::ConvParams,
+    weights: Arc<Tensor>,
+    bias: Option<Arc<Tensor>>,
+) -> LaunchSpec {
+    let mut fixups = vec![(0, Operand::Input(input)), (8, Operand::Const(weights))];
     if let Some(b) = bias {
         fixups.push((16, Operand::Const(b)));
     }

@@ -16,6 +16,7 @@ impl Lowering<'_> {
         let node = self.model.node(id);
         let out = OutletId::new(id, 0);
         if node.outputs.len() != 1
+            || self.in_epilogue.contains(&id)
             || !self.is_f32(out)
             || !node.inputs.iter().all(|i| self.is_f32(*i))
         {
