@@ -213,11 +213,13 @@ translator!(deconv_node, Deconv, |l, node, d, oshape| {
 
 translator!(einsum_node, EinSum, |l, node, e, oshape| {
     // A 1x1 convolution (tract turns them into EinSum) runs as one, with its epilogue.
+    // If the convolution kernel cannot take it, the GEMM below does (and the epilogue's nodes
+    // run as launches of their own).
     if let Some(p) = l.einsum_conv(node, e) {
         let fused = l.epilogues.get(&node.id).cloned();
-        return Ok(l
-            .pointwise_conv(&p, fused.as_ref())?
-            .map(|x| (vec![x], fused)));
+        if let Some(x) = l.pointwise_conv(&p, fused.as_ref())? {
+            return Ok(Some((vec![x], fused)));
+        }
     }
     // The GEMM epilogue takes ReLU and sigmoid, not clamp bounds.
     let fused = l.fusable_after(node.id).filter(|f| f.act != act::CLIP);
