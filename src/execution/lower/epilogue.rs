@@ -61,6 +61,23 @@ fn per_channel(c: &Tensor, oshape: &[usize], axis: usize) -> Option<Vec<f32>> {
     only_channels.then(|| v.to_vec())
 }
 
+/// The affine map `x ↦ mul · x + add` a binary op with a constant applies, as a function of
+/// that constant (`Sub` and `Div` only with `x` first).
+fn affine_of(w: &WithConst) -> Option<fn(f32) -> (f32, f32)> {
+    Some(match (w.op.as_str(), w.x_first) {
+        ("Mul", _) => |c| (c, 0.0),
+        ("Add", _) => |c| (1.0, c),
+        ("Sub", true) => |c| (1.0, -c),
+        ("Div", true) => |c| (1.0 / c, 0.0),
+        _ => return None,
+    })
+}
+
+/// `(mul, add)` followed by the affine map `(m, a)`.
+fn then(mul: f32, add: f32, (m, a): (f32, f32)) -> (f32, f32) {
+    (mul * m, add * m + a)
+}
+
 fn scalar(c: &Tensor) -> Option<f32> {
     let v = c.try_as_plain_ram().ok()?;
     let v = v.as_slice::<f32>().ok()?;
@@ -151,21 +168,11 @@ impl Lowering<'_> {
             let Some(v) = per_channel(&w.c, &oshape, axis) else {
                 break;
             };
-            let zip = |t: &mut [f32], g: &dyn Fn(f32, f32) -> f32| {
-                t.iter_mut().zip(&v).for_each(|(x, c)| *x = g(*x, *c))
+            let Some(affine) = affine_of(&w) else {
+                break;
             };
-            match (w.op.as_str(), w.x_first) {
-                ("Mul", _) => {
-                    zip(&mut s, &|x, c| x * c);
-                    zip(&mut t, &|x, c| x * c);
-                }
-                ("Add", _) => zip(&mut t, &|x, c| x + c),
-                ("Sub", true) => zip(&mut t, &|x, c| x - c),
-                ("Div", true) => {
-                    zip(&mut s, &|x, c| x / c);
-                    zip(&mut t, &|x, c| x / c);
-                }
-                _ => break,
+            for ((s, t), c) in s.iter_mut().zip(&mut t).zip(&v) {
+                (*s, *t) = then(*s, *t, affine(*c));
             }
             f.nodes.push(next.id);
             cur = OutletId::new(next.id, 0);
@@ -185,16 +192,10 @@ impl Lowering<'_> {
             let Some(w) = self.with_const(next, cur) else {
                 break;
             };
-            let Some(c) = scalar(&w.c) else {
+            let (Some(c), Some(affine)) = (scalar(&w.c), affine_of(&w)) else {
                 break;
             };
-            match (w.op.as_str(), w.x_first) {
-                ("Mul", _) => (f.post_mul, f.post_add) = (f.post_mul * c, f.post_add * c),
-                ("Add", _) => f.post_add += c,
-                ("Sub", true) => f.post_add -= c,
-                ("Div", true) => (f.post_mul, f.post_add) = (f.post_mul / c, f.post_add / c),
-                _ => break,
-            }
+            (f.post_mul, f.post_add) = then(f.post_mul, f.post_add, affine(c));
             f.nodes.push(next.id);
             cur = OutletId::new(next.id, 0);
         }
@@ -276,9 +277,8 @@ impl Lowering<'_> {
             let mut mul = h;
             let mut product = self.only_reader(cur)?;
             if let Some(m) = self.with_const(product, cur) {
-                match (m.op.as_str(), scalar(&m.c)) {
-                    ("Mul", Some(v)) => mul *= v,
-                    ("Div", Some(v)) if m.x_first => mul /= v,
+                match (scalar(&m.c), affine_of(&m)) {
+                    (Some(v), Some(affine)) if affine(v).1 == 0.0 => mul *= affine(v).0,
                     _ => return None,
                 }
                 nodes.push(product.id);

@@ -13,8 +13,8 @@ use tract_onnx::prelude::*;
 pub(super) struct PointwiseConv {
     /// The node's input that is the image (the other is the constant weights).
     input: usize,
-    /// `[co, c]`.
-    weights: Arc<Tensor>,
+    /// The weights are stored `[c, co]` (else `[co, c]`).
+    transposed: bool,
     n: usize,
     c: usize,
     npix: usize,
@@ -217,7 +217,7 @@ translator!(einsum_node, EinSum, |l, node, e, oshape| {
     // run as launches of their own).
     if let Some(p) = l.einsum_conv(node, e) {
         let fused = l.epilogues.get(&node.id).cloned();
-        if let Some(x) = l.pointwise_conv(&p, fused.as_ref())? {
+        if let Some(x) = l.pointwise_conv(node, &p, fused.as_ref())? {
             return Ok(Some((vec![x], fused)));
         }
     }
@@ -578,13 +578,6 @@ impl Lowering<'_> {
         let Some(mut bias) = self.conv_bias(node, co)? else {
             return Ok(None);
         };
-        let mut kernel = kernel;
-        if let Some(f) = fused {
-            let Some(folded) = fold_affine(kernel, bias, co, f)? else {
-                return Ok(None);
-            };
-            (kernel, bias) = folded;
-        }
         let group = c.group;
         if group == 0
             || c_in % group != 0
@@ -592,6 +585,13 @@ impl Lowering<'_> {
             || kernel.len() != co * (c_in / group) * kh * kw
         {
             return Ok(None);
+        }
+        let mut kernel = kernel;
+        if let Some(f) = fused {
+            let Some(folded) = fold_affine(kernel, bias, co, f)? else {
+                return Ok(None);
+            };
+            (kernel, bias) = folded;
         }
         let (act, a, b, post_mul, post_add) = fused
             .map(|f| (f.act, f.a, f.b, f.post_mul, f.post_add))
@@ -645,7 +645,7 @@ impl Lowering<'_> {
                 [npix.div_ceil(bn).max(1) as u32, gy as u32, group as u32],
             )
         };
-        Ok(Some(conv_launch(kern, grid, &params, kernel, bias)))
+        Ok(Some(conv_launch(0, kern, grid, &params, kernel, bias)))
     }
 
     /// A convolution's bias input as `co` floats: `Some(None)` when there is none (or it is a
@@ -736,20 +736,12 @@ impl Lowering<'_> {
         if npix < 2 {
             return None;
         }
-        let wv = w.try_as_plain_ram().ok()?;
-        let wv = wv.as_slice::<f32>().ok()?;
-        if wv.len() != c * co {
+        if w.len() != c * co {
             return None;
         }
-        // Row-major over its non-trivial axes, the constant is [co, c] or [c, co].
-        let weights: Vec<f32> = if cw < kw {
-            wv.to_vec()
-        } else {
-            (0..co * c).map(|i| wv[(i % c) * co + i / c]).collect()
-        };
         Some(PointwiseConv {
             input: xi,
-            weights: Arc::new(Tensor::from_shape(&[co, c], &weights).ok()?),
+            transposed: cw > kw,
             n,
             c,
             npix,
@@ -761,20 +753,33 @@ impl Lowering<'_> {
     /// The `conv2d_1x1_f32` launch of [`Self::einsum_conv`]'s convolution.
     fn pointwise_conv(
         &self,
+        node: &TypedNode,
         p: &PointwiseConv,
         fused: Option<&Fusable>,
     ) -> TractResult<Option<LaunchSpec>> {
-        let (mut kernel, mut bias) = (p.weights.clone(), None);
+        let gy = p.co.div_ceil(64);
+        let npix = p.n * p.npix;
+        if gy > 65_535 || [p.n, p.c, p.npix, p.co].iter().any(|&s| !fits_i32(s)) {
+            return Ok(None);
+        }
+        let Some(w) = self.konst(node.inputs[1 - p.input]) else {
+            return Ok(None);
+        };
+        // Row-major over its non-trivial axes, the constant is [co, c] or [c, co].
+        let wv = w.try_as_plain_ram()?.as_slice::<f32>()?;
+        let (c, co) = (p.c, p.co);
+        let weights: Vec<f32> = if p.transposed {
+            (0..co * c).map(|i| wv[(i % c) * co + i / c]).collect()
+        } else {
+            wv.to_vec()
+        };
+        let mut kernel = Arc::new(Tensor::from_shape(&[co, c], &weights)?);
+        let mut bias = None;
         if let Some(f) = fused {
             let Some(folded) = fold_affine(kernel, bias, p.co, f)? else {
                 return Ok(None);
             };
             (kernel, bias) = folded;
-        }
-        let gy = p.co.div_ceil(64);
-        let npix = p.n * p.npix;
-        if gy > 65_535 || [p.n, p.c, p.npix, p.co].iter().any(|&s| !fits_i32(s)) {
-            return Ok(None);
         }
         let (act, a, b, post_mul, post_add) = fused
             .map(|f| (f.act, f.a, f.b, f.post_mul, f.post_add))
@@ -802,7 +807,7 @@ impl Lowering<'_> {
             ..Default::default()
         };
         let grid = [npix.div_ceil(64).max(1) as u32, gy as u32, 1];
-        Ok(Some(conv_launch_of(
+        Ok(Some(conv_launch(
             p.input,
             Kernel::Conv1x1,
             grid,
@@ -878,6 +883,7 @@ impl Lowering<'_> {
         };
         let n = oshape.iter().product::<usize>();
         Ok(Some(conv_launch(
+            0,
             Kernel::Deconv,
             grid_1d(n),
             &params,
@@ -1271,19 +1277,9 @@ fn fold_affine(
     )))
 }
 
-/// A convolution-family launch: input, weights, optional bias, output (`ConvParams` order).
+/// A convolution-family launch: the node's input `input`, weights, optional bias, output
+/// (`ConvParams` order).
 fn conv_launch(
-    kernel: Kernel,
-    grid: [u32; 3],
-    params: &k::ConvParams,
-    weights: Arc<Tensor>,
-    bias: Option<Arc<Tensor>>,
-) -> LaunchSpec {
-    conv_launch_of(0, kernel, grid, params, weights, bias)
-}
-
-/// [`conv_launch`] reading the node's input `input`.
-fn conv_launch_of(
     input: usize,
     kernel: Kernel,
     grid: [u32; 3],
