@@ -2,10 +2,15 @@
 //!
 //! `C[m, n] (+)= A[m, k] · B[k, n]`, then bias per row and the activation in the epilogue.
 //! B is never materialised: the caller packs one `KC x NR` panel at a time (a convolution
-//! packs image patches straight from the input, "virtual im2col"), and the panel stays in L1
-//! while every `MR`-row strip of A streams past it. The microkernel keeps an `MR x NR` tile
-//! of C in registers: on AVX-512 that is 6 rows x 4 zmm = 24 accumulators, 6 broadcasts and
-//! 4 loads feeding 24 FMAs per `k` (0.42 loads per FMA, see `shared/spec/cpu-kernels.md`).
+//! packs image patches straight from the input, "virtual im2col"), up to `NC_PANELS` panels
+//! per depth block stay in L2 and each in L1 while every `MR`-row strip of A streams past it.
+//! A is read strip-major (`[strip][k][MR]`): a convolution's weights are packed so once, at
+//! their first launch (`pack_a_whole`, kept by the CPU device until the weights are freed),
+//! other products repack each block per call; the microkernel prefetches A ahead, since a
+//! large model's weights come from memory on every inference. The microkernel keeps an
+//! `MR x NR` tile of C in registers: on AVX-512 that is 6 rows x 4 zmm = 24 accumulators, 6
+//! broadcasts and 4 loads feeding 24 FMAs per `k` (0.42 loads per FMA, see
+//! `shared/spec/cpu-kernels.md`); a narrower panel (an output row's tail) runs 1-3 zmm.
 //! The instruction set is picked once at run time (`is_x86_feature_detected!`); other
 //! machines run the same loops written for the compiler to vectorise.
 
@@ -67,26 +72,42 @@ pub(super) struct Problem {
     /// crosses: each row is split into panels of its own, the last one narrower, so the
     /// packing callback may hand out direct row pointers instead of packing.
     pub row: usize,
+    /// A already laid out by [`pack_a_whole`] (a convolution's weights, packed once), or
+    /// null: then each block of A is repacked per call.
+    pub a_packed: *const f32,
 }
 
 // SAFETY: the pointers name memory the kernel's contract keeps live for the launch; threads
 // sharing a problem write disjoint column panels of C.
 unsafe impl Sync for Problem {}
 
-/// Runs `p` on up to `threads` threads, each a contiguous range of column panels; small
-/// products (below ~2 M multiply-adds) on this thread alone.
+/// Runs `p` on up to `threads` threads; small products (below ~2 M multiply-adds) on this
+/// thread alone. Threads split the column panels when there are enough of them (each its
+/// own share of C, reading all of A), else the rows of A (each its own share of A and C,
+/// packing every panel of B): a convolution over a small image (STR's 4x26 planes: two
+/// panels) keeps both cores busy and each reads half the weights.
 ///
 /// # Safety
 /// As [`run`].
 pub(super) unsafe fn run_parallel(threads: usize, p: &Problem, pack: &Pack) {
     let n_panels = panels(p);
+    let n_strips = p.m.div_ceil(MR);
     let macs = p.m * p.n * p.k.max(1);
-    let parts = if macs < (1 << 21) {
-        1
+    let parts = if macs < (1 << 21) { 1 } else { threads.max(1) };
+    if parts == 1 {
+        return run(p, pack, 0..n_panels, 0..n_strips);
+    }
+    if n_panels >= 4 * parts || n_strips < 2 * parts {
+        let parts = parts.min(n_panels).max(1);
+        parallel(parts, &|i| {
+            run(p, pack, range(n_panels, parts, i), 0..n_strips)
+        });
     } else {
-        threads.min(n_panels).max(1)
-    };
-    parallel(parts, &|i| run(p, pack, range(n_panels, parts, i)));
+        let parts = parts.min(n_strips);
+        parallel(parts, &|i| {
+            run(p, pack, 0..n_panels, range(n_strips, parts, i))
+        });
+    }
 }
 
 /// Provides `B[k0 .. k0 + kc, n0 .. n0 + nc]` for one panel, either packed into `panel`
@@ -111,13 +132,33 @@ impl<T: Copy> Shared<T> {
     }
 }
 
-/// A 64-byte aligned `KC x NR` panel per thread.
+/// Column panels whose B panels are packed together for one depth block: `NC_PANELS` x
+/// 32 KiB stay in L2 while the strips of A stream past them.
+const NC_PANELS: usize = 8;
+/// Strips of A packed together for one depth block: `MC_STRIPS·MR x KC` floats = 144 KiB.
+const MC_STRIPS: usize = 48;
+
+/// A 64-byte aligned `KC x NR` panel.
 #[repr(C, align(64))]
 struct Panel([f32; KC * NR]);
 
+/// One thread's packing buffers: `NC_PANELS` panels of B with their in-place row pointers,
+/// and a block of A repacked strip by strip (`[strip][k][MR]`, so the microkernel's
+/// broadcasts read one contiguous stream instead of `MR` rows a whole weight row apart).
+struct Scratch {
+    b: Vec<Panel>,
+    rows: Vec<*const f32>,
+    direct: [bool; NC_PANELS],
+    a: Vec<f32>,
+}
+
 thread_local! {
-    static PANEL: std::cell::RefCell<(Box<Panel>, Vec<*const f32>)> =
-        std::cell::RefCell::new((Box::new(Panel([0.0; KC * NR])), vec![std::ptr::null(); KC]));
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
+        b: (0..NC_PANELS).map(|_| Panel([0.0; KC * NR])).collect(),
+        rows: vec![std::ptr::null(); NC_PANELS * KC],
+        direct: [false; NC_PANELS],
+        a: vec![0.0; MC_STRIPS * MR * KC],
+    });
 }
 
 /// Number of column panels of the problem.
@@ -139,58 +180,176 @@ fn panel(p: &Problem, jp: usize) -> (usize, usize) {
     ((jp / per_row) * p.row + c, NR.min(p.row - c))
 }
 
-/// Computes the column panels `range` of `p` (so threads can split the panels).
+/// Computes the column panels `panels` of the `MR`-row strips `strips` of `p` (so threads
+/// can split either).
 ///
 /// # Safety
 /// `p.a` holds `m` rows of `k` floats `rs_a` apart, `p.c` `m` rows of `n` floats `rs_c`
-/// apart, the bias (if any) `m` floats; no other thread writes the same panels of C.
-pub(super) unsafe fn run(p: &Problem, pack: &Pack, range: std::ops::Range<usize>) {
-    run_on(isa(), p, pack, range)
+/// apart, the bias (if any) `m` floats; no other thread writes the same part of C.
+pub(super) unsafe fn run(
+    p: &Problem,
+    pack: &Pack,
+    panels: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
+) {
+    run_on(isa(), p, pack, panels, strips)
 }
 
-/// [`run`] with the instruction set given.
-unsafe fn run_on(isa: Isa, p: &Problem, pack: &Pack, range: std::ops::Range<usize>) {
-    PANEL.with(|cell| {
+/// Repacks rows `r0 .. r1` of A, depth `k0 .. k0 + kc`, strip by strip into `dst`: row
+/// `r0 + s·MR + r`, depth `k0 + q` at `dst[s·MR·kc + q·MR + r]` (rows past `r1` untouched).
+///
+/// # Safety
+/// As [`run`]; `r1 <= m`, `k0 + kc <= k`, and `dst` holds `(r1 - r0).div_ceil(MR)·MR·kc`.
+unsafe fn pack_a(p: &Problem, r0: usize, r1: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+    for (s, i0) in (r0..r1).step_by(MR).enumerate() {
+        let rows = MR.min(r1 - i0);
+        let strip = &mut dst[s * MR * kc..(s + 1) * MR * kc];
+        for r in 0..rows {
+            let src = std::slice::from_raw_parts(p.a.add((i0 + r) * p.rs_a + k0), kc);
+            for (q, &v) in src.iter().enumerate() {
+                strip[q * MR + r] = v;
+            }
+        }
+    }
+}
+
+/// The layout of a whole `m x k` A (row stride `rs_a`) that [`Problem::a_packed`] takes:
+/// depth block by depth block (`KC` deep, the last one shorter), each block strip by strip
+/// as [`pack_a`] lays it out, rows past `m` zero. Block `k0 ..` starts at `k0·m'` (`m'` = `m`
+/// rounded up to `MR`), so the strips of one depth block are consecutive: the microkernel's
+/// broadcasts read the weights as one stream, front to back, which the hardware prefetcher
+/// follows (weights that do not fit in the caches come from memory at its speed).
+///
+/// # Safety
+/// `a` holds `m` rows of `k` floats `rs_a` apart.
+pub(super) unsafe fn pack_a_whole(a: *const f32, m: usize, k: usize, rs_a: usize) -> Vec<f32> {
+    let m_pad = m.div_ceil(MR) * MR;
+    let mut dst = vec![0.0; m_pad * k];
+    let p = Problem {
+        m,
+        n: 0,
+        k,
+        a,
+        rs_a,
+        c: std::ptr::null_mut(),
+        rs_c: 0,
+        epilogue: Epilogue::NONE,
+        row: 0,
+        a_packed: std::ptr::null(),
+    };
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        pack_a(&p, 0, m, k0, kc, &mut dst[k0 * m_pad..]);
+    }
+    dst
+}
+
+/// Asks for the `NR` floats at each of `rows` (one panel of B read in place) to be brought
+/// into L2.
+#[inline(always)]
+fn prefetch_rows(rows: &[*const f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for &r in rows {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            for line in 0..NR / 16 {
+                _mm_prefetch::<_MM_HINT_T1>(r.wrapping_add(16 * line) as *const i8);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = rows;
+}
+
+/// [`run`] with the instruction set given. For each depth block of `KC`: the B panels of
+/// up to `NC_PANELS` output panels packed (or pointed at in place), then each block of up
+/// to `MC_STRIPS` strips of A repacked and run against every one of those panels; C is
+/// written on the first depth block, accumulated on the others, finished (bias, activation)
+/// on the last.
+unsafe fn run_on(
+    isa: Isa,
+    p: &Problem,
+    pack: &Pack,
+    panels: std::ops::Range<usize>,
+    strips: std::ops::Range<usize>,
+) {
+    if panels.is_empty() || strips.is_empty() {
+        return;
+    }
+    SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        let (buf, row_ptrs) = &mut *scratch;
-        let buf = &mut buf.0;
-        for jp in range {
-            let (n0, nc) = panel(p, jp);
+        let Scratch { b, rows, direct, a } = &mut *scratch;
+        let mut chunk0 = panels.start;
+        while chunk0 < panels.end {
+            let chunk = chunk0..panels.end.min(chunk0 + NC_PANELS);
             let mut k0 = 0;
             // k = 0 still writes C (a zero-depth product is the bias alone).
             loop {
                 let kc = KC.min(p.k - k0);
-                let direct = pack(k0, kc, n0, nc, &mut buf[..kc * NR], &mut row_ptrs[..kc]);
+                for (slot, jp) in chunk.clone().enumerate() {
+                    let (n0, nc) = panel(p, jp);
+                    direct[slot] = pack(
+                        k0,
+                        kc,
+                        n0,
+                        nc,
+                        &mut b[slot].0[..kc * NR],
+                        &mut rows[slot * KC..slot * KC + kc],
+                    );
+                }
                 let first = k0 == 0;
                 let last = k0 + kc == p.k;
-                let mut i0 = 0;
-                while i0 < p.m {
-                    let rows = MR.min(p.m - i0);
-                    let tile = Tile {
-                        kc,
-                        a: p.a.add(i0 * p.rs_a + k0),
-                        rs_a: p.rs_a,
-                        b: buf.as_ptr(),
-                        b_rows: if direct {
-                            row_ptrs.as_ptr()
-                        } else {
-                            std::ptr::null()
-                        },
-                        c: p.c.add(i0 * p.rs_c + n0),
-                        rs_c: p.rs_c,
-                        cols: nc,
-                        first,
-                        epilogue: last.then_some(p.epilogue),
-                        row0: i0,
+                let mut s0 = strips.start;
+                while s0 < strips.end {
+                    let s1 = strips.end.min(s0 + MC_STRIPS);
+                    let (r0, r1) = (s0 * MR, (s1 * MR).min(p.m));
+                    // Strip `s0`'s depth block `k0 ..`, and the distance (in rows) to the
+                    // next strip's: in the prepacked A, or in this block repacked now.
+                    let (a0, a_step) = if p.a_packed.is_null() {
+                        pack_a(p, r0, r1, k0, kc, a);
+                        (a.as_ptr(), kc)
+                    } else {
+                        (p.a_packed.add(k0 * p.m.div_ceil(MR) * MR + r0 * kc), kc)
                     };
-                    micro(isa, rows, &tile);
-                    i0 += MR;
+                    for (slot, jp) in chunk.clone().enumerate() {
+                        let (n0, nc) = panel(p, jp);
+                        // A panel read in place comes from wherever the image is (often
+                        // memory): its rows are `kc` short streams the hardware prefetcher
+                        // does not follow, so the next one is fetched into L2 now.
+                        if s0 == strips.start && slot + 1 < chunk.len() && direct[slot + 1] {
+                            prefetch_rows(&rows[(slot + 1) * KC..(slot + 1) * KC + kc]);
+                        }
+                        for i0 in (r0..r1).step_by(MR) {
+                            let tile = Tile {
+                                kc,
+                                a: a0.add((i0 - r0) * a_step),
+                                rs_a: 1,
+                                cs_a: MR,
+                                b: b[slot].0.as_ptr(),
+                                b_rows: if direct[slot] {
+                                    rows.as_ptr().add(slot * KC)
+                                } else {
+                                    std::ptr::null()
+                                },
+                                c: p.c.add(i0 * p.rs_c + n0),
+                                rs_c: p.rs_c,
+                                cols: nc,
+                                first,
+                                epilogue: last.then_some(p.epilogue),
+                                row0: i0,
+                            };
+                            micro(isa, MR.min(r1 - i0), &tile);
+                        }
+                    }
+                    s0 = s1;
                 }
                 k0 += kc;
                 if k0 >= p.k {
                     break;
                 }
             }
+            chunk0 = chunk.end;
         }
     })
 }
@@ -199,7 +358,9 @@ unsafe fn run_on(isa: Isa, p: &Problem, pack: &Pack, range: std::ops::Range<usiz
 struct Tile {
     kc: usize,
     a: *const f32,
+    /// A's strides between rows and between depth steps.
     rs_a: usize,
+    cs_a: usize,
     /// The packed panel, or null with `b_rows` set.
     b: *const f32,
     /// One pointer per row of B read in place (`NR` floats each), or null.
@@ -218,26 +379,33 @@ struct Tile {
 unsafe fn micro(isa: Isa, rows: usize, t: &Tile) {
     let direct = !t.b_rows.is_null();
     macro_rules! by_rows {
-        ($f:ident) => {
+        ($f:ident $(, $v:literal)?) => {
             match (rows, direct) {
-                (6, false) => $f::<6, false>(t),
-                (5, false) => $f::<5, false>(t),
-                (4, false) => $f::<4, false>(t),
-                (3, false) => $f::<3, false>(t),
-                (2, false) => $f::<2, false>(t),
-                (_, false) => $f::<1, false>(t),
-                (6, true) => $f::<6, true>(t),
-                (5, true) => $f::<5, true>(t),
-                (4, true) => $f::<4, true>(t),
-                (3, true) => $f::<3, true>(t),
-                (2, true) => $f::<2, true>(t),
-                (_, true) => $f::<1, true>(t),
+                (6, false) => $f::<6, false $(, $v)?>(t),
+                (5, false) => $f::<5, false $(, $v)?>(t),
+                (4, false) => $f::<4, false $(, $v)?>(t),
+                (3, false) => $f::<3, false $(, $v)?>(t),
+                (2, false) => $f::<2, false $(, $v)?>(t),
+                (_, false) => $f::<1, false $(, $v)?>(t),
+                (6, true) => $f::<6, true $(, $v)?>(t),
+                (5, true) => $f::<5, true $(, $v)?>(t),
+                (4, true) => $f::<4, true $(, $v)?>(t),
+                (3, true) => $f::<3, true $(, $v)?>(t),
+                (2, true) => $f::<2, true $(, $v)?>(t),
+                (_, true) => $f::<1, true $(, $v)?>(t),
             }
         };
     }
     match isa {
+        // A narrow panel (an output row's tail, a small image's last pixels) computes only
+        // the zmm columns it has: 1-3 of the 4.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => by_rows!(micro_avx512),
+        Isa::Avx512 => match t.cols.div_ceil(16) {
+            1 => by_rows!(micro_avx512, 1),
+            2 => by_rows!(micro_avx512, 2),
+            3 => by_rows!(micro_avx512, 3),
+            _ => by_rows!(micro_avx512, 4),
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => by_rows!(micro_avx2),
         _ => by_rows!(micro_portable),
@@ -271,7 +439,7 @@ unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
     for p in 0..t.kc {
         let b = std::slice::from_raw_parts(b_row::<D>(t, p), NR);
         for (r, row) in acc.iter_mut().enumerate() {
-            let a = *t.a.add(r * t.rs_a + p);
+            let a = *t.a.add(r * t.rs_a + p * t.cs_a);
             for (c, v) in row.iter_mut().zip(b) {
                 *c += a * v;
             }
@@ -316,30 +484,36 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
     micro_generic::<R, D>(t)
 }
 
-/// The AVX-512 microkernel: `R x 64` accumulators in zmm registers.
+/// How far ahead (in floats) the AVX-512 microkernel prefetches A.
+#[cfg(target_arch = "x86_64")]
+const A_AHEAD: usize = 256;
+
+/// The AVX-512 microkernel: `R x 16·V` accumulators in zmm registers (`V` = 4 for a full
+/// panel, fewer for a narrow one: `cols <= 16·V`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn micro_avx512<const R: usize, const D: bool>(t: &Tile) {
+unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     let mut a = t.a;
     for p in 0..t.kc {
         // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
-        // floats; A's strip R rows of kc.
+        // floats, of which the first 16·V are read; A's strip R rows of kc.
         let b = b_row::<D>(t, p);
-        let bv = [
-            _mm512_loadu_ps(b),
-            _mm512_loadu_ps(b.add(16)),
-            _mm512_loadu_ps(b.add(32)),
-            _mm512_loadu_ps(b.add(48)),
-        ];
+        // A streams from memory on its first use (a large conv's weights are not in any
+        // cache): fetch ~1 KiB ahead, past the next few steps (prefetches never fault).
+        _mm_prefetch::<_MM_HINT_T0>(a.add(A_AHEAD) as *const i8);
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(b.add(16 * j));
+        }
         for (r, row) in acc.iter_mut().enumerate() {
             let av = _mm512_set1_ps(*a.add(r * t.rs_a));
             for (c, v) in row.iter_mut().zip(bv) {
                 *c = _mm512_fmadd_ps(av, v, *c);
             }
         }
-        a = a.add(1);
+        a = a.add(t.cs_a);
     }
     let mask = |j: usize| -> __mmask16 {
         let lo = 16 * j;
@@ -468,8 +642,19 @@ mod tests {
                 post_add: -0.25,
             },
             row: 0,
+            a_packed: std::ptr::null(),
         };
-        unsafe { run_on(isa, &p, &pack, 0..panels(&p)) };
+        let prepacked = unsafe { pack_a_whole(a.as_ptr(), m, k, k) };
+        for a_packed in [std::ptr::null(), prepacked.as_ptr()] {
+            c.fill(f32::NAN);
+            let p = Problem { a_packed, ..p };
+            unsafe { run_on(isa, &p, &pack, 0..panels(&p), 0..m.div_ceil(MR)) };
+            compare(isa, &p, &a, &b, &bias, &c, ep_act);
+        }
+    }
+
+    fn compare(isa: Isa, p: &Problem, a: &[f32], b: &[f32], bias: &[f32], c: &[f32], ep_act: i32) {
+        let (m, n, k) = (p.m, p.n, p.k);
         for i in 0..m {
             for j in 0..n {
                 let mut s = bias[i] as f64;
@@ -499,13 +684,15 @@ mod tests {
             }
         }
         for isa in isas {
-            // Row tails 1..5, column tails, depth across several panels and below one.
+            // Row tails 1..5, column tails (1, 2 and 3 of a panel's 4 vectors), depth across
+            // several panels and below one.
             for (m, n, k) in [
                 (1, 1, 1),
                 (7, 65, 3),
                 (13, 130, 300),
                 (6, 64, 128),
                 (5, 17, 129),
+                (9, 104, 200),
             ] {
                 for code in [
                     act::NONE,
@@ -518,6 +705,16 @@ mod tests {
                     check(isa, m, n, k, code, true);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn blocks_of_strips_and_panels_cover_a_large_product() {
+        // More rows than one block of strips (288), more panels than one block (8), depth
+        // over three blocks, a row tail and a column tail.
+        for isa in [Isa::Portable, isa()] {
+            check(isa, 301, 9 * NR + 5, 3 * KC + 7, act::RELU, false);
+            check(isa, 301, 9 * NR + 5, 3 * KC + 7, act::NONE, true);
         }
     }
 
@@ -539,11 +736,24 @@ mod tests {
             rs_c: n,
             epilogue: Epilogue::NONE,
             row,
+            a_packed: std::ptr::null(),
         };
         assert_eq!(panels(&p), 6);
+        // Split by panels, then by strips of rows, as the threads would.
         unsafe {
-            run(&p, &pack, 0..1);
-            run(&p, &pack, 1..panels(&p));
+            run(&p, &pack, 0..1, 0..2);
+            run(&p, &pack, 1..panels(&p), 0..2);
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|q| a[i * k + q] * b[q * n + j]).sum();
+                assert!((c[i * n + j] - s).abs() < 1e-3, "[{i},{j}]");
+            }
+        }
+        c.fill(f32::NAN);
+        unsafe {
+            run(&p, &pack, 0..panels(&p), 0..1);
+            run(&p, &pack, 0..panels(&p), 1..2);
         }
         for i in 0..m {
             for j in 0..n {

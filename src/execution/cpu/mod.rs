@@ -16,13 +16,15 @@ use super::program::device::{
     host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
 };
 use super::program::kernels::{self as k, act, bin, Kernel};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 mod elementwise;
 mod gemm;
 mod isa;
 mod pool;
 
-use isa::{copy_short, zero_short};
+use isa::{copy_short, gather_stride2, zero_short};
 
 use elementwise::{activate_row, affine_row, binary, binary_same, copy, pointwise, reduce, unary};
 
@@ -83,12 +85,47 @@ fn params<T: k::Params>(bytes: &[u8]) -> DeviceResult<T> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
+/// Convolution weights in the GEMM's strip-major layout ([`gemm::pack_a_whole`]), packed on
+/// their first launch and kept until their allocation is freed, keyed by the allocation's
+/// address and the group's first row. Sound because a convolution's weights are always a
+/// program constant (`Operand::Const` in the lowering): uploaded once before any launch,
+/// never written again, and freed through this device's `free`, which drops their packs
+/// first (so a later allocation at the same address never meets a stale pack). The packs
+/// live beside the weights, outside the memory cap (one more copy of the conv weights).
+type Packs = HashMap<(DevPtr, usize), Arc<Vec<f32>>>;
+
+fn packs() -> &'static parking_lot::Mutex<Packs> {
+    static PACKS: std::sync::OnceLock<parking_lot::Mutex<Packs>> = std::sync::OnceLock::new();
+    PACKS.get_or_init(Default::default)
+}
+
+/// Rows `row0 .. row0 + m` of the `k`-wide weights at `base`, packed (once).
+///
+/// # Safety
+/// `base` is a live constant weight allocation holding at least `(row0 + m)·k` floats.
+unsafe fn packed_weights(base: DevPtr, row0: usize, m: usize, k: usize) -> Arc<Vec<f32>> {
+    if let Some(p) = packs().lock().get(&(base, row0)) {
+        return p.clone();
+    }
+    let w = (base as *const f32).add(row0 * k);
+    let packed = Arc::new(gemm::pack_a_whole(w, m, k, k));
+    packs().lock().entry((base, row0)).or_insert(packed).clone()
+}
+
+/// Drops the packs of the allocation at `ptr` (before it is freed).
+fn forget_packs(ptr: DevPtr) {
+    let mut packs = packs().lock();
+    if !packs.is_empty() {
+        packs.retain(|(base, _), _| *base != ptr);
+    }
+}
+
 impl Device for CpuDevice {
     fn describe(&self) -> String {
         "cpu (native kernels)".into()
     }
 
-    host_memory_methods!(memory);
+    host_memory_methods!(memory, forget_packs);
 
     fn launch(
         &self,
@@ -308,11 +345,13 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
                 pack_patches(&g, xg.get(), k0, kc, n0, nc, dst);
                 false
             };
+            let packed = packed_weights(p.wt, grp * g.mg, g.mg, kk);
             let prob = gemm::Problem {
                 m: g.mg,
                 n: plane,
                 k: kk,
                 a: w.add(grp * g.mg * kk),
+                a_packed: packed.as_ptr(),
                 rs_a: kk,
                 c: y.add((b * g.co + grp * g.mg) * plane),
                 rs_c: plane,
@@ -519,8 +558,13 @@ unsafe fn pack_patches(
                     let (lo, hi) = (lo as usize, hi as usize);
                     zero_short(out, lo);
                     let from = src.offset(x0);
-                    for t in lo..hi {
-                        *out.add(t) = *from.offset(t as isize * sw);
+                    if sw == 2 {
+                        // SAFETY: columns lo .. hi read x0 + 2t, inside the row.
+                        gather_stride2(out.add(lo), from.offset(2 * lo as isize), hi - lo);
+                    } else {
+                        for t in lo..hi {
+                            *out.add(t) = *from.offset(t as isize * sw);
+                        }
                     }
                     zero_short(out.add(hi), run - hi);
                 }
@@ -728,6 +772,7 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
                 rs_c: len,
                 epilogue: gemm::Epilogue::NONE,
                 row: 0,
+                a_packed: std::ptr::null(),
             };
             gemm::run_parallel(threads, &prob, &pack);
             // Scatter: input pixel (iy, ix) and tap (ky, kx) reach output
@@ -859,6 +904,7 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
                 ..gemm::Epilogue::NONE
             },
             row: 0,
+            a_packed: std::ptr::null(),
         };
         gemm::run_parallel(threads, &prob, &pack);
         if !c_direct {
@@ -1111,6 +1157,110 @@ fn exp_approx(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A 3x3 convolution (padding 1) of `x` (`c` planes of `h x w`) by `wt` on the CPU
+    /// device: launched with the weights at `w_dev`, the output downloaded.
+    fn conv3x3(dev: &dyn Device, x: DevPtr, w_dev: DevPtr, y: DevPtr, c: i32, co: i32) -> Vec<f32> {
+        let (h, w) = (5, 7);
+        let p = k::ConvParams {
+            x,
+            wt: w_dev,
+            y,
+            n: 1,
+            c,
+            h,
+            w,
+            co,
+            oh: h,
+            ow: w,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            dh: 1,
+            dw: 1,
+            pt: 1,
+            pl: 1,
+            group: 1,
+            post_mul: 1.0,
+            ..Default::default()
+        };
+        dev.launch(0, Kernel::Conv, [1, 1, 1], [1, 1, 1], &k::bytes_of(&p))
+            .unwrap();
+        let mut out = vec![0f32; (co * h * w) as usize];
+        dev.download(0, y, out.as_mut_ptr() as *mut u8, out.len() * 4)
+            .unwrap();
+        out
+    }
+
+    /// The same convolution in f64, directly from the definition.
+    fn conv3x3_reference(x: &[f32], wt: &[f32], c: usize, co: usize) -> Vec<f32> {
+        let (h, w) = (5usize, 7usize);
+        let mut out = vec![0f32; co * h * w];
+        for o in 0..co {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let mut s = 0f64;
+                    for ci in 0..c {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (iy, ix) = (oy + ky, ox + kx);
+                                if iy < 1 || ix < 1 || iy > h || ix > w {
+                                    continue;
+                                }
+                                let v = x[ci * h * w + (iy - 1) * w + ix - 1] as f64;
+                                s += v * wt[((o * c + ci) * 3 + ky) * 3 + kx] as f64;
+                            }
+                        }
+                    }
+                    out[(o * h + oy) * w + ox] = s as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_freed_weight_allocation_takes_its_packed_copy_with_it() {
+        let dev = device(1);
+        let (c, co) = (5usize, 13usize);
+        let x: Vec<f32> = (0..c * 35).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let w1: Vec<f32> = (0..co * c * 9)
+            .map(|i| ((i * 5) % 9) as f32 * 0.25)
+            .collect();
+        let w2: Vec<f32> = w1.iter().map(|v| 1.0 - v).collect();
+        let upload = |v: &[f32]| {
+            let p = dev.alloc(v.len() * 4).unwrap();
+            dev.upload(0, p, v.as_ptr() as *const u8, v.len() * 4)
+                .unwrap();
+            p
+        };
+        let (xd, yd) = (upload(&x), dev.alloc(co * 35 * 4).unwrap());
+        let wd = upload(&w1);
+        let got = conv3x3(dev, xd, wd, yd, c as i32, co as i32);
+        let want = conv3x3_reference(&x, &w1, c, co);
+        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3));
+        assert!(
+            packs().lock().contains_key(&(wd, 0)),
+            "the weights were packed"
+        );
+        dev.free(wd);
+        assert!(
+            !packs().lock().contains_key(&(wd, 0)),
+            "freeing dropped the pack"
+        );
+        // New weights, wherever the allocator puts them (often at the same address): the
+        // launch packs them afresh.
+        let wd = upload(&w2);
+        let got = conv3x3(dev, xd, wd, yd, c as i32, co as i32);
+        let want = conv3x3_reference(&x, &w2, c, co);
+        assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3));
+        for p in [xd, yd, wd] {
+            dev.free(p);
+        }
+    }
+
     #[test]
     fn cpu_memory_is_capped_below_the_machine() {
         let cap = super::physical_memory().map(|b| b / 4 * 3);

@@ -297,11 +297,16 @@ impl HostMemory {
 /// `$mem`): streams are no-ops, copies are `memcpy`s, everything runs in order.
 macro_rules! host_memory_methods {
     ($mem:ident) => {
+        host_memory_methods!($mem, |_| ());
+    };
+    // `$on_free` runs with the address before an allocation is freed.
+    ($mem:ident, $on_free:expr) => {
         fn alloc(&self, bytes: usize) -> DeviceResult<DevPtr> {
             self.$mem.alloc(bytes)
         }
 
         fn free(&self, ptr: DevPtr) {
+            ($on_free)(ptr);
             self.$mem.free(ptr)
         }
 
