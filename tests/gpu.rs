@@ -311,6 +311,12 @@ fn convolutions_match_the_cpu_path() {
             ("3x3 dilation 2, wide rows", [1, 3, 8, 140], 8, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
             ("depthwise 5x5, wide rows", [1, 3, 7, 70], 3, [5, 5], 3, [1, 1], [2, 2, 2, 2], [1, 1]),
             ("depthwise stride 2, wide rows", [1, 2, 8, 90], 2, [3, 3], 2, [2, 2], [1, 1, 1, 1], [1, 1]),
+            // PP-OCR's 5x5 stride 2, odd widths (a partial last block), dilation with
+            // asymmetric padding, stride 3, a kernel wider than the image.
+            ("depthwise 5x5 stride 2, odd width", [1, 5, 9, 37], 5, [5, 5], 5, [2, 2], [2, 2, 2, 2], [1, 1]),
+            ("depthwise dilation 2, asymmetric pads", [2, 3, 8, 21], 3, [3, 3], 3, [1, 1], [0, 2, 3, 1], [2, 2]),
+            ("depthwise stride 3", [1, 4, 10, 50], 4, [3, 3], 4, [3, 3], [1, 1, 1, 1], [1, 1]),
+            ("depthwise kernel wider than the image", [1, 2, 3, 2], 2, [5, 5], 2, [1, 1], [2, 2, 2, 2], [1, 1]),
         ];
         for (what, x, co, k, g, s, p, d) in cases {
             let (op, out) = conv(x, co, k, g, s, p, d);

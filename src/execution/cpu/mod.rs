@@ -441,20 +441,6 @@ impl Geometry {
             && self.oh == self.h
             && self.ow == self.w
     }
-
-    /// Output columns whose input column `o·sw − pl + kx·dw` is inside the row for every
-    /// tap: `[lo, hi)`, and the input column of output column 0 for tap 0.
-    fn interior(&self) -> (usize, usize) {
-        let reach = ((self.kw - 1) * self.dw) as isize;
-        let lo = (self.pl.max(0) as usize).div_ceil(self.sw).min(self.ow);
-        let last = self.w as isize - 1 - reach + self.pl;
-        let hi = if last < 0 {
-            0
-        } else {
-            (last as usize / self.sw + 1).min(self.ow)
-        };
-        (lo, hi.max(lo))
-    }
 }
 
 /// A row of zeros for the taps of a panel that fall above or below the image.
@@ -577,10 +563,12 @@ unsafe fn pack_patches(
 }
 }
 
-/// A depthwise convolution (`group == c == co`): per channel and output row, each kernel row
-/// adds its taps into the row, the interior columns (every tap inside the image) in one
-/// vectorised pass for the common 3- and 5-wide kernels, the border columns tap by tap.
-/// Threads split the (image, channel) planes.
+/// A depthwise convolution (`group == c == co`), plane by plane: the input plane copied once
+/// into zero-padded rows split by column phase (`sw` phases, so column `ox·sw + kx·dw`
+/// of output `ox` and tap `kx` is entry `ox + (kx·dw)/sw` of phase `(kx·dw) % sw`), then
+/// every output row in blocks of 16 outputs, each block's sum over every kernel tap kept in
+/// one vector register and stored once: no border cases (the padding is zeros), any stride,
+/// dilation and padding. Threads split the (image, channel) planes.
 unsafe fn depthwise(p: &k::ConvParams, g: &Geometry, threads: usize) {
     let planes = g.n * g.c;
     let work = planes * g.oh * g.ow * g.kh * g.kw;
@@ -594,116 +582,133 @@ unsafe fn depthwise(p: &k::ConvParams, g: &Geometry, threads: usize) {
     });
 }
 
+thread_local! {
+    /// One padded input plane of a depthwise convolution (grown as needed).
+    static DW_PLANE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Output columns per depthwise block (one zmm).
+const DW_BLOCK: usize = 16;
+
 isa::multiversion! {
 unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Range<usize>) {
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
-    let (lo, hi) = g.interior();
     let taps = g.kh * g.kw;
-    let mut valid: Vec<(usize, *const f32)> = Vec::with_capacity(g.kh);
-    for pl in planes {
-        let (b, ch) = (pl / g.c, pl % g.c);
-        {
+    let blocks = g.ow.div_ceil(DW_BLOCK);
+    // The padded row: padded column c is input column c − pl; long enough for the last
+    // block's last tap, (blocks·16 − 1)·sw + (kw − 1)·dw, and for the whole input row.
+    let reach = (blocks * DW_BLOCK).saturating_sub(1) * g.sw + (g.kw - 1) * g.dw + 1;
+    let phase = reach.max((g.pl.max(0) as usize + g.w).div_ceil(g.sw) * g.sw).div_ceil(g.sw);
+    let row_len = phase * g.sw;
+    // Where tap kx reads in a padded row, relative to the block's first output.
+    let offsets: Vec<usize> = (0..g.kw)
+        .map(|kx| (kx * g.dw) % g.sw * phase + (kx * g.dw) / g.sw)
+        .collect();
+    DW_PLANE.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < g.h * row_len {
+            buf.resize(g.h * row_len, 0.0);
+        }
+        let pad = &mut buf[..g.h * row_len];
+        let mut acc_row = vec![0f32; blocks * DW_BLOCK];
+        let mut valid: Vec<(usize, *const f32)> = Vec::with_capacity(g.kh);
+        for pl in planes {
+            let (b, ch) = (pl / g.c, pl % g.c);
             let plane = x.add((b * g.c + ch) * g.h * g.w);
+            for (iy, dst) in pad.chunks_exact_mut(row_len).enumerate() {
+                let src = std::slice::from_raw_parts(plane.add(iy * g.w), g.w);
+                for (ph, part) in dst.chunks_exact_mut(phase).enumerate() {
+                    // Entries i with input column i·sw + ph − pl inside the row: [lo, hi).
+                    let first = ph as isize - g.pl;
+                    let sw = g.sw as isize;
+                    let lo = if first < 0 { (-first + sw - 1) / sw } else { 0 }.min(phase as isize);
+                    let hi = ((g.w as isize - first + sw - 1) / sw).clamp(lo, phase as isize);
+                    let (lo, hi) = (lo as usize, hi as usize);
+                    part[..lo].fill(0.0);
+                    part[hi..].fill(0.0);
+                    let from = src.as_ptr().offset(first + (lo * g.sw) as isize);
+                    match g.sw {
+                        1 => part[lo..hi].copy_from_slice(std::slice::from_raw_parts(from, hi - lo)),
+                        // SAFETY: entries lo .. hi read columns inside the row.
+                        2 => gather_stride2(part.as_mut_ptr().add(lo), from, hi - lo),
+                        _ => {
+                            for (i, v) in part[lo..hi].iter_mut().enumerate() {
+                                *v = *from.add(i * g.sw);
+                            }
+                        }
+                    }
+                }
+            }
             let wk = std::slice::from_raw_parts(w.add(ch * taps), taps);
             let out =
                 std::slice::from_raw_parts_mut(y.add((b * g.co + ch) * g.oh * g.ow), g.oh * g.ow);
             let b0 = if bias.is_null() { 0.0 } else { *bias.add(ch) };
             for (oy, row) in out.chunks_exact_mut(g.ow.max(1)).enumerate() {
-                row.fill(b0);
-                // The kernel rows inside the image, with their input rows.
+                // The kernel rows inside the image, with their padded input rows.
                 valid.clear();
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh) as isize - g.pt + (ky * g.dh) as isize;
                     if iy >= 0 && iy < g.h as isize {
-                        valid.push((ky, plane.add(iy as usize * g.w)));
+                        valid.push((ky, pad.as_ptr().add(iy as usize * row_len)));
                     }
                 }
-                // Interior blocks of 16 outputs: every tap accumulated in registers.
-                let blocks = match g.sw {
-                    1 => dw_blocks::<1>(row, lo, hi, &valid, wk, g),
-                    2 => dw_blocks::<2>(row, lo, hi, &valid, wk, g),
-                    _ => lo,
-                };
-                for &(ky, src) in &valid {
-                    let wr = &wk[ky * g.kw..(ky + 1) * g.kw];
-                    // The rest of the interior: input column o·sw − pl + kx·dw is inside.
-                    let base = src.offset((blocks * g.sw) as isize - g.pl);
-                    let inner = &mut row[blocks..hi];
-                    match (g.kw, g.sw, g.dw) {
-                        (3, 1, 1) => taps_row::<3, 1>(inner, base, wr),
-                        (3, 2, 1) => taps_row::<3, 2>(inner, base, wr),
-                        (5, 1, 1) => taps_row::<5, 1>(inner, base, wr),
-                        (5, 2, 1) => taps_row::<5, 2>(inner, base, wr),
-                        _ => {
-                            for (kx, &wv) in wr.iter().enumerate() {
-                                for (i, o) in inner.iter_mut().enumerate() {
-                                    *o += wv * *base.add(i * g.sw + kx * g.dw);
-                                }
-                            }
-                        }
-                    }
-                    // Borders: each tap checked.
-                    for o in (0..lo).chain(hi..g.ow) {
-                        for (kx, &wv) in wr.iter().enumerate() {
-                            let ix = (o * g.sw) as isize - g.pl + (kx * g.dw) as isize;
-                            if ix >= 0 && ix < g.w as isize {
-                                row[o] += wv * *src.offset(ix);
-                            }
-                        }
-                    }
+                // Four blocks at a time: four independent sums per tap.
+                let mut blk = 0;
+                while blk + 4 <= blocks {
+                    dw_group::<4>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
+                    blk += 4;
                 }
+                if blk + 2 <= blocks {
+                    dw_group::<2>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
+                    blk += 2;
+                }
+                if blk < blocks {
+                    dw_group::<1>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
+                }
+                row.copy_from_slice(&acc_row[..g.ow]);
                 activate_row(row, p.act, p.a, p.b);
                 affine_row(row, p.post_mul, p.post_add);
             }
         }
-    }
+    })
 }
 }
 
-/// Interior outputs `lo ..` of one row in blocks of 16, each block's sum over every valid
-/// kernel row and tap kept in registers and stored once; returns where the blocks end.
+/// Outputs `blk·16 .. (blk + NB)·16` of one depthwise output row into `acc_row`: the bias,
+/// plus every tap of every kernel row in `valid` (its index and padded input row), in `NB`
+/// independent vector sums (one sum would wait on its own adds: 4 cycles per tap).
+///
+/// # Safety
+/// Each padded row holds `phase` entries per column phase with `(blk + NB)·16 − 1 +
+/// offsets[kx] < phase` for every tap (`depthwise_planes` sizes `phase` so), `wk` holds
+/// `kh·kw` weights and `acc_row` `(blk + NB)·16` floats.
 #[inline(always)]
-unsafe fn dw_blocks<const SW: usize>(
-    row: &mut [f32],
-    lo: usize,
-    hi: usize,
+unsafe fn dw_group<const NB: usize>(
+    acc_row: &mut [f32],
+    blk: usize,
+    b0: f32,
     valid: &[(usize, *const f32)],
     wk: &[f32],
-    g: &Geometry,
-) -> usize {
-    let mut i0 = lo;
-    while i0 + 16 <= hi {
-        let mut acc = [0f32; 16];
-        acc.copy_from_slice(&row[i0..i0 + 16]);
-        for &(ky, src) in valid {
-            // SAFETY: outputs in [lo, hi) read only inside their input row.
-            let base = src.offset((i0 * SW) as isize - g.pl);
-            for (kx, &wv) in wk[ky * g.kw..(ky + 1) * g.kw].iter().enumerate() {
-                let s = base.add(kx * g.dw);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a += wv * *s.add(j * SW);
+    kw: usize,
+    offsets: &[usize],
+) {
+    let mut acc = [[b0; DW_BLOCK]; NB];
+    for &(ky, prow) in valid {
+        let wr = wk.as_ptr().add(ky * kw);
+        for kx in 0..kw {
+            let wv = *wr.add(kx);
+            let s = prow.add(blk * DW_BLOCK + *offsets.get_unchecked(kx));
+            for (q, a) in acc.iter_mut().enumerate() {
+                let src = std::slice::from_raw_parts(s.add(q * DW_BLOCK), DW_BLOCK);
+                for (v, x) in a.iter_mut().zip(src) {
+                    *v += wv * x;
                 }
             }
         }
-        row[i0..i0 + 16].copy_from_slice(&acc);
-        i0 += 16;
     }
-    i0
-}
-
-/// `out[i] += Σ_kx w[kx] · src[i·SW + kx]` over a row whose every tap is inside the input.
-#[inline(always)]
-unsafe fn taps_row<const KW: usize, const SW: usize>(out: &mut [f32], src: *const f32, w: &[f32]) {
-    let w: [f32; KW] = std::array::from_fn(|i| w[i]);
-    for (i, o) in out.iter_mut().enumerate() {
-        // SAFETY: the interior bounds keep i·SW + KW − 1 inside the input row.
-        let s = src.add(i * SW);
-        let mut acc = *o;
-        for (kx, wv) in w.iter().enumerate() {
-            acc += wv * *s.add(kx);
-        }
-        *o = acc;
+    for (q, a) in acc.iter().enumerate() {
+        acc_row[(blk + q) * DW_BLOCK..(blk + q + 1) * DW_BLOCK].copy_from_slice(a);
     }
 }
 
