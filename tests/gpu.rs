@@ -540,6 +540,20 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
             None,
             &[2, 3, 9, 8],
         );
+        // Wide enough for the CPU's vector stride-2 fold and its split over threads.
+        for op in ["MaxPool", "AveragePool"] {
+            let wide = OneOp::new(op, vec![("x", vec![2, 32, 80, 101])])
+                .attr(attr_ints("kernel_shape", &[3, 3]))
+                .attr(attr_ints("strides", &[2, 2]))
+                .attr(attr_ints("pads", &[1, 1, 1, 1]));
+            check_op(
+                target,
+                &format!("{op} 3x3 s2, wide"),
+                &wide,
+                None,
+                &[2, 32, 40, 51],
+            );
+        }
         let gap = OneOp::new("GlobalAveragePool", vec![("x", vec![2, 5, 7, 3])]);
         check_op(target, "GlobalAveragePool", &gap, None, &[2, 5, 1, 1]);
         let rmean = OneOp::new("ReduceMean", vec![("x", vec![2, 5, 7, 3])])

@@ -152,8 +152,8 @@ impl Device for CpuDevice {
                 }
                 Kernel::Deconv => deconv(&params(bytes)?, self.threads),
                 Kernel::Gemm | Kernel::GemmNarrow => matmul(&params(bytes)?, self.threads),
-                Kernel::Pool => pool(&params(bytes)?),
-                Kernel::Resize => resize(&params(bytes)?),
+                Kernel::Pool => pool(&params(bytes)?, self.threads),
+                Kernel::Resize => resize(&params(bytes)?, self.threads),
                 Kernel::Reduce => reduce(&params(bytes)?),
                 Kernel::Softmax => softmax(&params(bytes)?, self.threads),
             }
@@ -926,10 +926,9 @@ isa::multiversion! {
     /// Max, average and sum pooling, row by row: each valid kernel tap folds a strided input
     /// row into the output row; an average divides by the taps inside the image (or all of
     /// them with `count_include_pad`).
-    unsafe fn pool(p: &k::PoolParams) {
+    unsafe fn pool_planes(p: &k::PoolParams, planes: std::ops::Range<usize>) {
         let (x, y) = (p.x as *const f32, p.y as *mut f32);
-        let [nc, h, w, oh, ow, kh, kw] =
-            [p.nc, p.h, p.w, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
+        let [h, w, oh, ow, kh, kw] = [p.h, p.w, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
         let [sh, sw, dh, dw, pt, pl] = [p.sh, p.sw, p.dh, p.dw, p.pt, p.pl].map(|v| v as isize);
         let is_max = p.mode == k::pool::MAX;
         let init = if is_max { f32::NEG_INFINITY } else { 0.0 };
@@ -942,7 +941,9 @@ isa::multiversion! {
         // Output columns whose every tap is inside: [lo, hi).
         let lo = (0..ow).find(|&ox| (0..kw).all(|kx| inside(ox, kx).is_some())).unwrap_or(ow);
         let hi = (lo..ow).find(|&ox| (0..kw).any(|kx| inside(ox, kx).is_none())).unwrap_or(ow);
-        for plane in 0..nc {
+        // A stride-2 tap's interior inputs, de-interleaved so the fold is one vector pass.
+        let mut gathered = vec![0f32; if sw == 2 { hi - lo } else { 0 }];
+        for plane in planes {
             let xp = x.add(plane * h * w);
             let out = std::slice::from_raw_parts_mut(y.add(plane * oh * ow), oh * ow);
             for (oy, row) in out.chunks_exact_mut(ow.max(1)).enumerate() {
@@ -958,7 +959,19 @@ isa::multiversion! {
                     for kx in 0..kw {
                         let base = lo as isize * sw - pl + kx as isize * dw;
                         let inner = &mut row[lo..hi];
-                        if is_max {
+                        if sw == 2 && !inner.is_empty() {
+                            // SAFETY: interior outputs read base + 2i inside the row.
+                            gather_stride2(gathered.as_mut_ptr(), src.offset(base), inner.len());
+                            if is_max {
+                                for (o, &v) in inner.iter_mut().zip(&gathered) {
+                                    *o = o.max(v);
+                                }
+                            } else {
+                                for (o, &v) in inner.iter_mut().zip(&gathered) {
+                                    *o += v;
+                                }
+                            }
+                        } else if is_max {
                             for (i, o) in inner.iter_mut().enumerate() {
                                 *o = o.max(*src.offset(base + i as isize * sw));
                             }
@@ -984,6 +997,30 @@ isa::multiversion! {
             }
         }
     }
+}
+
+/// Pooling on up to `threads` threads, each its own (image, channel) planes.
+unsafe fn pool(p: &k::PoolParams, threads: usize) {
+    let [nc, oh, ow, kh, kw] = [p.nc, p.oh, p.ow, p.kh, p.kw].map(|v| v.max(0) as usize);
+    let work = nc.saturating_mul(oh * ow).saturating_mul(kh * kw);
+    let parts = if work < (1 << 20) {
+        1
+    } else {
+        threads.min(nc).max(1)
+    };
+    pool::parallel(parts, &|i| pool_planes(p, pool::range(nc, parts, i)));
+}
+
+/// Resize on up to `threads` threads, each its own (image, channel) planes.
+unsafe fn resize(p: &k::ResizeParams, threads: usize) {
+    let [nc, oh, ow] = [p.nc, p.oh, p.ow].map(|v| v.max(0) as usize);
+    let work = nc.saturating_mul(oh * ow).saturating_mul(4);
+    let parts = if work < (1 << 20) {
+        1
+    } else {
+        threads.min(nc).max(1)
+    };
+    pool::parallel(parts, &|i| resize_planes(p, pool::range(nc, parts, i)));
 }
 
 /// `my_source_coord` of pool.cu.
@@ -1015,9 +1052,9 @@ fn nearest(v: f32, mode: i32, len: usize) -> usize {
 isa::multiversion! {
     /// Nearest and linear Resize over planes, the source columns and weights of each output
     /// column computed once per launch, those of each output row once per row.
-    unsafe fn resize(p: &k::ResizeParams) {
+    unsafe fn resize_planes(p: &k::ResizeParams, planes: std::ops::Range<usize>) {
         let (x, y) = (p.x as *const f32, p.y as *mut f32);
-        let [nc, h, w, oh, ow] = [p.nc, p.h, p.w, p.oh, p.ow].map(|v| v.max(0) as usize);
+        let [h, w, oh, ow] = [p.h, p.w, p.oh, p.ow].map(|v| v.max(0) as usize);
         if h == 0 || w == 0 {
             return;
         }
@@ -1033,7 +1070,7 @@ isa::multiversion! {
             (i0, (i0 + 1).min(len - 1), s - i0 as f32)
         };
         let cols: Vec<(usize, usize, f32)> = (0..ow).map(|o| taps(o, p.scale_w, w, ow)).collect();
-        for plane in 0..nc {
+        for plane in planes {
             let xp = x.add(plane * h * w);
             let out = std::slice::from_raw_parts_mut(y.add(plane * oh * ow), oh * ow);
             for (oy, row) in out.chunks_exact_mut(ow.max(1)).enumerate() {
