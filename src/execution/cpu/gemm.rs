@@ -111,9 +111,11 @@ pub(super) unsafe fn run_parallel(threads: usize, p: &Problem, pack: &Pack) {
 }
 
 /// Provides `B[k0 .. k0 + kc, n0 .. n0 + nc]` for one panel, either packed into `panel`
-/// (`kc` rows of `NR` floats, zero past `nc`; returns `false`) or, for a full panel
-/// (`nc == NR`) whose rows already lie contiguous in memory, as one pointer per row in
-/// `rows` (returns `true`, `panel` untouched): the microkernel then reads B in place.
+/// (`kc` rows of `NR` floats, zero past `nc`; returns `false`) or, where its rows already
+/// lie contiguous in memory, as one pointer per row in `rows` (returns `true`, `panel`
+/// untouched): the microkernel then reads B in place, `NR` floats from each pointer (the
+/// columns past `nc` are read but not used, so they must be readable memory: a full
+/// panel, or a buffer with slack after it).
 pub(super) type Pack<'a> =
     dyn Fn(usize, usize, usize, usize, &mut [f32], &mut [*const f32]) -> bool + Sync + 'a;
 

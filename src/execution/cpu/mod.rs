@@ -330,51 +330,160 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     let bias = p.bias as *const f32;
     let kk = g.cg * g.kh * g.kw;
     let plane = g.oh * g.ow;
-    for b in 0..g.n {
-        for grp in 0..g.group {
-            let xg = gemm::Shared(x.add((b * g.c + grp * g.cg) * g.h * g.w));
-            let pack = |k0: usize,
-                        kc: usize,
-                        n0: usize,
-                        nc: usize,
-                        dst: &mut [f32],
-                        rows: &mut [*const f32]| {
-                if nc == gemm::NR && patch_rows(&g, xg.get(), k0, n0, &mut rows[..kc]) {
-                    return true;
-                }
-                pack_patches(&g, xg.get(), k0, kc, n0, nc, dst);
-                false
-            };
-            let packed = packed_weights(p.wt, grp * g.mg, g.mg, kk);
-            let prob = gemm::Problem {
-                m: g.mg,
-                n: plane,
-                k: kk,
-                a: w.add(grp * g.mg * kk),
-                a_packed: packed.as_ptr(),
-                rs_a: kk,
-                c: y.add((b * g.co + grp * g.mg) * plane),
-                rs_c: plane,
-                epilogue: gemm::Epilogue {
-                    bias: if bias.is_null() {
-                        bias
-                    } else {
-                        bias.add(grp * g.mg)
+    let padded = Padded::worth_it(&g);
+    PADDED.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        for b in 0..g.n {
+            for grp in 0..g.group {
+                let xg = x.add((b * g.c + grp * g.cg) * g.h * g.w);
+                let pad = padded.as_ref().map(|pd| pd.fill(&g, xg, &mut scratch));
+                let xg = gemm::Shared(xg);
+                let pack = |k0: usize,
+                            kc: usize,
+                            n0: usize,
+                            nc: usize,
+                            dst: &mut [f32],
+                            rows: &mut [*const f32]| {
+                    if let (Some(pd), Some(buf)) = (&padded, pad) {
+                        pd.rows(&g, buf.get(), k0, n0, &mut rows[..kc]);
+                        return true;
+                    }
+                    if nc == gemm::NR && patch_rows(&g, xg.get(), k0, n0, &mut rows[..kc]) {
+                        return true;
+                    }
+                    pack_patches(&g, xg.get(), k0, kc, n0, nc, dst);
+                    false
+                };
+                let packed = packed_weights(p.wt, grp * g.mg, g.mg, kk);
+                let prob = gemm::Problem {
+                    m: g.mg,
+                    n: plane,
+                    k: kk,
+                    a: w.add(grp * g.mg * kk),
+                    a_packed: packed.as_ptr(),
+                    rs_a: kk,
+                    c: y.add((b * g.co + grp * g.mg) * plane),
+                    rs_c: plane,
+                    epilogue: gemm::Epilogue {
+                        bias: if bias.is_null() {
+                            bias
+                        } else {
+                            bias.add(grp * g.mg)
+                        },
+                        act: p.act,
+                        a: p.a,
+                        b: p.b,
+                        post_mul: p.post_mul,
+                        post_add: p.post_add,
                     },
-                    act: p.act,
-                    a: p.a,
-                    b: p.b,
-                    post_mul: p.post_mul,
-                    post_add: p.post_add,
-                },
-                // Panels inside output rows, so the interior ones read the image in place.
-                row: if g.sw == 1 && g.ow >= gemm::NR && !g.pointwise() {
-                    g.ow
-                } else {
-                    0
-                },
-            };
-            gemm::run_parallel(threads, &prob, &pack);
+                    // Panels inside output rows, so they read the image in place: every one
+                    // from the padded copy, else the interior ones of rows of 64 or more.
+                    row: if padded.is_some() || (g.sw == 1 && g.ow >= gemm::NR && !g.pointwise()) {
+                        g.ow
+                    } else {
+                        0
+                    },
+                };
+                gemm::run_parallel(threads, &prob, &pack);
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// The zero-padded copy of one image group a stride-1 convolution reads in place.
+    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A stride-1 convolution's input copied once with its padding made zeros: `cg` planes of
+/// `hp x wp` (padded row `r` is input row `r − pt`, padded column `c` input column `c − pl`),
+/// then `NR` floats of slack. Every patch row of every panel inside an output row is then a
+/// run of the copy (no packing at all, however narrow the image), at the price of panels no
+/// wider than a row: used where rows fill their vectors well.
+struct Padded {
+    hp: usize,
+    wp: usize,
+}
+
+impl Padded {
+    /// The padded layout, when a stride-1 (not pointwise) convolution with non-negative
+    /// padding gains by it: rows of whole panels (the border panels need no packing), or
+    /// few output channels (a packed panel would serve only those few strips) with rows
+    /// that fill at least 3/4 of their vector lanes. Many channels on rows that do not
+    /// split into whole panels (STR's 26-pixel rows) keep the packed panels across rows,
+    /// whose wider tiles make up for the packing.
+    fn worth_it(g: &Geometry) -> Option<Padded> {
+        if g.sw != 1 || g.pointwise() || g.pt < 0 || g.pl < 0 || g.ow == 0 || g.oh == 0 {
+            return None;
+        }
+        let tail = g.ow % gemm::NR;
+        let lanes = (g.ow / gemm::NR) * gemm::NR + tail.div_ceil(16) * 16;
+        let few_channels = g.mg <= 32 && g.ow * 4 >= lanes * 3;
+        if tail != 0 && !few_channels {
+            return None;
+        }
+        Some(Padded {
+            hp: (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+            wp: g.ow + (g.kw - 1) * g.dw,
+        })
+    }
+
+    /// Fills `buf` with the padded copy of the group's `cg` planes at `x`.
+    ///
+    /// # Safety
+    /// `x` holds `cg` planes of `h x w` floats.
+    unsafe fn fill(
+        &self,
+        g: &Geometry,
+        x: *const f32,
+        buf: &mut Vec<f32>,
+    ) -> gemm::Shared<*const f32> {
+        let len = g.cg * self.hp * self.wp + gemm::NR;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        let (pt, pl) = (g.pt as usize, g.pl as usize);
+        for ci in 0..g.cg {
+            let src = x.add(ci * g.h * g.w);
+            let dst = &mut buf[ci * self.hp * self.wp..(ci + 1) * self.hp * self.wp];
+            for (r, row) in dst.chunks_exact_mut(self.wp).enumerate() {
+                let iy = r as isize - pt as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    row.fill(0.0);
+                    continue;
+                }
+                let n = g.w.min(self.wp.saturating_sub(pl));
+                let lead = pl.min(self.wp);
+                row[..lead].fill(0.0);
+                row[lead..lead + n]
+                    .copy_from_slice(std::slice::from_raw_parts(src.add(iy as usize * g.w), n));
+                row[lead + n..].fill(0.0);
+            }
+        }
+        buf[len - gemm::NR..len].fill(0.0);
+        gemm::Shared(buf.as_ptr())
+    }
+
+    /// One pointer per patch row `k0 ..` of the panel from pixel `n0` (inside one output
+    /// row): into the padded copy at `buf`, each with `NR` floats readable after it.
+    ///
+    /// # Safety
+    /// `buf` is this layout's copy of the convolution's group.
+    unsafe fn rows(
+        &self,
+        g: &Geometry,
+        buf: *const f32,
+        k0: usize,
+        n0: usize,
+        rows: &mut [*const f32],
+    ) {
+        let taps = g.kh * g.kw;
+        let (oy, ox0) = (n0 / g.ow, n0 % g.ow);
+        for (q, r) in rows.iter_mut().enumerate() {
+            let kq = k0 + q;
+            let (ci, t) = (kq / taps, kq % taps);
+            let (ky, kx) = (t / g.kw, t % g.kw);
+            *r = buf.add((ci * self.hp + oy * g.sh + ky * g.dh) * self.wp + ox0 + kx * g.dw);
         }
     }
 }
