@@ -326,14 +326,34 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     if g.cg == 1 && g.mg == 1 {
         return depthwise(p, &g, threads);
     }
+    let padded = Padded::worth_it(&g);
+    // A batch of at least one image per thread: each thread its own images (its data stays
+    // in its core's caches, one dispatch per launch), each product on that thread alone.
+    let by_image = threads > 1 && g.n >= threads;
+    if by_image {
+        let parts = threads.min(g.n);
+        return pool::parallel(parts, &|i| {
+            conv_images(p, &g, &padded, 1, pool::range(g.n, parts, i))
+        });
+    }
+    conv_images(p, &g, &padded, threads, 0..g.n)
+}
+
+/// Images `images` of the (non-depthwise) convolution `p`, each product on `threads`.
+unsafe fn conv_images(
+    p: &k::ConvParams,
+    g: &Geometry,
+    padded: &Option<Padded>,
+    threads: usize,
+    images: std::ops::Range<usize>,
+) {
     let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
     let bias = p.bias as *const f32;
     let kk = g.cg * g.kh * g.kw;
     let plane = g.oh * g.ow;
-    let padded = Padded::worth_it(&g);
     PADDED.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        for b in 0..g.n {
+        for b in images.clone() {
             for grp in 0..g.group {
                 let xg = x.add((b * g.c + grp * g.cg) * g.h * g.w);
                 let pad = padded.as_ref().map(|pd| pd.fill(&g, xg, &mut scratch));
