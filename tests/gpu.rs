@@ -1223,8 +1223,8 @@ fn an_lstm_runs_as_a_cpu_island_between_gpu_nodes() {
 #[test]
 fn the_native_engine_answers_the_same_on_any_number_of_threads() {
     // Threads split GEMM panels (or rows, or a batch's images), depthwise planes and
-    // element-wise ranges; every output
-    // element is summed in the same order whatever the split, so the answers are identical.
+    // element-wise ranges; every output element is summed in the same order whatever the
+    // split, so the answers are identical.
     let rec = fixtures().join("ocr_repository/text_recognition");
     let tmp = tempfile::tempdir().unwrap();
     for threads in ["1", "2", "3"] {

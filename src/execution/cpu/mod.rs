@@ -356,7 +356,7 @@ unsafe fn conv_images(
         for b in images.clone() {
             for grp in 0..g.group {
                 let xg = x.add((b * g.c + grp * g.cg) * g.h * g.w);
-                let pad = padded.as_ref().map(|pd| pd.fill(&g, xg, &mut scratch));
+                let pad = padded.as_ref().map(|pd| pd.fill(g, xg, &mut scratch));
                 let xg = gemm::Shared(xg);
                 let pack = |k0: usize,
                             kc: usize,
@@ -365,13 +365,13 @@ unsafe fn conv_images(
                             dst: &mut [f32],
                             rows: &mut [*const f32]| {
                     if let (Some(pd), Some(buf)) = (&padded, pad) {
-                        pd.rows(&g, buf.get(), k0, n0, &mut rows[..kc]);
+                        pd.rows(g, buf.get(), k0, n0, &mut rows[..kc]);
                         return true;
                     }
-                    if nc == gemm::NR && patch_rows(&g, xg.get(), k0, n0, &mut rows[..kc]) {
+                    if nc == gemm::NR && patch_rows(g, xg.get(), k0, n0, &mut rows[..kc]) {
                         return true;
                     }
-                    pack_patches(&g, xg.get(), k0, kc, n0, nc, dst);
+                    pack_patches(g, xg.get(), k0, kc, n0, nc, dst);
                     false
                 };
                 let packed = packed_weights(p.wt, grp * g.mg, g.mg, kk);
@@ -410,6 +410,9 @@ unsafe fn conv_images(
     })
 }
 
+/// The largest padded copy (floats, 8 MiB) a stride-1 convolution makes.
+const PADDED_MAX: usize = 1 << 21;
+
 thread_local! {
     /// The zero-padded copy of one image group a stride-1 convolution reads in place.
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -442,10 +445,13 @@ impl Padded {
         if tail != 0 && !few_channels {
             return None;
         }
-        Some(Padded {
+        let pd = Padded {
             hp: (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1,
             wp: g.ow + (g.kw - 1) * g.dw,
-        })
+        };
+        // The copy is a per-thread scratch buffer kept for the next launch: large images
+        // (where the interior panels are read in place anyway) keep the packed panels.
+        (g.cg * pd.hp * pd.wp <= PADDED_MAX).then_some(pd)
     }
 
     /// Fills `buf` with the padded copy of the group's `cg` planes at `x`.
