@@ -197,17 +197,27 @@ pub(super) unsafe fn run(
     run_on(isa(), p, pack, panels, strips)
 }
 
-/// Repacks rows `r0 .. r1` of A, depth `k0 .. k0 + kc`, strip by strip into `dst`: row
-/// `r0 + s·MR + r`, depth `k0 + q` at `dst[s·MR·kc + q·MR + r]` (rows past `r1` untouched).
+/// Repacks rows `r0 .. r1` of A (row stride `rs_a`), depth `k0 .. k0 + kc`, strip by strip
+/// into `dst`: row `r0 + s·MR + r`, depth `k0 + q` at `dst[s·MR·kc + q·MR + r]` (rows past
+/// `r1` untouched).
 ///
 /// # Safety
-/// As [`run`]; `r1 <= m`, `k0 + kc <= k`, and `dst` holds `(r1 - r0).div_ceil(MR)·MR·kc`.
-unsafe fn pack_a(p: &Problem, r0: usize, r1: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+/// `a` holds `r1` rows of `k0 + kc` floats `rs_a` apart, and `dst`
+/// `(r1 - r0).div_ceil(MR)·MR·kc` floats.
+unsafe fn pack_a(
+    a: *const f32,
+    rs_a: usize,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
     for (s, i0) in (r0..r1).step_by(MR).enumerate() {
         let rows = MR.min(r1 - i0);
         let strip = &mut dst[s * MR * kc..(s + 1) * MR * kc];
         for r in 0..rows {
-            let src = std::slice::from_raw_parts(p.a.add((i0 + r) * p.rs_a + k0), kc);
+            let src = std::slice::from_raw_parts(a.add((i0 + r) * rs_a + k0), kc);
             for (q, &v) in src.iter().enumerate() {
                 strip[q * MR + r] = v;
             }
@@ -227,21 +237,9 @@ unsafe fn pack_a(p: &Problem, r0: usize, r1: usize, k0: usize, kc: usize, dst: &
 pub(super) unsafe fn pack_a_whole(a: *const f32, m: usize, k: usize, rs_a: usize) -> Vec<f32> {
     let m_pad = m.div_ceil(MR) * MR;
     let mut dst = vec![0.0; m_pad * k];
-    let p = Problem {
-        m,
-        n: 0,
-        k,
-        a,
-        rs_a,
-        c: std::ptr::null_mut(),
-        rs_c: 0,
-        epilogue: Epilogue::NONE,
-        row: 0,
-        a_packed: std::ptr::null(),
-    };
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        pack_a(&p, 0, m, k0, kc, &mut dst[k0 * m_pad..]);
+        pack_a(a, rs_a, 0, m, k0, kc, &mut dst[k0 * m_pad..]);
     }
     dst
 }
@@ -306,13 +304,13 @@ unsafe fn run_on(
                 while s0 < strips.end {
                     let s1 = strips.end.min(s0 + MC_STRIPS);
                     let (r0, r1) = (s0 * MR, (s1 * MR).min(p.m));
-                    // Strip `s0`'s depth block `k0 ..`, and the distance (in rows) to the
-                    // next strip's: in the prepacked A, or in this block repacked now.
-                    let (a0, a_step) = if p.a_packed.is_null() {
-                        pack_a(p, r0, r1, k0, kc, a);
-                        (a.as_ptr(), kc)
+                    // Strip `s0`'s depth block `k0 ..` (the next strips' follow it, `MR·kc`
+                    // apart): in the prepacked A, or in this block repacked now.
+                    let a0 = if p.a_packed.is_null() {
+                        pack_a(p.a, p.rs_a, r0, r1, k0, kc, a);
+                        a.as_ptr()
                     } else {
-                        (p.a_packed.add(k0 * p.m.div_ceil(MR) * MR + r0 * kc), kc)
+                        p.a_packed.add(k0 * p.m.div_ceil(MR) * MR + r0 * kc)
                     };
                     for (slot, jp) in chunk.clone().enumerate() {
                         let (n0, nc) = panel(p, jp);
@@ -325,9 +323,7 @@ unsafe fn run_on(
                         for i0 in (r0..r1).step_by(MR) {
                             let tile = Tile {
                                 kc,
-                                a: a0.add((i0 - r0) * a_step),
-                                rs_a: 1,
-                                cs_a: MR,
+                                a: a0.add((i0 - r0) * kc),
                                 b: b[slot].0.as_ptr(),
                                 b_rows: if direct[slot] {
                                     rows.as_ptr().add(slot * KC)
@@ -359,10 +355,8 @@ unsafe fn run_on(
 /// One microkernel call: `rows x cols` of C from `kc` steps of A's strip and the panel.
 struct Tile {
     kc: usize,
+    /// A's strip, packed: depth step `p`, row `r` at `a[p·MR + r]`.
     a: *const f32,
-    /// A's strides between rows and between depth steps.
-    rs_a: usize,
-    cs_a: usize,
     /// The packed panel, or null with `b_rows` set.
     b: *const f32,
     /// One pointer per row of B read in place (`NR` floats each), or null.
@@ -441,7 +435,7 @@ unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
     for p in 0..t.kc {
         let b = std::slice::from_raw_parts(b_row::<D>(t, p), NR);
         for (r, row) in acc.iter_mut().enumerate() {
-            let a = *t.a.add(r * t.rs_a + p * t.cs_a);
+            let a = *t.a.add(p * MR + r);
             for (c, v) in row.iter_mut().zip(b) {
                 *c += a * v;
             }
@@ -500,7 +494,7 @@ unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) 
     let mut a = t.a;
     for p in 0..t.kc {
         // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
-        // floats, of which the first 16·V are read; A's strip R rows of kc.
+        // floats, of which the first 16·V are read; A's packed strip MR floats per step.
         let b = b_row::<D>(t, p);
         // A streams from memory on its first use (a large conv's weights are not in any
         // cache): fetch ~1 KiB ahead, past the next few steps (prefetches never fault).
@@ -510,12 +504,12 @@ unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) 
             *v = _mm512_loadu_ps(b.add(16 * j));
         }
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(r * t.rs_a));
+            let av = _mm512_set1_ps(*a.add(r));
             for (c, v) in row.iter_mut().zip(bv) {
                 *c = _mm512_fmadd_ps(av, v, *c);
             }
         }
-        a = a.add(t.cs_a);
+        a = a.add(MR);
     }
     let mask = |j: usize| -> __mmask16 {
         let lo = 16 * j;

@@ -351,10 +351,14 @@ unsafe fn conv_images(
     let bias = p.bias as *const f32;
     let kk = g.cg * g.kh * g.kw;
     let plane = g.oh * g.ow;
+    // Each group's weights, packed (looked up once, not per image).
+    let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
+        .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk))
+        .collect();
     PADDED.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        for b in images.clone() {
-            for grp in 0..g.group {
+        for b in images {
+            for (grp, packed) in packs.iter().enumerate() {
                 let xg = x.add((b * g.c + grp * g.cg) * g.h * g.w);
                 let pad = padded.as_ref().map(|pd| pd.fill(g, xg, &mut scratch));
                 let xg = gemm::Shared(xg);
@@ -374,7 +378,6 @@ unsafe fn conv_images(
                     pack_patches(g, xg.get(), k0, kc, n0, nc, dst);
                     false
                 };
-                let packed = packed_weights(p.wt, grp * g.mg, g.mg, kk);
                 let prob = gemm::Problem {
                     m: g.mg,
                     n: plane,
