@@ -9,16 +9,19 @@ struct ConvParams {
     const float* wt;   // [co, c / group, kh, kw]
     const float* bias; // [co] or null
     float* y;          // [n, co, oh, ow]
+    const float* res;  // [n, co, oh, ow] added before the activation (a residual), or null
     int n, c, h, w;
     int co, oh, ow;
     int kh, kw, sh, sw, dh, dw, pt, pl;
     int group;
     int act;
     float a, b;
-    float post_mul, post_add; // y = post_mul * act(acc + bias) + post_add
+    float post_mul, post_add; // y = post_mul * act(acc + bias + res) + post_add
 };
 
-__device__ __forceinline__ float my_conv_out(const ConvParams& p, float v) {
+// Output `i` of `y` from its sum `v` (bias included).
+__device__ __forceinline__ float my_conv_out(const ConvParams& p, float v, long long i) {
+    if (p.res) v += p.res[i];
     return fmaf(my_act(v, p.act, p.a, p.b), p.post_mul, p.post_add);
 }
 
@@ -115,7 +118,8 @@ __device__ __forceinline__ void my_conv_tile(const ConvParams& p) {
             if (q >= npix) continue;
             int nb = q / opix;
             int r = q - nb * opix;
-            p.y[((long long)nb * p.co + oc) * opix + r] = my_conv_out(p, acc[i][j] + bias);
+            long long at = ((long long)nb * p.co + oc) * opix + r;
+            p.y[at] = my_conv_out(p, acc[i][j] + bias, at);
         }
     }
 }
@@ -161,7 +165,7 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_depthwise_f32(const __g
                 acc += wp[ky * p.kw + kx] * xp[ih * p.w + iw];
             }
         }
-        p.y[i] = my_conv_out(p, acc);
+        p.y[i] = my_conv_out(p, acc, i);
     }
 }
 
@@ -196,6 +200,6 @@ extern "C" __global__ void __launch_bounds__(256) deconv2d_f32(const __grid_cons
                 }
             }
         }
-        p.y[i] = my_conv_out(p, acc);
+        p.y[i] = my_conv_out(p, acc, i);
     }
 }

@@ -433,6 +433,82 @@ fn a_convolutions_affine_and_hard_swish_tail_runs_in_its_epilogue() {
     }
 }
 
+/// ResNet's shortcut, `Relu(Conv(x) + r)` with `r` computed before the convolution (another
+/// graph input here; the block's input or the projection convolution's output in ResNet, the
+/// upsampled branch in EAST's decoder), runs in the convolution's epilogue: one launch that
+/// reads `r` as it stores the output, instead of a second pass over both.
+#[test]
+fn a_residual_add_and_its_activation_run_in_the_convolutions_epilogue() {
+    for target in targets() {
+        for (what, x, co, k, g, s) in [
+            ("3x3", [2, 5, 9, 11], 9, 3, 1, 1),
+            // Whole 64-pixel panels (the CPU reads them in place), a partial last one.
+            ("3x3 wide rows", [1, 6, 4, 130], 40, 3, 1, 1),
+            ("3x3 stride 2", [1, 4, 12, 70], 6, 3, 1, 2),
+            ("groups 2, batch 2", [2, 6, 8, 8], 4, 3, 2, 1),
+            ("depthwise", [1, 8, 9, 70], 8, 3, 8, 1),
+            // tract makes this an EinSum; it runs as a 1x1 convolution with the epilogue.
+            ("1x1", [2, 8, 5, 70], 12, 1, 1, 1),
+        ] {
+            let p = (k / 2) as i64;
+            let (op, out) = conv(x, co, [k, k], g, [s, s], [p, p, p, p], [1, 1]);
+            for relu in [true, false] {
+                let op = op
+                    .clone()
+                    .extra_input("r", out.clone())
+                    .then_with("Add", "r");
+                let op = if relu { op.then("Relu") } else { op };
+                let folder = op.folder(None, &out);
+                let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+                let inputs = vec![
+                    ("x".to_string(), random(&x, 23)),
+                    ("r".to_string(), random(&out, 24)),
+                ];
+                let what = format!("Conv {what} + residual (relu {relu}) on {target:?}");
+                compare_with(&repo, &inputs, 1e-4, 1e-4, Scale::Tensor, &what);
+                let r = repo.model("gpu").unwrap().execution_report().unwrap();
+                assert_eq!(r.launches, 1, "{what}: {r:?}");
+                // (tract's 1x1 EinSum keeps its bias as an Add of its own: fused as well.)
+                assert!(r.fused_nodes > relu as usize, "{what}: {r:?}");
+            }
+        }
+        // The identity shortcut: the convolution's own input.
+        let x = [1, 8, 6, 70];
+        let (op, out) = conv(x, 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        let folder = op.then_with("Add", "x").then("Relu").folder(None, &out);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let what = format!("Conv + its own input on {target:?}");
+        compare_with(
+            &repo,
+            &[("x".into(), random(&x, 26))],
+            1e-4,
+            1e-4,
+            Scale::Tensor,
+            &what,
+        );
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.launches, 1, "{what}: {r:?}");
+        // A value that broadcasts (one per channel, not a constant) is not a residual: the
+        // Add stays a launch of its own, answers unchanged.
+        let x = [1, 3, 6, 7];
+        let (op, out) = conv(x, 4, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        let op = op
+            .extra_input("r", vec![1, 4, 1, 1])
+            .then_with("Add", "r")
+            .then("Relu");
+        let folder = op.folder(None, &out);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let inputs = vec![
+            ("x".to_string(), random(&x, 27)),
+            ("r".to_string(), random(&[1, 4, 1, 1], 28)),
+        ];
+        let what = format!("Conv + a per-channel input on {target:?}");
+        compare_with(&repo, &inputs, 1e-4, 1e-4, Scale::Tensor, &what);
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.launches, 2, "{what}: {r:?}");
+    }
+}
+
 /// A linear Resize of `x` to `sizes` with coordinate mode `coord`.
 fn resize(x: &[usize], sizes: &[i64], coord: &str) -> OneOp {
     OneOp::new("Resize", vec![("x", x.to_vec())])

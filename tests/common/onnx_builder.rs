@@ -76,6 +76,7 @@ pub fn value_info(name: &str, shape: Option<&[usize]>) -> pb::ValueInfoProto {
 }
 
 /// One operator: `inputs` fed at request time, `weights` as initializers, output "y".
+#[derive(Clone)]
 pub struct OneOp {
     pub op: &'static str,
     attrs: Vec<pb::AttributeProto>,
@@ -121,6 +122,11 @@ impl OneOp {
     /// Appends a two-input operator: (previous output, `other`).
     pub fn then_with(mut self, op: &'static str, other: &'static str) -> Self {
         self.after.push((op, Some(other), vec![]));
+        self
+    }
+    /// A graph input that only later operators read (not an input of the first one).
+    pub fn extra_input(mut self, name: &'static str, shape: Vec<usize>) -> Self {
+        self.inputs.push((name, shape));
         self
     }
     /// A weight that only later operators read (not an input of the first one).

@@ -32,6 +32,9 @@ pub(super) const KC: usize = 128;
 pub(super) struct Epilogue {
     /// One value per row of C added to it, or null.
     pub bias: *const f32,
+    /// A matrix laid out as C (`rs_c` between rows) added to it before the activation (a
+    /// residual), or null.
+    pub res: *const f32,
     /// An `act::*` code and its two parameters.
     pub act: i32,
     pub a: f32,
@@ -44,6 +47,7 @@ pub(super) struct Epilogue {
 impl Epilogue {
     pub(super) const NONE: Epilogue = Epilogue {
         bias: std::ptr::null(),
+        res: std::ptr::null(),
         act: act::NONE,
         a: 0.0,
         b: 0.0,
@@ -331,6 +335,11 @@ unsafe fn run_on(
                                     std::ptr::null()
                                 },
                                 c: p.c.add(i0 * p.rs_c + n0),
+                                res: if p.epilogue.res.is_null() {
+                                    p.epilogue.res
+                                } else {
+                                    p.epilogue.res.add(i0 * p.rs_c + n0)
+                                },
                                 rs_c: p.rs_c,
                                 cols: nc,
                                 first,
@@ -362,6 +371,8 @@ struct Tile {
     /// One pointer per row of B read in place (`NR` floats each), or null.
     b_rows: *const *const f32,
     c: *mut f32,
+    /// The epilogue's residual at the tile (laid out as C), or null.
+    res: *const f32,
     rs_c: usize,
     cols: usize,
     /// C is written, not accumulated into.
@@ -447,10 +458,13 @@ unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
             Some(e) if !e.bias.is_null() => *e.bias.add(t.row0 + r),
             _ => 0.0,
         };
-        for (dst, &v) in c.iter_mut().zip(row) {
+        for (q, (dst, &v)) in c.iter_mut().zip(row).enumerate() {
             let mut v = if t.first { v } else { v + *dst };
             if let Some(e) = t.epilogue {
                 v += bias;
+                if !t.res.is_null() {
+                    v += *t.res.add(r * t.rs_c + q);
+                }
                 if vector_act(e.act) {
                     v = activate(v, e.act, e.a, e.b) * e.post_mul + e.post_add;
                 }
@@ -490,6 +504,19 @@ const A_AHEAD: usize = 256;
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) {
     use std::arch::x86_64::*;
+    // The tile of C is stored (and, past the first depth block, read) after the loop: ask
+    // for its lines now, for writing, so their misses overlap the multiply-adds. A large
+    // output's rows lie a whole image row apart in memory, too many streams for the
+    // hardware prefetcher, and a store that misses every cache otherwise stalls there.
+    for r in 0..R {
+        for j in 0..V {
+            // SAFETY: a prefetch never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.rs_c + 16 * j) as *const i8);
+            if t.epilogue.is_some() && !t.res.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(t.res.wrapping_add(r * t.rs_c + 16 * j) as *const i8);
+            }
+        }
+    }
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     let mut a = t.a;
     for p in 0..t.kc {
@@ -543,6 +570,10 @@ unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) 
             };
             if let Some(e) = t.epilogue {
                 v = _mm512_add_ps(v, bias);
+                if !t.res.is_null() {
+                    // SAFETY: the residual has C's layout; the mask keeps to the tile.
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, t.res.add(r * t.rs_c + 16 * j)));
+                }
                 let (ea, eb) = (_mm512_set1_ps(e.a), _mm512_set1_ps(e.b));
                 v = match e.act {
                     act::RELU => _mm512_max_ps(v, zero),
@@ -619,6 +650,7 @@ mod tests {
         let a = fill(m * k, 1);
         let b = fill(k * n, 2);
         let bias = fill(m, 3);
+        let res = fill(m * n, 4);
         let mut c = vec![f32::NAN; m * n];
         let pack = source(&b, n, direct);
         let p = Problem {
@@ -631,6 +663,7 @@ mod tests {
             rs_c: n,
             epilogue: Epilogue {
                 bias: bias.as_ptr(),
+                res: res.as_ptr(),
                 act: ep_act,
                 a: 0.2,
                 b: 0.5,
@@ -641,19 +674,39 @@ mod tests {
             a_packed: std::ptr::null(),
         };
         let prepacked = unsafe { pack_a_whole(a.as_ptr(), m, k, k) };
-        for a_packed in [std::ptr::null(), prepacked.as_ptr()] {
+        let no_res = vec![0.0; m * n];
+        for (a_packed, with_res) in [
+            (std::ptr::null(), false),
+            (prepacked.as_ptr(), false),
+            (prepacked.as_ptr(), true),
+        ] {
             c.fill(f32::NAN);
-            let p = Problem { a_packed, ..p };
+            let mut p = Problem { a_packed, ..p };
+            if !with_res {
+                p.epilogue.res = std::ptr::null();
+            }
             unsafe { run_on(isa, &p, &pack, 0..panels(&p), 0..m.div_ceil(MR)) };
-            compare(isa, &p, &a, &b, &bias, &c, ep_act);
+            let r = if with_res { &res } else { &no_res };
+            compare(isa, &p, &a, &b, &bias, r, &c, ep_act);
         }
     }
 
-    fn compare(isa: Isa, p: &Problem, a: &[f32], b: &[f32], bias: &[f32], c: &[f32], ep_act: i32) {
+    /// `c` against `act(a · b + bias + res) · 1.5 - 0.25` in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(
+        isa: Isa,
+        p: &Problem,
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+        res: &[f32],
+        c: &[f32],
+        ep_act: i32,
+    ) {
         let (m, n, k) = (p.m, p.n, p.k);
         for i in 0..m {
             for j in 0..n {
-                let mut s = bias[i] as f64;
+                let mut s = bias[i] as f64 + res[i * n + j] as f64;
                 for q in 0..k {
                     s += a[i * k + q] as f64 * b[q * n + j] as f64;
                 }

@@ -181,8 +181,19 @@ fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> Devi
         | Kernel::Deconv => {
             let p: k::ConvParams = params(bytes)?;
             format!(
-                "{}x{}x{}x{} -> {}x{}x{} k{}x{} s{} g{}",
-                p.n, p.c, p.h, p.w, p.co, p.oh, p.ow, p.kh, p.kw, p.sh, p.group
+                "{}x{}x{}x{} -> {}x{}x{} k{}x{} s{} g{}{}",
+                p.n,
+                p.c,
+                p.h,
+                p.w,
+                p.co,
+                p.oh,
+                p.ow,
+                p.kh,
+                p.kw,
+                p.sh,
+                p.group,
+                if p.res == 0 { "" } else { " +res" }
             )
         }
         Kernel::Gemm | Kernel::GemmNarrow => {
@@ -392,6 +403,11 @@ unsafe fn conv_images(
                             bias
                         } else {
                             bias.add(grp * g.mg)
+                        },
+                        res: if p.res == 0 {
+                            std::ptr::null()
+                        } else {
+                            (p.res as *const f32).add((b * g.co + grp * g.mg) * plane)
                         },
                         act: p.act,
                         a: p.a,
@@ -805,6 +821,14 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                     dw_group::<1>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
                 }
                 row.copy_from_slice(&acc_row[..g.ow]);
+                if p.res != 0 {
+                    // The residual, laid out as the output (the lowering's contract).
+                    let at = (b * g.co + ch) * g.oh * g.ow + oy * g.ow;
+                    let res = std::slice::from_raw_parts((p.res as *const f32).add(at), g.ow);
+                    for (v, r) in row.iter_mut().zip(res) {
+                        *v += r;
+                    }
+                }
                 activate_row(row, p.act, p.a, p.b);
                 affine_row(row, p.post_mul, p.post_add);
             }

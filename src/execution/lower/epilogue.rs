@@ -23,6 +23,7 @@ impl Fusable {
     pub(super) fn act(node: usize, act: i32, a: f32, b: f32) -> Fusable {
         Fusable {
             nodes: vec![node],
+            residual: None,
             act,
             a,
             b,
@@ -89,6 +90,7 @@ impl Lowering<'_> {
     /// EinSums that are 1x1 convolutions).
     pub(super) fn conv_epilogues(&self, order: &[usize]) -> HashMap<usize, Fusable> {
         let mut out = HashMap::new();
+        let pos: HashMap<usize, usize> = order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         for &id in order {
             let node = self.model.node(id);
             let axis = if let Some(c) = node.op_as::<Conv>() {
@@ -105,7 +107,12 @@ impl Lowering<'_> {
             } else {
                 continue;
             };
-            if let Some(f) = self.epilogue_after(id, axis) {
+            // A residual computed before this convolution (its value exists when the
+            // fused launch runs): ResNet's shortcut, the block's input or the projection
+            // convolution's output (whichever of the two convolutions comes second takes
+            // the other's value).
+            let earlier = |o: OutletId| pos.get(&o.node).is_some_and(|&p| p < pos[&id]);
+            if let Some(f) = self.epilogue_after(id, axis, &earlier) {
                 out.insert(id, f);
             }
         }
@@ -149,8 +156,14 @@ impl Lowering<'_> {
     }
 
     /// The element-wise nodes after convolution `id` (channels on `axis` of its output) that
-    /// its epilogue can compute, or `None` when there are none.
-    pub(super) fn epilogue_after(&self, id: usize, axis: usize) -> Option<Fusable> {
+    /// its epilogue can compute, or `None` when there are none; a residual `Add` only of a
+    /// value `earlier` says is computed before the convolution.
+    pub(super) fn epilogue_after(
+        &self,
+        id: usize,
+        axis: usize,
+        earlier: &dyn Fn(OutletId) -> bool,
+    ) -> Option<Fusable> {
         let mut cur = OutletId::new(id, 0);
         let (oshape, _) = self.fact_shape(cur).ok()?;
         if axis >= oshape.len() || !self.is_f32(cur) {
@@ -181,6 +194,11 @@ impl Lowering<'_> {
             f.scale = Some(s);
             f.shift = Some(t);
         }
+        if let Some((add, other)) = self.residual_at(cur).filter(|(_, o)| earlier(*o)) {
+            f.residual = Some(other);
+            f.nodes.push(add);
+            cur = OutletId::new(add, 0);
+        }
         let Some((code, a, b, mul, nodes)) = self.activation_at(cur) else {
             return (!f.nodes.is_empty()).then_some(f);
         };
@@ -200,6 +218,28 @@ impl Lowering<'_> {
             cur = OutletId::new(next.id, 0);
         }
         Some(f)
+    }
+
+    /// `x`'s only reader when it is `Add(x, r)` (either order) of another computed f32 value
+    /// of the same shape, no broadcast: (the `Add`, `r`).
+    fn residual_at(&self, x: OutletId) -> Option<(usize, OutletId)> {
+        let next = self.only_reader(x)?;
+        if next.op_as::<TypedBinOp>()?.0.name() != "Add"
+            || next.inputs.len() != 2
+            || next.outputs.len() != 1
+        {
+            return None;
+        }
+        let other = match (next.inputs[0] == x, next.inputs[1] == x) {
+            (true, false) => next.inputs[1],
+            (false, true) => next.inputs[0],
+            _ => return None,
+        };
+        let (xs, _) = self.fact_shape(x).ok()?;
+        let (rs, _) = self.fact_shape(other).ok()?;
+        let (os, _) = self.fact_shape(OutletId::new(next.id, 0)).ok()?;
+        let fits = self.konst(other).is_none() && self.is_f32(other) && xs == rs && xs == os;
+        fits.then_some((next.id, other))
     }
 
     /// The activation computed from `x`: (code, a, b, a factor for after it, the nodes it

@@ -70,6 +70,9 @@ pub(crate) enum Operand {
     /// Scratch f32 storage of this shape, shared by the node's launches that name the same
     /// index (one launch writes it, a later one reads it).
     Temp(usize, Vec<usize>),
+    /// A value computed before this node that is not one of its inputs (the residual a
+    /// convolution's epilogue adds).
+    Outlet(OutletId),
 }
 
 /// A launch as planned for one node, before its operands have values.
@@ -167,12 +170,15 @@ fn fits_i32(n: usize) -> bool {
 }
 
 /// What a convolution or GEMM takes into its epilogue from the nodes after it:
-/// `post_mul · act(scale · acc + shift) + post_add`, `scale` and `shift` per output channel
-/// (convolutions only; a GEMM takes the activation alone).
+/// `post_mul · act(scale · acc + shift + residual) + post_add`, `scale` and `shift` per
+/// output channel (convolutions only; a GEMM takes the activation alone).
 #[derive(Clone)]
 struct Fusable {
     /// The nodes computed in the epilogue, in order; the last one's output is the launch's.
     nodes: Vec<usize>,
+    /// A value of the output's shape added before the activation (a ResNet block's shortcut),
+    /// computed before the convolution.
+    residual: Option<OutletId>,
     act: i32,
     a: f32,
     b: f32,
@@ -222,7 +228,10 @@ pub(crate) fn lower(model: TypedModel) -> TractResult<Program> {
         in_epilogue: HashSet::new(),
         report: ExecutionReport::default(),
     };
-    let order = model.eval_order()?;
+    // The model's inputs first (tract's order puts each just before its first reader), so
+    // an input is "computed before" every node, which a residual epilogue asks of its value.
+    let mut order = model.eval_order()?;
+    order.sort_by_key(|&id| !model.node(id).op_is::<TypedSource>());
     l.epilogues = l.conv_epilogues(&order);
     l.in_epilogue = l.epilogues.values().flat_map(|f| f.nodes.clone()).collect();
     l.pointwise = l.pointwise_groups(&order)?;
@@ -518,11 +527,19 @@ impl Lowering<'_> {
             .unwrap_or(OutletId::new(id, 0));
         let (shape, dt) = self.fact_shape(out_outlet)?;
         let mut used_inputs = HashMap::new();
+        let mut outlets = HashMap::new();
         for l in &launches {
             for (_, o) in &l.fixups {
-                if let Operand::Input(i) = o {
-                    let v = self.ensure_device(inputs[*i]);
-                    used_inputs.insert(*i, v);
+                match o {
+                    Operand::Input(i) => {
+                        let v = self.ensure_device(inputs[*i]);
+                        used_inputs.insert(*i, v);
+                    }
+                    Operand::Outlet(o) => {
+                        let v = self.value_of(*o)?;
+                        outlets.insert(*o, self.ensure_device(v));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -538,6 +555,7 @@ impl Lowering<'_> {
             for (at, o) in l.fixups {
                 let v = match o {
                     Operand::Input(i) => used_inputs[&i],
+                    Operand::Outlet(o) => outlets[&o],
                     Operand::Output => out,
                     Operand::Temp(k, tshape) => *temps.entry(k).or_insert_with(|| {
                         let v = self.new_value(&tshape, DatumType::F32, Storage::Arena(0));

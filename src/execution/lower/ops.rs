@@ -645,7 +645,10 @@ impl Lowering<'_> {
                 [npix.div_ceil(bn).max(1) as u32, gy as u32, group as u32],
             )
         };
-        Ok(Some(conv_launch(0, kern, grid, &params, kernel, bias)))
+        let residual = fused.and_then(|f| f.residual);
+        Ok(Some(conv_launch(
+            0, kern, grid, &params, kernel, bias, residual,
+        )))
     }
 
     /// A convolution's bias input as `co` floats: `Some(None)` when there is none (or it is a
@@ -814,6 +817,7 @@ impl Lowering<'_> {
             &params,
             kernel,
             bias,
+            fused.and_then(|f| f.residual),
         )))
     }
 
@@ -889,6 +893,7 @@ impl Lowering<'_> {
             &params,
             kernel,
             bias,
+            None,
         )))
     }
 
@@ -1286,12 +1291,16 @@ fn conv_launch(
     params: &k::ConvParams,
     weights: Arc<Tensor>,
     bias: Option<Arc<Tensor>>,
+    residual: Option<OutletId>,
 ) -> LaunchSpec {
     let mut fixups = vec![(0, Operand::Input(input)), (8, Operand::Const(weights))];
     if let Some(b) = bias {
         fixups.push((16, Operand::Const(b)));
     }
     fixups.push((24, Operand::Output));
+    if let Some(r) = residual {
+        fixups.push((32, Operand::Outlet(r)));
+    }
     LaunchSpec {
         kernel,
         grid,

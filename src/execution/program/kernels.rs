@@ -309,12 +309,14 @@ params! {
 params! {
     struct ConvParams {
         x: u64, wt: u64, bias: u64, y: u64,
+        // A residual of `y`'s shape added before the activation, or null.
+        res: u64,
         n: i32, c: i32, h: i32, w: i32,
         co: i32, oh: i32, ow: i32,
         kh: i32, kw: i32, sh: i32, sw: i32, dh: i32, dw: i32, pt: i32, pl: i32,
         group: i32, act: i32, a: f32, b: f32,
-        // `y = post_mul · act(acc + bias) + post_add`: the scalar affine op a model applies
-        // after the activation, fused (1 and 0 when there is none).
+        // `y = post_mul · act(acc + bias + res) + post_add`: the scalar affine op a model
+        // applies after the activation, fused (1 and 0 when there is none).
         post_mul: f32, post_add: f32, _pad: i32,
     }
 }
