@@ -313,6 +313,7 @@ fn convolutions_match_the_cpu_path() {
             // channels; few channels on rows with a partial last panel, asymmetric pads,
             // batch 2, groups.
             ("3x3, rows of whole panels, 40 channels", [1, 6, 4, 128], 40, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("3x3, 40 channels on 70-pixel rows", [1, 6, 4, 70], 40, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("3x3 asymmetric pads, few channels", [2, 3, 6, 61], 5, [3, 3], 1, [1, 1], [0, 2, 1, 0], [1, 1]),
             ("groups 2, wide rows", [1, 4, 5, 70], 6, [3, 3], 2, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("depthwise 5x5, wide rows", [1, 3, 7, 70], 3, [5, 5], 3, [1, 1], [2, 2, 2, 2], [1, 1]),

@@ -449,11 +449,11 @@ struct Padded {
 
 impl Padded {
     /// The padded layout, when a stride-1 (not pointwise) convolution with non-negative
-    /// padding gains by it: rows of whole panels (the border panels need no packing), or
-    /// few output channels (a packed panel would serve only those few strips) with rows
-    /// that fill at least 3/4 of their vector lanes. Many channels on rows that do not
-    /// split into whole panels (STR's 26-pixel rows) keep the packed panels across rows,
-    /// whose wider tiles make up for the packing.
+    /// padding gains by it: rows of at least one panel (the border panels need no packing),
+    /// or few output channels (a packed panel would serve only those few strips) with rows
+    /// that fill at least 3/4 of their vector lanes. Many channels on rows narrower than a
+    /// panel (STR's 26-pixel rows) keep the packed panels across rows, whose wider tiles
+    /// make up for the packing.
     fn worth_it(g: &Geometry) -> Option<Padded> {
         if g.sw != 1 || g.pointwise() || g.pt < 0 || g.pl < 0 || g.ow == 0 || g.oh == 0 {
             return None;
@@ -461,7 +461,9 @@ impl Padded {
         let tail = g.ow % gemm::NR;
         let lanes = (g.ow / gemm::NR) * gemm::NR + tail.div_ceil(16) * 16;
         let few_channels = g.mg <= 32 && g.ow * 4 >= lanes * 3;
-        if tail != 0 && !few_channels {
+        // Rows of at least one panel have panels inside rows anyway: the copy only spares
+        // packing their border panels.
+        if tail != 0 && g.ow < gemm::NR && !few_channels {
             return None;
         }
         let pd = Padded {
