@@ -1299,9 +1299,12 @@ fn an_lstm_runs_as_a_cpu_island_between_gpu_nodes() {
 
 #[test]
 fn the_native_engine_answers_the_same_on_any_number_of_threads() {
-    // Threads split GEMM panels (or rows, or a batch's images), depthwise planes and
-    // element-wise ranges; every output element is summed in the same order whatever the
-    // split, so the answers are identical.
+    // Threads split GEMM panels (or rows), depthwise planes and element-wise ranges; every
+    // output element is summed in the same order whatever the split, so the answers are
+    // identical. A batch of 5 runs image by image, the images side by side (3 threads: one
+    // image on each, then the 2 left over on all 3 threads; 2: 2 rounds, then 1 on both; 1:
+    // one after another, 2.5 MB of activations an image), so each image's answer is also
+    // exactly the one it gets alone, which runs the threaded kernels.
     let rec = fixtures().join("ocr_repository/text_recognition");
     let tmp = tempfile::tempdir().unwrap();
     for threads in ["1", "2", "3"] {
@@ -1312,21 +1315,112 @@ fn the_native_engine_answers_the_same_on_any_number_of_threads() {
     }
     let repo = Repository::load(tmp.path()).unwrap();
     let input = repo.model("t1").unwrap().config().input[0].name.clone();
-    let x = Tensor::from(random(&[2, 3, 48, 320], 5));
-    let answers: Vec<Vec<f32>> = ["t1", "t2", "t3"]
-        .iter()
-        .map(|m| {
-            let model = repo.model(m).unwrap();
-            let out = model.infer([(input.as_str(), x.clone())]).unwrap();
-            let report = model.execution_report().unwrap();
-            assert!(report.device.contains("native"), "{m}: {report:?}");
-            let (_, t) = out.iter().next().unwrap();
-            t.view::<f32>().unwrap().iter().copied().collect()
-        })
-        .collect();
-    assert!(answers[0].len() > 1000);
-    assert_eq!(answers[0], answers[1], "1 and 2 threads");
-    assert_eq!(answers[0], answers[2], "1 and 3 threads");
+    let batch = random(&[5, 3, 48, 320], 5);
+    let run = |m: &str, x: &ArrayD<f32>| -> (Vec<f32>, usize) {
+        let model = repo.model(m).unwrap();
+        let out = model
+            .infer([(input.as_str(), Tensor::from(x.clone()))])
+            .unwrap();
+        let report = model.execution_report().unwrap();
+        assert!(report.device.contains("native"), "{m}: {report:?}");
+        let (_, t) = out.iter().next().unwrap();
+        let values = t.view::<f32>().unwrap().iter().copied().collect();
+        (values, report.images_side_by_side)
+    };
+    let mut alone = Vec::new();
+    for i in 0..5 {
+        let image = batch
+            .slice_axis(ndarray::Axis(0), (i..i + 1).into())
+            .to_owned();
+        let (t1, _) = run("t1", &image);
+        let (t2, apart) = run("t2", &image);
+        assert_eq!(apart, 0, "a single image runs as it is");
+        assert_eq!(t1, t2, "image {i}: 1 and 2 threads");
+        assert_eq!(t1, run("t3", &image).0, "image {i}: 1 and 3 threads");
+        alone.extend(t1);
+    }
+    assert!(alone.len() > 1000);
+    for (m, parts) in [("t1", 1), ("t2", 2), ("t3", 3)] {
+        let (together, apart) = run(m, &batch);
+        assert_eq!(apart, parts, "{m}: the batch ran image by image");
+        assert!(
+            together == alone,
+            "{m}: the batch's images answer as they do alone"
+        );
+    }
+}
+
+/// A batching model whose graph keeps the images of a batch apart runs a batch image by
+/// image on the native engine, the images side by side on the threads; one whose graph mixes
+/// them (a softmax or a mean over the batch) runs it as one. Both answer what tract's own
+/// plan answers for the whole batch, at every batch size (rounds of images, the images left
+/// over).
+#[test]
+fn a_batch_runs_image_by_image_where_the_graph_keeps_the_images_apart() {
+    let (conv8, _) = conv([0, 4, 6, 10], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+    let (conv4, _) = conv([0, 4, 6, 10], 4, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+    let cases: [(&str, OneOp, Vec<i64>, bool); 3] = [
+        (
+            "conv, flatten, matmul, softmax over the classes",
+            conv8
+                .clone()
+                .then("Relu")
+                .then_attrs("Flatten", vec![attr_int("axis", 1)])
+                .then_with("MatMul", "w2")
+                .extra_weight("w2", random(&[480, 7], 17))
+                .then_attrs("Softmax", vec![attr_int("axis", 1)]),
+            vec![7],
+            true,
+        ),
+        (
+            "softmax over the batch",
+            conv8.then_attrs("Softmax", vec![attr_int("axis", 0)]),
+            vec![8, 6, 10],
+            false,
+        ),
+        (
+            "each image less the batch's mean",
+            conv4
+                .then_attrs(
+                    "ReduceMean",
+                    vec![attr_ints("axes", &[0]), attr_int("keepdims", 1)],
+                )
+                .then_with("Add", "x"),
+            vec![4, 6, 10],
+            false,
+        ),
+    ];
+    for (what, op, out_dims, apart) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("1")).unwrap();
+        std::fs::write(src.join("1/model.onnx"), op.bytes(None)).unwrap();
+        std::fs::write(
+            src.join("config.pbtxt"),
+            format!(
+                "backend: \"onnxruntime\"\nmax_batch_size: 8\n\
+                 input [ {{ name: \"x\" data_type: TYPE_FP32 dims: [4, 6, 10] }} ]\n\
+                 output [ {{ name: \"y\" data_type: TYPE_FP32 dims: {out_dims:?} }} ]\n"
+            ),
+        )
+        .unwrap();
+        let repo_dir = tmp.path().join("repo");
+        add_model(&repo_dir, &src, "cpu", "KIND_CPU");
+        set_engine(&repo_dir, "cpu", "tract");
+        add_model(&repo_dir, &src, "gpu", "KIND_CPU");
+        set_engine(&repo_dir, "gpu", "native");
+        add_parameter(&repo_dir, "gpu", "intra_op_thread_count", "2");
+        let repo = Repository::load(&repo_dir).unwrap();
+        for batch in [1, 2, 5, 8] {
+            let inputs = vec![("x".to_string(), random(&[batch, 4, 6, 10], 3))];
+            let what = format!("{what}, batch {batch}");
+            compare_with(&repo, &inputs, 1e-4, 1e-4, Scale::Tensor, &what);
+            let report = repo.model("gpu").unwrap().execution_report().unwrap();
+            let expected = if apart && batch > 1 { 2 } else { 0 };
+            assert_eq!(report.images_side_by_side, expected, "{what}: {report:?}");
+            assert!(report.cpu_nodes.is_empty(), "{what}: {report:?}");
+        }
+    }
 }
 
 /// Empty tensors (a batch of 0, a MatMul with m = 0) answer the empty tensor the CPU gives, on

@@ -77,7 +77,12 @@ impl Backend for OnnxBackend {
             None => None,
         };
         if let Some(device) = device {
-            let exec = ProgramExecutable::new(plans, device, opts.plan_cache_capacity);
+            let exec = ProgramExecutable::new(
+                plans,
+                device,
+                config.max_batch_size > 0,
+                opts.plan_cache_capacity,
+            );
             exec.prepare(config)?;
             return Ok(Arc::new(exec));
         }

@@ -13,7 +13,7 @@
 //! [`Program`]: super::lower::Program
 
 use super::program::device::{
-    host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory,
+    host_memory_methods, DevPtr, Device, DeviceError, DeviceResult, HostMemory, SideBySide,
 };
 use super::program::kernels::{self as k, act, bin, Kernel};
 use std::collections::HashMap;
@@ -126,6 +126,22 @@ impl Device for CpuDevice {
     }
 
     host_memory_methods!(memory, forget_packs);
+
+    fn side_by_side(&self) -> Option<SideBySide> {
+        // One image per thread, each on a one-thread device: an image's activations stay in
+        // its core's caches, and no launch waits for the other core. Measured (A/B, 2-core
+        // EPYC, 1 MiB L2 per core, 32 MiB L3): PP-OCR rec 6x3x48x320 (2.5 MB of activations
+        // an image) 2 threads 39-45 -> 34-39 ms, 1 thread 74-80 -> 67-73 ms; the orientation
+        // classifier 6x3x48x192 (0.5 MB an image) 2 threads 1.7 -> 1.4-1.5 ms, but 1 thread
+        // 2.2 -> 2.3 ms: its whole batch fits the caches, and one image at a time only adds
+        // launches. Hence one thread splits only batches of more than 8 MiB.
+        Some(SideBySide {
+            parts: self.threads,
+            alone_above: 8 << 20,
+            device: device(1),
+            run: pool::parallel,
+        })
+    }
 
     fn launch(
         &self,

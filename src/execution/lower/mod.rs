@@ -28,6 +28,7 @@ use super::program::kernels::{self as k, act, bin, bytes_of, Kernel, View, MAX_R
 use super::program::ExecutionReport;
 use schedule::{form_islands, layout_arena};
 
+pub(crate) mod batch;
 mod epilogue;
 mod ops;
 mod pointwise;

@@ -74,8 +74,32 @@ pub(crate) fn check_launch(grid: [u32; 3], block: [u32; 3]) -> Result<(), String
 /// A failed device call.
 pub(crate) type DeviceResult<T> = std::result::Result<T, DeviceError>;
 
+/// How a device runs the images of a batch side by side ([`Device::side_by_side`]): `parts`
+/// groups of images at once, each group one image after another on `device`, through `run`,
+/// which calls
+/// `f(0) .. f(parts − 1)` concurrently and returns when all have returned. With one part
+/// (one thread) a batch runs image by image only when its activations (the batch times one
+/// image's arena) exceed `alone_above` bytes: the gain is then the caches' alone.
+pub(crate) struct SideBySide {
+    pub(crate) parts: usize,
+    pub(crate) alone_above: usize,
+    /// Runs the plans built for this device (its launches on one thread): it shares this
+    /// device's memory (weights, arenas) and its streams, so a plan and its instances serve
+    /// both.
+    pub(crate) device: &'static dyn Device,
+    pub(crate) run: fn(usize, &(dyn Fn(usize) + Sync)),
+}
+
 /// One device: memory, copies, launches. Calls on one stream run in order; `sync` waits.
 pub(crate) trait Device: Send + Sync {
+    /// Whether a batch whose graph keeps its images apart runs faster image by image, the
+    /// images side by side, than as one batch, operator after operator (a CPU: each image's
+    /// activations stay in one core's caches and the cores never wait for each other between
+    /// operators). `None`: the batch runs as one (a GPU wants the whole batch in each launch).
+    fn side_by_side(&self) -> Option<SideBySide> {
+        None
+    }
+
     /// "NVIDIA H200 (sm_90)" or "emulator (host C++)".
     fn describe(&self) -> String;
     /// Device memory, 256-byte aligned.

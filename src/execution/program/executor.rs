@@ -19,11 +19,20 @@ use crate::execution::{Executable, Named};
 use crate::tensor::Tensor as MyTensor;
 use crate::util::lru::Lru;
 
+/// The outputs of each image of a group, or why the group failed.
+type GroupResult = Option<DeviceResult<Vec<Vec<TValue>>>>;
+
 /// One model version on a device.
 pub(crate) struct ProgramExecutable {
     plans: Plans,
     device: &'static dyn Device,
-    /// GPU plans by input shapes.
+    /// The model batches (`max_batch_size > 0`): axis 0 of each input is the batch, which a
+    /// device may run image by image ([`Device::side_by_side`]).
+    batching: bool,
+    /// Whether the graph keeps the images of a batch apart ([`lower::batch::separable`]),
+    /// read once, at the first batch's shapes.
+    images_apart: std::sync::OnceLock<bool>,
+    /// Plans by input shapes.
     cache: Mutex<Lru<Vec<TVec<usize>>, Arc<GpuPlan>>>,
     last_report: Mutex<Option<ExecutionReport>>,
     /// Weights on the device by (content hash, bytes), shared by the plans of every shape
@@ -56,6 +65,8 @@ unsafe impl Send for Instance {}
 struct GpuPlan {
     program: Program,
     device: &'static dyn Device,
+    /// The program's report, with what building the plan found (device, uploads).
+    report: ExecutionReport,
     /// Device addresses of `program.weights` (owned by the executable's weight cache).
     weights: Vec<DevPtr>,
     /// Staging offset of each step (used by the copy steps only).
@@ -138,10 +149,17 @@ fn staging_layout(program: &Program) -> (Vec<usize>, usize) {
 }
 
 impl ProgramExecutable {
-    pub(crate) fn new(plans: Plans, device: &'static dyn Device, capacity: usize) -> Self {
+    pub(crate) fn new(
+        plans: Plans,
+        device: &'static dyn Device,
+        batching: bool,
+        capacity: usize,
+    ) -> Self {
         ProgramExecutable {
             plans,
             device,
+            batching,
+            images_apart: std::sync::OnceLock::new(),
             cache: Mutex::new(Lru::new(capacity)),
             last_report: Mutex::new(None),
             weights: Mutex::new(HashMap::new()),
@@ -190,10 +208,11 @@ impl ProgramExecutable {
         report.uploaded_weight_bytes = uploaded;
         let (staging, staging_bytes) = staging_layout(&program);
         report.staging_bytes = staging_bytes;
-        *self.last_report.lock() = Some(report);
+        *self.last_report.lock() = Some(report.clone());
         let plan = Arc::new(GpuPlan {
             program,
             device: self.device,
+            report,
             weights,
             staging,
             staging_bytes,
@@ -299,7 +318,7 @@ impl ProgramExecutable {
             .collect::<TractResult<_>>()
             .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
         let timed = (|| {
-            plan.run(&inst, &zeros)?;
+            plan.run(plan.device, &inst, &zeros)?;
             let started = std::time::Instant::now();
             for _ in 0..iters {
                 for (kernel, grid, block, params) in plan.launches(&inst) {
@@ -407,9 +426,15 @@ impl GpuPlan {
     // Long: the program's interpreter, one arm per step kind, sharing the staging and
     // pending-download state; each arm is a few lines.
     /// Runs the program; `inputs` are in the model's input order.
-    fn run(&self, inst: &Instance, inputs: &[TValue]) -> DeviceResult<Vec<TValue>> {
+    /// Runs the program on `dev`: the plan's device, or one that shares its memory
+    /// ([`super::device::SideBySide`]).
+    fn run(
+        &self,
+        dev: &dyn Device,
+        inst: &Instance,
+        inputs: &[TValue],
+    ) -> DeviceResult<Vec<TValue>> {
         let p = &self.program;
-        let dev = self.device;
         let mut host: Vec<Option<TValue>> = vec![None; p.values.len()];
         for (v, t) in &p.host_consts {
             host[*v] = Some(TValue::from_const(t.clone()));
@@ -455,7 +480,7 @@ impl GpuPlan {
                     )));
                 }
                 Step::UploadInput { input, value } => {
-                    self.stage_upload(inst, i, *value, &inputs[*input])?;
+                    self.stage_upload(dev, inst, i, *value, &inputs[*input])?;
                     staged = true;
                 }
                 Step::HostInput { input, value } => host[*value] = Some(inputs[*input].clone()),
@@ -463,7 +488,7 @@ impl GpuPlan {
                     let t = host[*value]
                         .clone()
                         .ok_or_else(|| missing("a value to upload"))?;
-                    self.stage_upload(inst, i, *value, &t)?;
+                    self.stage_upload(dev, inst, i, *value, &t)?;
                     staged = true;
                 }
                 Step::Download { value } => {
@@ -526,6 +551,7 @@ impl GpuPlan {
 
     fn stage_upload(
         &self,
+        dev: &dyn Device,
         inst: &Instance,
         step: usize,
         v: ValueId,
@@ -547,8 +573,7 @@ impl GpuPlan {
         unsafe {
             let dst = inst.staging.add(off);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
-            self.device
-                .upload(inst.stream, self.ptr(inst, v)?, dst, bytes.len())
+            dev.upload(inst.stream, self.ptr(inst, v)?, dst, bytes.len())
         }
     }
 }
@@ -573,44 +598,159 @@ impl Executable for ProgramExecutable {
 
     fn execute(&self, inputs: Named, outputs: &[String]) -> Result<Named> {
         let (shapes, values) = self.plans.ordered_inputs(&inputs)?;
-        let plan = match self.plan_for(&shapes) {
-            Ok(plan) => plan,
-            // A graph the lowering refuses (an operator that keeps state, a shape only known
-            // while running) runs on tract's CPU plan instead, with a warning; device errors
-            // (memory, compilation) stay errors.
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                tracing::warn!("{e}; running on the CPU");
-                *self.last_report.lock() = Some(ExecutionReport {
-                    device: "cpu".into(),
-                    cpu_nodes: vec![format!("the whole model ({e})")],
-                    ..Default::default()
-                });
-                return self.plans.execute(inputs, outputs);
+        let m = self.plans.model_name();
+        let produced = match self.images_side_by_side(&shapes, &values)? {
+            Some(values) => values,
+            None => {
+                let plan = match self.plan_for(&shapes) {
+                    Ok(plan) => plan,
+                    // A graph the lowering refuses (an operator that keeps state, a shape
+                    // only known while running) runs on tract's CPU plan instead, with a
+                    // warning; device errors (memory, compilation) stay errors.
+                    Err(e) if e.kind() == ErrorKind::Unsupported => {
+                        tracing::warn!("{e}; running on the CPU");
+                        *self.last_report.lock() = Some(ExecutionReport {
+                            device: "cpu".into(),
+                            cpu_nodes: vec![format!("the whole model ({e})")],
+                            ..Default::default()
+                        });
+                        return self.plans.execute(inputs, outputs);
+                    }
+                    Err(e) => return Err(e),
+                };
+                *self.last_report.lock() = Some(plan.report.clone());
+                plan.execute(plan.device, &values)
+                    .map_err(|e| device_error(m, plan.device, "execution failed", e))?
             }
+        };
+        let produced = self.plans.output_names().iter().cloned().zip(produced);
+        Ok(crate::util::wanted(produced, outputs)
+            .into_iter()
+            .map(|(name, value)| (name, MyTensor::from_tract(value.into_tensor())))
+            .collect())
+    }
+}
+
+impl ProgramExecutable {
+    /// Runs a batch image by image, the images side by side, where the device does that
+    /// faster ([`Device::side_by_side`]) and the graph keeps the images apart
+    /// ([`lower::batch::separable`]; a property of the graph, read once, on its first batch's
+    /// shapes at a batch of 2): `parts` groups of
+    /// `batch / parts` images run at once, each image on its own, then the images left over
+    /// one by one on the device's own threads. The outputs are the images' outputs in order,
+    /// concatenated along the batch axis. `None` where the batch runs as one.
+    fn images_side_by_side(
+        &self,
+        shapes: &[TVec<usize>],
+        values: &[TValue],
+    ) -> Result<Option<Vec<TValue>>> {
+        let Some(side) = self.device.side_by_side().filter(|_| self.batching) else {
+            return Ok(None);
+        };
+        let batch = match shapes.first().and_then(|s| s.first()) {
+            Some(&b) if b >= 2 && shapes.iter().all(|s| s.first() == Some(&b)) => b,
+            _ => return Ok(None),
+        };
+        let at = |b: usize| -> Vec<TVec<usize>> {
+            shapes
+                .iter()
+                .map(|s| std::iter::once(b).chain(s[1..].iter().copied()).collect())
+                .collect()
+        };
+        let apart = match self.images_apart.get() {
+            Some(apart) => *apart,
+            None => {
+                let apart = self.plans.decluttered(&at(2)).is_ok_and(|model| {
+                    catch_unwind(AssertUnwindSafe(|| lower::batch::separable(&model, 2)))
+                        .unwrap_or(false)
+                });
+                *self.images_apart.get_or_init(|| apart)
+            }
+        };
+        if !apart {
+            return Ok(None);
+        }
+        let plan = match self.plan_for(&at(1)) {
+            Ok(plan) => plan,
+            // The batch at once decides (a plan it cannot build falls back there).
+            Err(e) if e.kind() == ErrorKind::Unsupported => return Ok(None),
             Err(e) => return Err(e),
         };
-        let m = self.plans.model_name();
-        let inst = plan
-            .instance()
-            .map_err(|e| device_error(m, self.device, "preparing an instance", e))?;
-        let result = catch_unwind(AssertUnwindSafe(|| plan.run(&inst, &values)))
-            .unwrap_or_else(|_| Err(DeviceError::Internal("the executor panicked".into())));
-        match result {
-            Ok(values) => {
-                plan.pool.lock().push(inst);
-                let produced = self.plans.output_names().iter().cloned().zip(values);
-                Ok(crate::util::wanted(produced, outputs)
-                    .into_iter()
-                    .map(|(name, value)| (name, MyTensor::from_tract(value.into_tensor())))
-                    .collect())
-            }
-            Err(e) => {
-                // The instance may hold work that failed: synchronise and drop it.
-                let _ = self.device.sync(inst.stream);
-                plan.free_instance(inst);
-                Err(device_error(m, self.device, "execution failed", e))
-            }
+        if side.parts <= 1 && plan.report.arena_bytes.saturating_mul(batch) <= side.alone_above {
+            return Ok(None);
         }
+        let m = self.plans.model_name();
+        let image = |i: usize| -> DeviceResult<Vec<TValue>> {
+            values
+                .iter()
+                .map(|v| v.slice(0, i, i + 1).map(|t| t.into_tvalue()))
+                .collect::<TractResult<_>>()
+                .map_err(|e| DeviceError::Internal(format!("slicing image {i}: {e}")))
+        };
+        let parts = side.parts.clamp(1, batch);
+        let rounds = batch / parts;
+        let results: Vec<Mutex<GroupResult>> = (0..parts).map(|_| Mutex::new(None)).collect();
+        (side.run)(parts, &|p| {
+            let run = || {
+                (p * rounds..(p + 1) * rounds)
+                    .map(|i| plan.execute(side.device, &image(i)?))
+                    .collect::<DeviceResult<Vec<_>>>()
+            };
+            let r = catch_unwind(AssertUnwindSafe(run))
+                .unwrap_or_else(|_| Err(DeviceError::Internal("the executor panicked".into())));
+            *results[p].lock() = Some(r);
+        });
+        let mut images = Vec::with_capacity(batch);
+        for r in results {
+            let r = r.into_inner().unwrap_or_else(|| {
+                Err(DeviceError::Internal(
+                    "a group of images did not run".into(),
+                ))
+            });
+            images.extend(r.map_err(|e| device_error(m, plan.device, "execution failed", e))?);
+        }
+        // The images left over, one at a time on every thread.
+        for i in parts * rounds..batch {
+            let out = image(i)
+                .and_then(|v| plan.execute(plan.device, &v))
+                .map_err(|e| device_error(m, plan.device, "execution failed", e))?;
+            images.push(out);
+        }
+        let mut report = plan.report.clone();
+        report.images_side_by_side = parts;
+        *self.last_report.lock() = Some(report);
+        let outputs = images.first().map_or(0, |o| o.len());
+        (0..outputs)
+            .map(|o| {
+                let each: Vec<&Tensor> = images.iter().map(|img| &*img[o]).collect();
+                Tensor::stack_tensors(0, &each).map(|t| t.into_tvalue())
+            })
+            .collect::<TractResult<Vec<_>>>()
+            .map(Some)
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Execution,
+                    format!("model '{m}': concatenating the images' outputs: {e}"),
+                )
+            })
+    }
+}
+
+impl GpuPlan {
+    /// One run of the program on `dev` ([`GpuPlan::run`]) on an instance from the pool,
+    /// which goes back to the pool after a run that succeeded (one that failed may have left
+    /// work behind: it is synchronised and freed).
+    fn execute(&self, dev: &dyn Device, values: &[TValue]) -> DeviceResult<Vec<TValue>> {
+        let inst = self.instance()?;
+        let result = catch_unwind(AssertUnwindSafe(|| self.run(dev, &inst, values)))
+            .unwrap_or_else(|_| Err(DeviceError::Internal("the executor panicked".into())));
+        if result.is_ok() {
+            self.pool.lock().push(inst);
+        } else {
+            let _ = self.device.sync(inst.stream);
+            self.free_instance(inst);
+        }
+        result
     }
 }
 

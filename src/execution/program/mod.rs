@@ -43,4 +43,8 @@ pub struct ExecutionReport {
     /// copies between two stream synchronisations (the run synchronises before each CPU
     /// step) share it, so it is the largest such group, not the sum of every copy.
     pub staging_bytes: usize,
+    /// How the last batch of a batching model ran on a CPU whose graph keeps its images
+    /// apart: the groups of images that ran side by side, each on its own core, one image
+    /// after another (1: image by image on one thread); 0 when the batch ran as one.
+    pub images_side_by_side: usize,
 }
