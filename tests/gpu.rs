@@ -538,19 +538,22 @@ fn operators_tract_fuses_run_on_the_gpu() {
             .then("Sqrt")
             .then("Reciprocal")
             .then_with("Mul", "x");
-        let up = OneOp::new("Resize", vec![("x", x.clone())])
-            .empty_input()
-            .weight(
-                "scales",
-                ArrayD::from_shape_vec(vec![4], vec![1.0, 1.0, 2.0, 3.0]).unwrap(),
-            )
-            .attr(attr_str("mode", "nearest"))
-            .attr(attr_str("coordinate_transformation_mode", "asymmetric"))
-            .attr(attr_str("nearest_mode", "floor"));
+        let upsample = |scales: Vec<f32>| {
+            OneOp::new("Resize", vec![("x", x.clone())])
+                .empty_input()
+                .weight("scales", ArrayD::from_shape_vec(vec![4], scales).unwrap())
+                .attr(attr_str("mode", "nearest"))
+                .attr(attr_str("coordinate_transformation_mode", "asymmetric"))
+                .attr(attr_str("nearest_mode", "floor"))
+        };
+        // x3 along the rows; x2 (PP-OCR det's FPN) has its own loop on the CPU.
+        let up = upsample(vec![1.0, 1.0, 2.0, 3.0]);
+        let up2 = upsample(vec![1.0, 1.0, 2.0, 2.0]);
         for (what, op, out, kernel) in [
             ("Silu", &silu, vec![2, 3, 5, 8], "unary_f32"),
             ("RmsNorm", &rms, vec![2, 3, 5, 8], "reduce_f32"),
             ("NearestUpsample", &up, vec![2, 3, 10, 24], "copy_f32"),
+            ("NearestUpsample x2", &up2, vec![2, 3, 10, 16], "copy_f32"),
         ] {
             let folder = op.folder(None, &out);
             let (_tmp, repo) = cpu_and_gpu(folder.path(), target);

@@ -559,6 +559,35 @@ pub(super) unsafe fn copy(p: &k::CopyParams) {
             }
         }
         let walk = Walk::new(dims, [vx, view(&p.vy)]);
+        let r = walk.rank;
+        if r >= 2
+            && walk.strides[r - 1] == [0, 1]
+            && walk.strides[r - 2][1] == walk.dims[r - 1] as isize
+        {
+            // Nearest upsampling along the last axis (tract's NearestUpsample, a Resize):
+            // each source element `rep` times in a row. Rows of the walk without its last
+            // dimension then each fill one contiguous run of the output.
+            let rep = walk.dims[r - 1];
+            let outer = Walk {
+                rank: r - 1,
+                ..walk
+            };
+            return outer.rows(|off, len, st| {
+                let (px, py) = (x.offset(off[0]), y.offset(off[1]));
+                let out = std::slice::from_raw_parts_mut(py, len * rep);
+                if rep == 2 && st[0] == 1 {
+                    let src = std::slice::from_raw_parts(px, len);
+                    for (pair, &v) in out.chunks_exact_mut(2).zip(src) {
+                        pair[0] = v;
+                        pair[1] = v;
+                    }
+                    return;
+                }
+                for (t, run) in out.chunks_exact_mut(rep).enumerate() {
+                    run.fill(*px.offset(t as isize * st[0]));
+                }
+            });
+        }
         return walk.rows(|off, len, st| {
             let (px, py) = (x.offset(off[0]), y.offset(off[1]));
             if st[1] == 1 {

@@ -245,6 +245,18 @@ fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> Devi
             let p: k::SoftmaxParams = params(bytes)?;
             format!("outer {} axis {} inner {}", p.outer, p.axis, p.inner)
         }
+        Kernel::Copy => {
+            let p: k::CopyParams = params(bytes)?;
+            let r = p.rank.max(0) as usize;
+            format!(
+                "n {} dims {:?} from {:?} strides {:?} -> {:?}",
+                p.n,
+                &p.dims[..r],
+                &p.x_dims[..r],
+                &p.vx.strides[..r],
+                &p.vy.strides[..r]
+            )
+        }
         _ => String::new(),
     };
     eprintln!("PROF {kernel:?} {} {shape}", took.as_micros());
