@@ -351,6 +351,7 @@ fn convolutions_match_the_cpu_path() {
             ("2x2 stride 2 (DB head)", 2, 2, 0, [2, 7, 10, 12]),
             ("3x3 stride 2 pad 1", 3, 2, 1, [2, 7, 9, 11]),
             ("3x3 stride 1", 3, 1, 0, [2, 7, 7, 8]),
+            ("3x3 stride 3", 3, 3, 0, [2, 7, 15, 18]),
         ] {
             let op = OneOp::new("ConvTranspose", vec![("x", vec![2, 3, 5, 6])])
                 .weight("w", random(&[3, 7, k, k], 17))
@@ -359,6 +360,12 @@ fn convolutions_match_the_cpu_path() {
                 .attr(attr_ints("strides", &[s, s]))
                 .attr(attr_ints("pads", &[p, p, p, p]));
             check_op(target, &format!("ConvTranspose {what}"), &op, None, &out);
+            if k as i64 == s {
+                // The DB head's ConvTranspose + BatchNorm + Relu: the epilogue of the pass
+                // that writes each output pixel once.
+                let what = format!("ConvTranspose {what} + Relu fused");
+                check_op(target, &what, &op, Some("Relu"), &out);
+            }
         }
         check_op(target, "Conv + Sigmoid fused", &op, Some("Sigmoid"), &out);
     }

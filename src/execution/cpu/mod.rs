@@ -931,10 +931,23 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
         .min(pixels.max(1));
     let mut cols = vec![0f32; m * band];
     let plane = g.oh * g.ow;
+    // Stride equal to the kernel, no padding or dilation (PP-OCR det's 2x2 stride-2 head):
+    // every output pixel gets exactly one tap of one input pixel, so the products are
+    // written, interleaved along the row, with the bias and the epilogue, in one pass.
+    let exact = g.sh == g.kh
+        && g.sw == g.kw
+        && g.dh == 1
+        && g.dw == 1
+        && g.pt == 0
+        && g.pl == 0
+        && g.oh == g.h * g.kh
+        && g.ow == g.w * g.kw;
     for b in 0..g.n {
         let out = std::slice::from_raw_parts_mut(y.add(b * g.co * plane), g.co * plane);
-        for (oc, o) in out.chunks_exact_mut(plane.max(1)).enumerate() {
-            o.fill(if bias.is_null() { 0.0 } else { *bias.add(oc) });
+        if !exact {
+            for (oc, o) in out.chunks_exact_mut(plane.max(1)).enumerate() {
+                o.fill(if bias.is_null() { 0.0 } else { *bias.add(oc) });
+            }
         }
         let xb = gemm::Shared(x.add(b * g.c * pixels));
         let mut p0 = 0;
@@ -972,6 +985,11 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
                 a_packed: std::ptr::null(),
             };
             gemm::run_parallel(threads, &prob, &pack);
+            if exact {
+                deconv_exact(p, &g, &cols, len, p0, out);
+                p0 += len;
+                continue;
+            }
             // Scatter: input pixel (iy, ix) and tap (ky, kx) reach output
             // (iy·sh − pt + ky·dh, ix·sw − pl + kx·dw).
             for (r, contrib) in cols.chunks_exact(len).take(m).enumerate() {
@@ -998,8 +1016,64 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
             }
             p0 += len;
         }
-        activate_row(out, p.act, p.a, p.b);
-        affine_row(out, p.post_mul, p.post_add);
+        if !exact {
+            activate_row(out, p.act, p.a, p.b);
+            affine_row(out, p.post_mul, p.post_add);
+        }
+    }
+}
+
+/// The band of input pixels `p0 .. p0 + len` of a transposed convolution whose stride is its
+/// kernel (no padding, no dilation): `cols[(oc·taps + t)·len + i]` is pixel `p0 + i`'s
+/// product for output channel `oc` and tap `t`, the only contribution to its output pixel;
+/// written with the bias, the activation and the affine op after it.
+///
+/// # Safety
+/// `p.bias` is null or holds `co` floats; `out` is one image's output, `cols` the band.
+unsafe fn deconv_exact(
+    p: &k::ConvParams,
+    g: &Geometry,
+    cols: &[f32],
+    len: usize,
+    p0: usize,
+    out: &mut [f32],
+) {
+    let taps = g.kh * g.kw;
+    let plane = g.oh * g.ow;
+    for oc in 0..g.co {
+        let bv = if p.bias == 0 {
+            0.0
+        } else {
+            *(p.bias as *const f32).add(oc)
+        };
+        let o = &mut out[oc * plane..(oc + 1) * plane];
+        for ky in 0..g.kh {
+            let r0 = oc * taps + ky * g.kw;
+            let mut i = 0;
+            while i < len {
+                let pix = p0 + i;
+                let (iy, ix0) = (pix / g.w, pix % g.w);
+                let run = (g.w - ix0).min(len - i);
+                let start = (iy * g.kh + ky) * g.ow + ix0 * g.kw;
+                let seg = &mut o[start..start + run * g.kw];
+                let tap = |kx: usize| &cols[(r0 + kx) * len + i..(r0 + kx) * len + i + run];
+                if g.kw == 2 {
+                    for ((pair, &a0), &a1) in seg.chunks_exact_mut(2).zip(tap(0)).zip(tap(1)) {
+                        pair[0] = a0 + bv;
+                        pair[1] = a1 + bv;
+                    }
+                } else {
+                    for kx in 0..g.kw {
+                        for (px, &v) in seg.chunks_exact_mut(g.kw).zip(tap(kx)) {
+                            px[kx] = v + bv;
+                        }
+                    }
+                }
+                activate_row(seg, p.act, p.a, p.b);
+                affine_row(seg, p.post_mul, p.post_add);
+                i += run;
+            }
+        }
     }
 }
 
