@@ -63,6 +63,16 @@ macro_rules! with_act {
                 let $f = |v: f32| v.sqrt();
                 $body
             }
+            // Through the polynomial `exp`, so the loop vectorises (PP-OCR det's output
+            // sigmoid over 0.9 M pixels: 5.7 ms through libm's `exp`).
+            act::SIGMOID => {
+                let $f = |v: f32| 1.0 / (1.0 + super::exp_approx(-v));
+                $body
+            }
+            act::SILU => {
+                let $f = |v: f32| v / (1.0 + super::exp_approx(-v));
+                $body
+            }
             code => {
                 let $f = |v: f32| activate(v, code, a, b);
                 $body
