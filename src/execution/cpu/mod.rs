@@ -386,75 +386,114 @@ unsafe fn conv_images(
     threads: usize,
     images: std::ops::Range<usize>,
 ) {
-    let (x, w, y) = (p.x as *const f32, p.wt as *const f32, p.y as *mut f32);
-    let bias = p.bias as *const f32;
+    let x = p.x as *const f32;
     let kk = g.cg * g.kh * g.kw;
-    let plane = g.oh * g.ow;
     // Each group's weights, packed (looked up once, not per image).
     let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
         .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk))
         .collect();
+    // Bands of output rows, each one product (one band unless the padded copy of the whole
+    // image would be too large).
+    let band = padded.as_ref().map_or(g.oh, |pd| pd.band).max(1);
     PADDED.with(|cell| {
         let mut scratch = cell.borrow_mut();
         for b in images {
             for (grp, packed) in packs.iter().enumerate() {
                 let xg = x.add((b * g.c + grp * g.cg) * g.h * g.w);
-                let pad = padded.as_ref().map(|pd| pd.fill(g, xg, &mut scratch));
-                let xg = gemm::Shared(xg);
-                let pack = |k0: usize,
-                            kc: usize,
-                            n0: usize,
-                            nc: usize,
-                            dst: &mut [f32],
-                            rows: &mut [*const f32]| {
-                    if let (Some(pd), Some(buf)) = (&padded, pad) {
-                        pd.rows(g, buf.get(), k0, n0, &mut rows[..kc]);
-                        return true;
-                    }
-                    if nc == gemm::NR && patch_rows(g, xg.get(), k0, n0, &mut rows[..kc]) {
-                        return true;
-                    }
-                    pack_patches(g, xg.get(), k0, kc, n0, nc, dst);
-                    false
-                };
-                let prob = gemm::Problem {
-                    m: g.mg,
-                    n: plane,
-                    k: kk,
-                    a: w.add(grp * g.mg * kk),
-                    a_packed: packed.as_ptr(),
-                    rs_a: kk,
-                    c: y.add((b * g.co + grp * g.mg) * plane),
-                    rs_c: plane,
-                    epilogue: gemm::Epilogue {
-                        bias: if bias.is_null() {
-                            bias
-                        } else {
-                            bias.add(grp * g.mg)
-                        },
-                        res: if p.res == 0 {
-                            std::ptr::null()
-                        } else {
-                            (p.res as *const f32).add((b * g.co + grp * g.mg) * plane)
-                        },
-                        act: p.act,
-                        a: p.a,
-                        b: p.b,
-                        post_mul: p.post_mul,
-                        post_add: p.post_add,
-                    },
-                    // Panels inside output rows, so they read the image in place: every one
-                    // from the padded copy, else the interior ones of rows of 64 or more.
-                    row: if padded.is_some() || (g.sw == 1 && g.ow >= gemm::NR && !g.pointwise()) {
-                        g.ow
-                    } else {
-                        0
-                    },
-                };
-                gemm::run_parallel(threads, &prob, &pack);
+                for oy0 in (0..g.oh).step_by(band) {
+                    let pad = padded.as_ref().map(|pd| pd.fill(g, xg, oy0, &mut scratch));
+                    // The band's first pixel: panels count from it.
+                    let base = oy0 * g.ow;
+                    let n = band.min(g.oh - oy0) * g.ow;
+                    let xg = gemm::Shared(xg);
+                    let pack = |k0: usize,
+                                kc: usize,
+                                n0: usize,
+                                nc: usize,
+                                dst: &mut [f32],
+                                rows: &mut [*const f32]| {
+                        if let (Some(pd), Some(buf)) = (&padded, pad) {
+                            pd.rows(g, buf.get(), k0, n0, &mut rows[..kc]);
+                            return true;
+                        }
+                        let n0 = base + n0;
+                        if nc == gemm::NR && patch_rows(g, xg.get(), k0, n0, &mut rows[..kc]) {
+                            return true;
+                        }
+                        pack_patches(g, xg.get(), k0, kc, n0, nc, dst);
+                        false
+                    };
+                    conv_band(
+                        p,
+                        g,
+                        threads,
+                        padded.is_some(),
+                        packed,
+                        grp,
+                        b,
+                        base,
+                        n,
+                        &pack,
+                    );
+                }
             }
         }
     })
+}
+
+/// The product of output pixels `base .. base + n` (whole rows) of image `b`, group `grp`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_band(
+    p: &k::ConvParams,
+    g: &Geometry,
+    threads: usize,
+    padded: bool,
+    packed: &[f32],
+    grp: usize,
+    b: usize,
+    base: usize,
+    n: usize,
+    pack: &gemm::Pack,
+) {
+    let (w, y) = (p.wt as *const f32, p.y as *mut f32);
+    let bias = p.bias as *const f32;
+    let kk = g.cg * g.kh * g.kw;
+    let plane = g.oh * g.ow;
+    let prob = gemm::Problem {
+        m: g.mg,
+        n,
+        k: kk,
+        a: w.add(grp * g.mg * kk),
+        a_packed: packed.as_ptr(),
+        rs_a: kk,
+        c: y.add((b * g.co + grp * g.mg) * plane + base),
+        rs_c: plane,
+        epilogue: gemm::Epilogue {
+            bias: if bias.is_null() {
+                bias
+            } else {
+                bias.add(grp * g.mg)
+            },
+            res: if p.res == 0 {
+                std::ptr::null()
+            } else {
+                (p.res as *const f32).add((b * g.co + grp * g.mg) * plane + base)
+            },
+            act: p.act,
+            a: p.a,
+            b: p.b,
+            post_mul: p.post_mul,
+            post_add: p.post_add,
+        },
+        // Panels inside output rows, so they read the image in place: every one
+        // from the padded copy, else the interior ones of rows of 64 or more.
+        row: if padded || (g.sw == 1 && g.ow >= gemm::NR && !g.pointwise()) {
+            g.ow
+        } else {
+            0
+        },
+    };
+    gemm::run_parallel(threads, &prob, pack);
 }
 
 /// The largest padded copy (floats, 8 MiB) a stride-1 convolution makes.
@@ -465,14 +504,18 @@ thread_local! {
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A stride-1 convolution's input copied once with its padding made zeros: `cg` planes of
-/// `hp x wp` (padded row `r` is input row `r − pt`, padded column `c` input column `c − pl`),
-/// then `NR` floats of slack. Every patch row of every panel inside an output row is then a
-/// run of the copy (no packing at all, however narrow the image), at the price of panels no
+/// A stride-1 convolution's input copied with its padding made zeros, a band of `band`
+/// output rows at a time (the whole image when its copy fits in [`PADDED_MAX`]): `cg` planes
+/// `plane` floats apart, each `hp` rows of `wp` (for the band from output row `oy0`, padded
+/// row `r` is input row `oy0·sh + r − pt`, padded column `c` input column `c − pl`), then
+/// `NR` floats of slack. Every patch row of every panel inside an output row is then a run
+/// of the copy (no packing at all, however narrow the image), at the price of panels no
 /// wider than a row: used where rows fill their vectors well.
 struct Padded {
     hp: usize,
     wp: usize,
+    band: usize,
+    plane: usize,
 }
 
 impl Padded {
@@ -494,16 +537,37 @@ impl Padded {
         if tail != 0 && g.ow < gemm::NR && !few_channels {
             return None;
         }
-        let pd = Padded {
-            hp: (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1,
-            wp: g.ow + (g.kw - 1) * g.dw,
+        let wp = g.ow + (g.kw - 1) * g.dw;
+        let rows_for = |band: usize| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+        // Channel planes whose stride is a multiple of 4 KiB would put every channel's rows
+        // in the same L1 sets (PP-OCR det's 184x320 planes are 230 x 4 KiB): such a stride
+        // is moved off by 256 floats.
+        let plane = |hp: usize| {
+            let p = hp * wp;
+            if (128..=896).contains(&(p % 1024)) {
+                p
+            } else {
+                p + 256
+            }
         };
-        // The copy is a per-thread scratch buffer kept for the next launch: large images
-        // (where the interior panels are read in place anyway) keep the packed panels.
-        (g.cg * pd.hp * pd.wp <= PADDED_MAX).then_some(pd)
+        // The copy is a per-thread scratch buffer kept for the next launch, at most
+        // PADDED_MAX: a larger image is copied a band of rows at a time, each band one
+        // product (bands of fewer than 16 rows would copy their halo rows too often).
+        let mut band = g.oh;
+        while band > 16 && g.cg * plane(rows_for(band)) > PADDED_MAX {
+            band = band.div_ceil(2);
+        }
+        let hp = rows_for(band);
+        (g.cg * plane(hp) <= PADDED_MAX).then(|| Padded {
+            hp,
+            wp,
+            band,
+            plane: plane(hp),
+        })
     }
 
-    /// Fills `buf` with the padded copy of the group's `cg` planes at `x`.
+    /// Fills `buf` with the padded copy of the group's `cg` planes at `x` for the band of
+    /// output rows from `oy0`.
     ///
     /// # Safety
     /// `x` holds `cg` planes of `h x w` floats.
@@ -511,18 +575,20 @@ impl Padded {
         &self,
         g: &Geometry,
         x: *const f32,
+        oy0: usize,
         buf: &mut Vec<f32>,
     ) -> gemm::Shared<*const f32> {
-        let len = g.cg * self.hp * self.wp + gemm::NR;
+        let len = g.cg * self.plane + gemm::NR;
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
         let (pt, pl) = (g.pt as usize, g.pl as usize);
+        let top = (oy0 * g.sh) as isize - pt as isize;
         for ci in 0..g.cg {
             let src = x.add(ci * g.h * g.w);
-            let dst = &mut buf[ci * self.hp * self.wp..(ci + 1) * self.hp * self.wp];
+            let dst = &mut buf[ci * self.plane..ci * self.plane + self.hp * self.wp];
             for (r, row) in dst.chunks_exact_mut(self.wp).enumerate() {
-                let iy = r as isize - pt as isize;
+                let iy = top + r as isize;
                 if iy < 0 || iy >= g.h as isize {
                     row.fill(0.0);
                     continue;
@@ -539,8 +605,9 @@ impl Padded {
         gemm::Shared(buf.as_ptr())
     }
 
-    /// One pointer per patch row `k0 ..` of the panel from pixel `n0` (inside one output
-    /// row): into the padded copy at `buf`, each with `NR` floats readable after it.
+    /// One pointer per patch row `k0 ..` of the panel from pixel `n0` of the band (inside
+    /// one output row): into the band's padded copy at `buf`, each with `NR` floats readable
+    /// after it.
     ///
     /// # Safety
     /// `buf` is this layout's copy of the convolution's group.
@@ -558,7 +625,7 @@ impl Padded {
             let kq = k0 + q;
             let (ci, t) = (kq / taps, kq % taps);
             let (ky, kx) = (t / g.kw, t % g.kw);
-            *r = buf.add((ci * self.hp + oy * g.sh + ky * g.dh) * self.wp + ox0 + kx * g.dw);
+            *r = buf.add(ci * self.plane + (oy * g.sh + ky * g.dh) * self.wp + ox0 + kx * g.dw);
         }
     }
 }
