@@ -50,15 +50,17 @@ impl Backend for OnnxBackend {
         opts: &LoadOptions,
     ) -> Result<Arc<dyn Executable>> {
         let path = io::model_path(config, version_dir)?;
-        let proto = io::read_proto(&path, &config.name, opts.max_model_bytes)?;
+        let mut proto = io::read_proto(&path, &config.name, opts.max_model_bytes)?;
         let io = OnnxIo::from_proto(&proto)?;
         validate_inputs(config, &io)?;
         validate_outputs(config, &io)?;
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_string);
+        let dims = model_dims(config, &io);
         let plans = parse::plans(
             &config.name,
-            &proto,
+            &mut proto,
             dir.as_deref(),
+            &dims,
             opts.plan_cache_capacity,
             intra_op_threads(config).unwrap_or(1),
         )?;
@@ -88,6 +90,24 @@ impl Backend for OnnxBackend {
         }
         Ok(Arc::new(plans))
     }
+}
+
+/// The dims each graph input has as the config declares it (its `reshape`, else its `dims`,
+/// after the batch dimension when the model batches; -1 where variable), in the graph's input
+/// order; `None` for an input the config does not name.
+fn model_dims(config: &ModelConfig, io: &OnnxIo) -> Vec<Option<Vec<i64>>> {
+    io.inputs
+        .iter()
+        .map(|t| {
+            let input = config.input.iter().find(|i| i.name == t.name)?;
+            let dims = input
+                .reshape
+                .as_ref()
+                .map_or_else(|| input.dims.clone(), |r| r.shape.clone());
+            let batch = (config.max_batch_size > 0).then_some(-1);
+            Some(batch.into_iter().chain(dims).collect())
+        })
+        .collect()
 }
 
 /// `parameters { key: "engine" }`: `tract` (the default: tract's own optimised plan) or

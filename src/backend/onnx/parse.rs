@@ -1,22 +1,31 @@
 //! An ONNX file to tract's inference graph: our checked operator parsers, operators tract does
 //! not know rejected at load, and the graph's tensor names.
 
+use tract_hir::infer::Factoid;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::execution::tract::{guarded, GraphNames, Plans};
 
-/// The parsed graph of model `m`, its tensor names and its `metadata_props`.
+/// What [`parse`] reads from a file: the graph, its tensor names, its `metadata_props`, and
+/// the graph typed with symbolic input shapes where tract can type it so.
+type Parsed = (
+    InferenceModel,
+    GraphNames,
+    std::collections::BTreeMap<String, String>,
+    Option<TypedModel>,
+);
+
+/// The parsed graph of model `m`, its tensor names, its `metadata_props`, and the graph typed
+/// with its declared (possibly symbolic) input shapes where tract can type it so (`dims`:
+/// the config's model-side dims of each input, which fix what the file leaves open).
 pub(crate) fn parse(
     m: &str,
     proto: &pb::ModelProto,
     dir: Option<&str>,
-) -> Result<(
-    InferenceModel,
-    GraphNames,
-    std::collections::BTreeMap<String, String>,
-)> {
+    dims: &[Option<Vec<i64>>],
+) -> Result<Parsed> {
     let parsed = guarded(&format!("failed to load model '{m}'"), || {
         super::checked_ops::onnx().parse(proto, dir)
     })?;
@@ -44,21 +53,127 @@ pub(crate) fn parse(
             ),
         ));
     }
-    // Check the whole graph once with its declared (possibly symbolic) shapes. Some graphs
-    // (shapes computed from `Shape`) only type with concrete input shapes: those are
-    // checked when the first plan is built.
-    if let Err(e) = guarded("", || model.clone().into_typed().map(|_| ())) {
-        tracing::debug!(
-            "model '{m}' does not type with symbolic shapes; plans are checked per shape ({})",
-            e.message()
-        );
-    }
+    // Check the whole graph once with its declared (possibly symbolic) shapes; kept, so a
+    // new input shape is planned from it (`Plans::decluttered`). Some graphs (shapes
+    // computed from `Shape` in ways tract cannot follow symbolically) only type with
+    // concrete input shapes: those are checked when the first plan is built.
+    let typed = match guarded("", || symbolic_inputs(&model, dims)?.into_typed()) {
+        Ok(typed) => Some(typed),
+        Err(e) => {
+            tracing::debug!(
+                "model '{m}' does not type with symbolic shapes; plans are checked per shape ({})",
+                e.message()
+            );
+            None
+        }
+    };
     let metadata = proto
         .metadata_props
         .iter()
         .map(|p| (p.key.clone(), p.value.clone()))
         .collect();
-    Ok((model, names(proto), metadata))
+    Ok((model, names(proto), metadata, typed))
+}
+
+/// `model` with every input dimension its file leaves open (`-1`, no value) the size the
+/// config gives it (`dims[i]`, the model-side dims with the batch: -1 where variable), else a
+/// symbol of its own (`modelyard_in<i>_<d>`), so the graph can be typed once for every size
+/// a request may have.
+fn symbolic_inputs(
+    model: &InferenceModel,
+    dims: &[Option<Vec<i64>>],
+) -> TractResult<InferenceModel> {
+    let mut m = model.clone();
+    for i in 0..m.input_outlets()?.len() {
+        let fact = m.input_fact(i)?.clone();
+        let config = dims.get(i).and_then(|d| d.as_ref());
+        let (Some(dt), false) = (fact.datum_type.concretize(), fact.shape.is_open()) else {
+            tract_onnx::tract_core::internal::bail!("input {i}: type or rank unknown");
+        };
+        let dims: TVec<TDim> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(|(d, dim)| {
+                dim.concretize().unwrap_or_else(|| {
+                    match config.and_then(|c| c.get(d)).filter(|&&v| v >= 0) {
+                        Some(&v) => v.to_dim(),
+                        None => m.symbols.sym(&format!("modelyard_in{i}_{d}")).to_dim(),
+                    }
+                })
+            })
+            .collect();
+        m.set_input_fact(i, InferenceFact::dt_shape(dt, dims))?;
+    }
+    Ok(m)
+}
+
+/// paddle2onnx computes reshape sizes as `Shape -> Cast(int32) -> Slice -> Cast(int64)`; tract
+/// cannot cast a symbolic dimension to int32, so such a graph only types at concrete shapes,
+/// and every new input shape is typed and decluttered from scratch (~100 ms for PP-OCR's
+/// recogniser). In exactly that pattern (a Shape's output cast to int32, read only as the
+/// data of Slice or Gather nodes whose outputs are read only by casts to int64, none of them
+/// a graph output) the int32 cast is made an int64 one: the values are shape entries, the
+/// same in both types, and the graph's int64 results are unchanged. Returns the casts changed.
+pub(crate) fn widen_shape_casts(graph: &mut pb::GraphProto) -> usize {
+    const INT32: i64 = 6;
+    const INT64: i64 = 7;
+    let outputs: std::collections::HashSet<&str> =
+        graph.output.iter().map(|o| o.name.as_str()).collect();
+    let mut readers: std::collections::HashMap<&str, Vec<(usize, usize)>> = Default::default();
+    for (n, node) in graph.node.iter().enumerate() {
+        for (slot, input) in node.input.iter().enumerate() {
+            readers.entry(input.as_str()).or_default().push((n, slot));
+        }
+    }
+    let producer: std::collections::HashMap<&str, &pb::NodeProto> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let cast_to = |node: &pb::NodeProto| {
+        (node.op_type == "Cast")
+            .then(|| node.attribute.iter().find(|a| a.name == "to").map(|a| a.i))
+            .flatten()
+    };
+    let only_read_by = |value: &str, ok: &dyn Fn(&pb::NodeProto, usize) -> bool| {
+        !outputs.contains(value)
+            && readers.get(value).is_some_and(|r| {
+                !r.is_empty() && r.iter().all(|&(n, slot)| ok(&graph.node[n], slot))
+            })
+    };
+    let widen: Vec<usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| {
+            cast_to(node) == Some(INT32) && node.input.len() == 1 && node.output.len() == 1
+        })
+        .filter(|(_, node)| {
+            producer
+                .get(node.input[0].as_str())
+                .is_some_and(|p| p.op_type == "Shape")
+        })
+        .filter(|(_, node)| {
+            only_read_by(&node.output[0], &|reader, slot| {
+                slot == 0
+                    && ["Slice", "Gather"].contains(&reader.op_type.as_str())
+                    && reader.output.len() == 1
+                    && only_read_by(&reader.output[0], &|cast, _| cast_to(cast) == Some(INT64))
+            })
+        })
+        .map(|(n, _)| n)
+        .collect();
+    for &n in &widen {
+        for a in graph.node[n]
+            .attribute
+            .iter_mut()
+            .filter(|a| a.name == "to")
+        {
+            a.i = INT64;
+        }
+    }
+    widen.len()
 }
 
 fn names(proto: &pb::ModelProto) -> GraphNames {
@@ -79,16 +194,25 @@ fn names(proto: &pb::ModelProto) -> GraphNames {
     }
 }
 
-/// The tract plans of a model file: parsed, then planned per input shape on first use.
+/// The tract plans of a model file: parsed (its shape casts widened where that lets tract
+/// type it with symbolic shapes, [`widen_shape_casts`]), then planned per input shape on
+/// first use.
 pub(crate) fn plans(
     m: &str,
-    proto: &pb::ModelProto,
+    proto: &mut pb::ModelProto,
     dir: Option<&str>,
+    dims: &[Option<Vec<i64>>],
     capacity: usize,
     threads: usize,
 ) -> Result<Plans> {
-    let (model, names, metadata) = parse(m, proto, dir)?;
-    Plans::new(m, model, names, metadata, capacity, threads)
+    if let Some(graph) = proto.graph.as_mut() {
+        let widened = widen_shape_casts(graph);
+        if widened > 0 {
+            tracing::debug!("model '{m}': {widened} int32 shape casts widened to int64");
+        }
+    }
+    let (model, names, metadata, typed) = parse(m, proto, dir, dims)?;
+    Plans::new(m, model, names, metadata, capacity, threads, typed)
 }
 
 #[cfg(test)]
@@ -97,12 +221,106 @@ mod tests {
     use crate::tensor::Tensor;
     use tract_onnx::prelude::*;
 
+    fn rec_proto() -> tract_onnx::pb::ModelProto {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/ocr_repository/text_recognition/1/model.onnx");
+        super::super::io::read_proto(&path, "rec", usize::MAX).unwrap()
+    }
+
+    /// PP-OCRv4's recogniser (paddle2onnx) types with a symbolic width once its three
+    /// `Shape -> Cast(int32) -> Slice -> Cast(int64)` casts are int64, and a graph planned
+    /// from the symbolic one answers exactly what the graph typed at the shape from the start
+    /// answers, at several shapes.
+    #[test]
+    fn a_new_shape_is_planned_from_the_symbolic_graph_with_the_same_answers() {
+        let mut widened = rec_proto();
+        assert_eq!(super::widen_shape_casts(widened.graph.as_mut().unwrap()), 3);
+        // The config's dims (`[3, 48, -1]`, batching): the file leaves the height open.
+        let dims = [Some(vec![-1, 3, 48, -1])];
+        let plans = super::plans("rec", &mut rec_proto(), None, &dims, 4, 1).unwrap();
+        for shape in [tvec![1, 3, 48, 320], tvec![2, 3, 48, 488]] {
+            let shapes = vec![shape.clone()];
+            let bind_symbolic = plans
+                .bind_symbolic(&shapes)
+                .unwrap_or_else(|| panic!("{shape:?} not planned from the symbolic graph"));
+            let direct = plans.compile_for_tests(&shapes).unwrap();
+            let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
+                ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
+            });
+            let run = |m: TypedModel| {
+                m.into_runnable()
+                    .unwrap()
+                    .run(tvec![tract_onnx::prelude::Tensor::from(x.clone()).into()])
+                    .unwrap()
+            };
+            let (a, b) = (run(bind_symbolic), run(direct));
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(a.shape(), b.shape(), "{shape:?}");
+                let (a, b) = (
+                    a.to_plain_array_view::<f32>().unwrap(),
+                    b.to_plain_array_view::<f32>().unwrap(),
+                );
+                let diff = a
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff <= 1e-6, "{shape:?}: differs by {diff}");
+            }
+        }
+    }
+
+    /// A cast to int32 outside the pattern (its value added to, or a graph output) is left.
+    #[test]
+    fn only_shape_casts_read_back_as_int64_are_widened() {
+        use tract_onnx::pb;
+        let node = |op: &str, ins: &[&str], out: &str, to: Option<i64>| pb::NodeProto {
+            op_type: op.into(),
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            attribute: to
+                .map(|i| pb::AttributeProto {
+                    name: "to".into(),
+                    i,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let graph = |tail: Vec<pb::NodeProto>, output: &str| pb::GraphProto {
+            node: [
+                vec![
+                    node("Shape", &["x"], "s", None),
+                    node("Cast", &["s"], "s32", Some(6)),
+                    node("Slice", &["s32", "a", "b"], "w32", None),
+                ],
+                tail,
+            ]
+            .concat(),
+            output: vec![tract_onnx::pb::ValueInfoProto {
+                name: output.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let back = node("Cast", &["w32"], "w", Some(7));
+        assert_eq!(
+            super::widen_shape_casts(&mut graph(vec![back.clone()], "w")),
+            1
+        );
+        let added = node("Add", &["w32", "one"], "w", None);
+        assert_eq!(super::widen_shape_casts(&mut graph(vec![added], "w")), 0);
+        assert_eq!(super::widen_shape_casts(&mut graph(vec![back], "w32")), 0);
+    }
+
     #[test]
     fn least_recently_used_plan_is_evicted() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fixtures/generated/add_sub_fp32_batch.onnx");
-        let proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
-        let plans = super::plans("m", &proto, None, 2, 1).unwrap();
+        let mut proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
+        let plans = super::plans("m", &mut proto, None, &[], 2, 1).unwrap();
         let run = |rows: usize| {
             let t = Tensor::from(tract_ndarray::Array2::<f32>::ones((rows, 16)));
             let out = plans
