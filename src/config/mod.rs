@@ -43,6 +43,16 @@ pub fn descriptor(full_name: &str) -> Option<MessageDescriptor> {
 }
 
 impl ModelConfig {
+    /// The dims input `name` has inside the model: its `reshape`, else its `dims`, after a
+    /// batch dimension of -1 (variable) when the model batches; `None` when the config does
+    /// not name the input.
+    pub(crate) fn model_input_dims(&self, name: &str) -> Option<Vec<i64>> {
+        let input = self.input.iter().find(|i| i.name == name)?;
+        let dims = input.reshape.as_ref().map_or(&input.dims, |r| &r.shape);
+        let batch = (self.max_batch_size > 0).then_some(-1);
+        Some(batch.into_iter().chain(dims.iter().copied()).collect())
+    }
+
     /// Parses protobuf text format as Triton does (see the module docs of the reader for the
     /// accepted syntax). Errors carry `line:column`.
     pub fn from_pbtxt(text: &str) -> Result<ModelConfig> {

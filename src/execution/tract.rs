@@ -153,16 +153,15 @@ impl Plans {
     /// what the GPU executor lowers.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) fn decluttered(&self, shapes: &[TVec<usize>]) -> Result<TypedModel> {
-        if let Some(model) = self.bind_symbolic(shapes) {
-            return Ok(model);
+        match self.bind_symbolic(shapes) {
+            Some(model) => Ok(model),
+            None => self.decluttered_from_start(shapes),
         }
-        self.compile(shapes, |m| m.into_typed()?.into_decluttered())
     }
 
     /// The graph typed and decluttered at `shapes` from the start (what `decluttered` does
     /// without a symbolic graph).
-    #[cfg(test)]
-    pub(crate) fn compile_for_tests(&self, shapes: &[TVec<usize>]) -> Result<TypedModel> {
+    pub(crate) fn decluttered_from_start(&self, shapes: &[TVec<usize>]) -> Result<TypedModel> {
         self.compile(shapes, |m| m.into_typed()?.into_decluttered())
     }
 

@@ -55,7 +55,12 @@ impl Backend for OnnxBackend {
         validate_inputs(config, &io)?;
         validate_outputs(config, &io)?;
         let dir = path.parent().and_then(|p| p.to_str()).map(str::to_string);
-        let dims = model_dims(config, &io);
+        // The config's dims of each graph input, in the graph's order.
+        let dims: Vec<_> = io
+            .inputs
+            .iter()
+            .map(|t| config.model_input_dims(&t.name))
+            .collect();
         let plans = parse::plans(
             &config.name,
             &mut proto,
@@ -90,24 +95,6 @@ impl Backend for OnnxBackend {
         }
         Ok(Arc::new(plans))
     }
-}
-
-/// The dims each graph input has as the config declares it (its `reshape`, else its `dims`,
-/// after the batch dimension when the model batches; -1 where variable), in the graph's input
-/// order; `None` for an input the config does not name.
-fn model_dims(config: &ModelConfig, io: &OnnxIo) -> Vec<Option<Vec<i64>>> {
-    io.inputs
-        .iter()
-        .map(|t| {
-            let input = config.input.iter().find(|i| i.name == t.name)?;
-            let dims = input
-                .reshape
-                .as_ref()
-                .map_or_else(|| input.dims.clone(), |r| r.shape.clone());
-            let batch = (config.max_batch_size > 0).then_some(-1);
-            Some(batch.into_iter().chain(dims).collect())
-        })
-        .collect()
 }
 
 /// `parameters { key: "engine" }`: `tract` (the default: tract's own optimised plan) or

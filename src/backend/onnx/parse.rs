@@ -243,7 +243,7 @@ mod tests {
             let bind_symbolic = plans
                 .bind_symbolic(&shapes)
                 .unwrap_or_else(|| panic!("{shape:?} not planned from the symbolic graph"));
-            let direct = plans.compile_for_tests(&shapes).unwrap();
+            let direct = plans.decluttered_from_start(&shapes).unwrap();
             let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
                 ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
             });

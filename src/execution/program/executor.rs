@@ -270,16 +270,12 @@ impl ProgramExecutable {
     pub(crate) fn prepare(&self, config: &crate::config::ModelConfig) -> Result<()> {
         let mut shapes = Vec::new();
         for name in self.plans.input_names() {
-            let Some(input) = config.input.iter().find(|i| &i.name == name) else {
+            let Some(mut full) = config.model_input_dims(name) else {
                 return Ok(());
             };
-            let dims = input
-                .reshape
-                .as_ref()
-                .map(|r| r.shape.clone())
-                .unwrap_or_else(|| input.dims.clone());
-            let batch = (config.max_batch_size > 0).then_some(1i64);
-            let full: Vec<i64> = batch.into_iter().chain(dims).collect();
+            if config.max_batch_size > 0 {
+                full[0] = 1;
+            }
             if full.iter().any(|&d| d < 0) {
                 return Ok(());
             }
