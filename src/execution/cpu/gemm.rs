@@ -10,7 +10,9 @@
 //! large model's weights come from memory on every inference. The microkernel keeps an
 //! `MR x NR` tile of C in registers: on AVX-512 that is 6 rows x 4 zmm = 24 accumulators, 6
 //! broadcasts and 4 loads feeding 24 FMAs per `k` (0.42 loads per FMA, see
-//! `shared/spec/cpu-kernels.md`); a narrower panel (an output row's tail) runs 1-3 zmm.
+//! `shared/spec/cpu-kernels.md`); a narrower panel (an output row's tail) runs 1-3 zmm. On
+//! AVX2 + FMA (no AVX-512: AMD's Zen 2/3, Intel's client cores) the same panel is computed
+//! in 16-column quarters of `MR x 16` (12 ymm accumulators).
 //! The instruction set is picked once at run time (`is_x86_feature_detected!`); other
 //! machines run the same loops written for the compiler to vectorise.
 
@@ -334,6 +336,7 @@ unsafe fn run_on(
                                 } else {
                                     std::ptr::null()
                                 },
+                                col0: 0,
                                 c: p.c.add(i0 * p.rs_c + n0),
                                 res: if p.epilogue.res.is_null() {
                                     p.epilogue.res
@@ -362,6 +365,7 @@ unsafe fn run_on(
 }
 
 /// One microkernel call: `rows x cols` of C from `kc` steps of A's strip and the panel.
+#[derive(Clone, Copy)]
 struct Tile {
     kc: usize,
     /// A's strip, packed: depth step `p`, row `r` at `a[p·MR + r]`.
@@ -370,6 +374,9 @@ struct Tile {
     b: *const f32,
     /// One pointer per row of B read in place (`NR` floats each), or null.
     b_rows: *const *const f32,
+    /// The tile's first column in the panel (B's rows are read from there; 0 but in the
+    /// AVX2 microkernel's quarters).
+    col0: usize,
     c: *mut f32,
     /// The epilogue's residual at the tile (laid out as C), or null.
     res: *const f32,
@@ -478,9 +485,9 @@ unsafe fn micro_generic<const R: usize, const D: bool>(t: &Tile) {
 #[inline(always)]
 unsafe fn b_row<const D: bool>(t: &Tile, p: usize) -> *const f32 {
     if D {
-        *t.b_rows.add(p)
+        (*t.b_rows.add(p)).add(t.col0)
     } else {
-        t.b.add(p * NR)
+        t.b.add(p * NR + t.col0)
     }
 }
 
@@ -488,13 +495,131 @@ unsafe fn micro_portable<const R: usize, const D: bool>(t: &Tile) {
     micro_generic::<R, D>(t)
 }
 
+/// The AVX2 + FMA microkernel. Sixteen ymm registers hold no `MR x NR` tile (48 would be
+/// needed), so the panel is computed a 16-column quarter at a time: `R x 16` accumulators
+/// (12 ymm at `R` = 6), 2 loads of B and `R` broadcasts of A per depth step (BLIS's Haswell
+/// shape), the strip of A (`MR·kc` floats, 3 KiB) reread from L1 for each quarter. (Running
+/// each quarter down every strip of a block instead, so its 8 KiB of B stay in L1, was
+/// slower on a 32 KiB-L1 EPYC: 60-71 against 69-75 GFLOP/s at best of 4x200.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
-    micro_generic::<R, D>(t)
+    use std::arch::x86_64::*;
+    for q in 0..t.cols.div_ceil(16) {
+        let col0 = 16 * q;
+        let cols = (t.cols - col0).min(16);
+        // The quarter as a tile of its own: B's rows, C and the residual from its column.
+        let t = &Tile {
+            col0: t.col0 + col0,
+            c: t.c.add(col0),
+            res: if t.res.is_null() {
+                t.res
+            } else {
+                t.res.add(col0)
+            },
+            cols,
+            ..*t
+        };
+        for r in 0..R {
+            // SAFETY: a prefetch never faults, whatever the address.
+            _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.rs_c) as *const i8);
+        }
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut a = t.a;
+        for p in 0..t.kc {
+            // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
+            // floats, of which the slice's 16 columns are read; A's packed strip has MR
+            // floats per step.
+            let b = b_row::<D>(t, p);
+            if q == 0 {
+                _mm_prefetch::<_MM_HINT_T0>(a.add(A_AHEAD) as *const i8);
+            }
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+            }
+            a = a.add(MR);
+        }
+        let zero = _mm256_setzero_ps();
+        let one = _mm256_set1_ps(1.0);
+        for (r, row) in acc.iter().enumerate() {
+            let dst = t.c.add(r * t.rs_c);
+            let res = if t.res.is_null() {
+                t.res
+            } else {
+                t.res.add(r * t.rs_c)
+            };
+            // A quarter with fewer than 16 columns goes through a stack copy: the vector
+            // code then reads and writes only that (C and the residual are copied in and
+            // the tile's columns copied out).
+            let mut tmp_c = [0f32; 16];
+            let mut tmp_r = [0f32; 16];
+            let (c_at, r_at) = if cols == 16 {
+                (dst, res)
+            } else {
+                if !t.first {
+                    std::ptr::copy_nonoverlapping(dst, tmp_c.as_mut_ptr(), cols);
+                }
+                if !res.is_null() && t.epilogue.is_some() {
+                    std::ptr::copy_nonoverlapping(res, tmp_r.as_mut_ptr(), cols);
+                }
+                (tmp_c.as_mut_ptr(), tmp_r.as_ptr())
+            };
+            let bias = match t.epilogue {
+                Some(e) if !e.bias.is_null() => _mm256_set1_ps(*e.bias.add(t.row0 + r)),
+                _ => zero,
+            };
+            for (j, &v) in row.iter().enumerate() {
+                // SAFETY: `c_at` is the tile's row (16 columns here) or the stack copy.
+                let at = c_at.add(8 * j);
+                let mut v = if t.first {
+                    v
+                } else {
+                    _mm256_add_ps(v, _mm256_loadu_ps(at))
+                };
+                if let Some(e) = t.epilogue {
+                    v = _mm256_add_ps(v, bias);
+                    if !t.res.is_null() {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(r_at.add(8 * j)));
+                    }
+                    let (ea, eb) = (_mm256_set1_ps(e.a), _mm256_set1_ps(e.b));
+                    v = match e.act {
+                        act::RELU => _mm256_max_ps(v, zero),
+                        act::CLIP => _mm256_min_ps(_mm256_max_ps(v, ea), eb),
+                        act::HARD_SIGMOID => {
+                            _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one)
+                        }
+                        act::HARD_SWISH => _mm256_mul_ps(
+                            v,
+                            _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one),
+                        ),
+                        act::LEAKY_RELU => {
+                            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
+                            _mm256_blendv_ps(v, _mm256_mul_ps(v, ea), neg)
+                        }
+                        _ => v,
+                    };
+                    if vector_act(e.act) {
+                        v = _mm256_fmadd_ps(
+                            v,
+                            _mm256_set1_ps(e.post_mul),
+                            _mm256_set1_ps(e.post_add),
+                        );
+                    }
+                }
+                _mm256_storeu_ps(at, v);
+            }
+            if cols < 16 {
+                std::ptr::copy_nonoverlapping(tmp_c.as_ptr(), dst, cols);
+            }
+        }
+    }
 }
 
-/// How far ahead (in floats) the AVX-512 microkernel prefetches A.
+/// How far ahead (in floats) the AVX-512 and AVX2 microkernels prefetch A.
 #[cfg(target_arch = "x86_64")]
 const A_AHEAD: usize = 256;
 

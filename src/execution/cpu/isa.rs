@@ -5,7 +5,7 @@
 pub(super) enum Isa {
     /// AVX-512F with FMA: the intrinsic microkernel.
     Avx512,
-    /// AVX2 with FMA: the portable loops compiled for it.
+    /// AVX2 with FMA: an intrinsic microkernel for the GEMM, the other loops compiled for it.
     Avx2,
     /// Anything else: the portable loops.
     Portable,
@@ -63,8 +63,10 @@ pub(super) use multiversion;
 #[inline(always)]
 pub(super) unsafe fn copy_short(dst: *mut f32, src: *const f32, n: usize) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
-        return copy_short_avx512(dst, src, n);
+    match isa() {
+        Isa::Avx512 => return copy_short_avx512(dst, src, n),
+        Isa::Avx2 => return copy_short_avx2(dst, src, n),
+        _ => {}
     }
     std::ptr::copy_nonoverlapping(src, dst, n);
 }
@@ -76,14 +78,16 @@ pub(super) unsafe fn copy_short(dst: *mut f32, src: *const f32, n: usize) {
 #[inline(always)]
 pub(super) unsafe fn zero_short(dst: *mut f32, n: usize) {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
-        return zero_short_avx512(dst, n);
+    match isa() {
+        Isa::Avx512 => return zero_short_avx512(dst, n),
+        Isa::Avx2 => return zero_short_avx2(dst, n),
+        _ => {}
     }
     std::ptr::write_bytes(dst, 0, n);
 }
 
-/// `dst[t] = src[2·t]` for `t < n`: a stride-2 convolution's patch row (masked-free
-/// de-interleaving of 32 floats into 16 on AVX-512, element by element elsewhere).
+/// `dst[t] = src[2·t]` for `t < n`: a stride-2 convolution's patch row (de-interleaving 32
+/// floats into 16 on AVX-512, 16 into 8 on AVX2, element by element elsewhere).
 ///
 /// # Safety
 /// `dst` holds `n` floats; `src` holds `2·n - 1` (the vector loop reads only pairs that
@@ -92,8 +96,10 @@ pub(super) unsafe fn zero_short(dst: *mut f32, n: usize) {
 pub(super) unsafe fn gather_stride2(dst: *mut f32, src: *const f32, n: usize) {
     let mut t = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
-        t = gather_stride2_avx512(dst, src, n);
+    match isa() {
+        Isa::Avx512 => t = gather_stride2_avx512(dst, src, n),
+        Isa::Avx2 => t = gather_stride2_avx2(dst, src, n),
+        _ => {}
     }
     while t < n {
         *dst.add(t) = *src.add(2 * t);
@@ -151,6 +157,70 @@ unsafe fn zero_short_avx512(dst: *mut f32, n: usize) {
     }
 }
 
+/// [`gather_stride2_avx512`] on AVX2: groups of 8 whose 16 source floats are all inside
+/// `2·n - 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gather_stride2_avx2(dst: *mut f32, src: *const f32, n: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut t = 0;
+    while 2 * t + 16 < 2 * n {
+        let lo = _mm256_loadu_ps(src.add(2 * t));
+        let hi = _mm256_loadu_ps(src.add(2 * t + 8));
+        // Per 128-bit lane: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6; then the 64-bit pairs in the
+        // order 0 2 1 3.
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+        let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+            even,
+        )));
+        _mm256_storeu_ps(dst.add(t), even);
+        t += 8;
+    }
+    t
+}
+
+/// The lanes below `n` (`n < 8`) of an AVX2 mask.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lanes_below(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_short_avx2(dst: *mut f32, src: *const f32, n: usize) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(dst.add(i), _mm256_loadu_ps(src.add(i)));
+        i += 8;
+    }
+    if i < n {
+        // Masked-off lanes are neither read nor written (no fault past the end).
+        let m = lanes_below(n - i);
+        _mm256_maskstore_ps(dst.add(i), m, _mm256_maskload_ps(src.add(i), m));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn zero_short_avx2(dst: *mut f32, n: usize) {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(dst.add(i), z);
+        i += 8;
+    }
+    if i < n {
+        _mm256_maskstore_ps(dst.add(i), lanes_below(n - i), z);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -164,6 +234,20 @@ mod tests {
                 assert_eq!(*v, (2 * t) as f32, "n {n}, t {t}");
             }
             assert!(dst[n].is_nan(), "n {n}: wrote past the end");
+        }
+    }
+
+    #[test]
+    fn short_copies_and_zeros_stop_at_their_length() {
+        for n in 0..70usize {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            let mut dst = vec![f32::NAN; n + 1];
+            unsafe { super::copy_short(dst.as_mut_ptr(), src.as_ptr(), n) };
+            assert_eq!(&dst[..n], &src[..], "n {n}");
+            assert!(dst[n].is_nan(), "n {n}: copied past the end");
+            unsafe { super::zero_short(dst.as_mut_ptr(), n) };
+            assert!(dst[..n].iter().all(|v| *v == 0.0), "n {n}");
+            assert!(dst[n].is_nan(), "n {n}: zeroed past the end");
         }
     }
 }
