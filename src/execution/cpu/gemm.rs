@@ -505,6 +505,9 @@ unsafe fn micro_portable<const R: usize, const D: bool>(t: &Tile) {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
     use std::arch::x86_64::*;
+    // The stack copies of a narrow quarter's rows (see the epilogue).
+    let mut tmp_c = [0f32; 16];
+    let mut tmp_r = [0f32; 16];
     for q in 0..t.cols.div_ceil(16) {
         let col0 = 16 * q;
         let cols = (t.cols - col0).min(16);
@@ -528,9 +531,10 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
         let mut a = t.a;
         for p in 0..t.kc {
             // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
-            // floats, of which the slice's 16 columns are read; A's packed strip has MR
-            // floats per step.
+            // floats, of which the quarter's 16 are read; A's packed strip has MR floats per
+            // depth step.
             let b = b_row::<D>(t, p);
+            // A comes from memory or L2 on the first quarter only.
             if q == 0 {
                 _mm_prefetch::<_MM_HINT_T0>(a.add(A_AHEAD) as *const i8);
             }
@@ -542,6 +546,22 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
             a = a.add(MR);
+        }
+        if cols == 16 && t.epilogue.is_none() {
+            // A depth block before the last: the partial sums stored or added, nothing else.
+            for (r, row) in acc.iter().enumerate() {
+                let dst = t.c.add(r * t.rs_c);
+                for (j, &v) in row.iter().enumerate() {
+                    let at = dst.add(8 * j);
+                    let v = if t.first {
+                        v
+                    } else {
+                        _mm256_add_ps(v, _mm256_loadu_ps(at))
+                    };
+                    _mm256_storeu_ps(at, v);
+                }
+            }
+            continue;
         }
         let zero = _mm256_setzero_ps();
         let one = _mm256_set1_ps(1.0);
@@ -555,8 +575,6 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
             // A quarter with fewer than 16 columns goes through a stack copy: the vector
             // code then reads and writes only that (C and the residual are copied in and
             // the tile's columns copied out).
-            let mut tmp_c = [0f32; 16];
-            let mut tmp_r = [0f32; 16];
             let (c_at, r_at) = if cols == 16 {
                 (dst, res)
             } else {
