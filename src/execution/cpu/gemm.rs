@@ -547,22 +547,6 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
             }
             a = a.add(MR);
         }
-        if cols == 16 && t.epilogue.is_none() {
-            // A depth block before the last: the partial sums stored or added, nothing else.
-            for (r, row) in acc.iter().enumerate() {
-                let dst = t.c.add(r * t.rs_c);
-                for (j, &v) in row.iter().enumerate() {
-                    let at = dst.add(8 * j);
-                    let v = if t.first {
-                        v
-                    } else {
-                        _mm256_add_ps(v, _mm256_loadu_ps(at))
-                    };
-                    _mm256_storeu_ps(at, v);
-                }
-            }
-            continue;
-        }
         let zero = _mm256_setzero_ps();
         let one = _mm256_set1_ps(1.0);
         for (r, row) in acc.iter().enumerate() {
