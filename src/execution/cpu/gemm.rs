@@ -504,10 +504,8 @@ unsafe fn micro_portable<const R: usize, const D: bool>(t: &Tile) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
-    use std::arch::x86_64::*;
     // The stack copies of a narrow quarter's rows (see the epilogue).
-    let mut tmp_c = [0f32; 16];
-    let mut tmp_r = [0f32; 16];
+    let mut tmp = ([0f32; 16], [0f32; 16]);
     for q in 0..t.cols.div_ceil(16) {
         let col0 = 16 * q;
         let cols = (t.cols - col0).min(16);
@@ -523,100 +521,123 @@ unsafe fn micro_avx2<const R: usize, const D: bool>(t: &Tile) {
             cols,
             ..*t
         };
-        for r in 0..R {
-            // SAFETY: a prefetch never faults, whatever the address.
-            _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.rs_c) as *const i8);
+        // A quarter of 8 columns or fewer (a panel's tail) computes one ymm per row.
+        if cols > 8 {
+            avx2_quarter::<R, D, 2>(t, q == 0, &mut tmp);
+        } else {
+            avx2_quarter::<R, D, 1>(t, q == 0, &mut tmp);
         }
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut a = t.a;
-        for p in 0..t.kc {
-            // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
-            // floats, of which the quarter's 16 are read; A's packed strip has MR floats per
-            // depth step.
-            let b = b_row::<D>(t, p);
-            // A comes from memory or L2 on the first quarter only.
-            if q == 0 {
-                _mm_prefetch::<_MM_HINT_T0>(a.add(A_AHEAD) as *const i8);
-            }
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
-                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+    }
+}
+
+/// One quarter of [`micro_avx2`]: `R x 8·W` columns (`t.cols <= 8·W`), prefetching A ahead
+/// when `first_quarter` (A comes from memory or L2 on the first quarter only).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_quarter<const R: usize, const D: bool, const W: usize>(
+    t: &Tile,
+    first_quarter: bool,
+    (tmp_c, tmp_r): &mut ([f32; 16], [f32; 16]),
+) {
+    use std::arch::x86_64::*;
+    let cols = t.cols;
+    for r in 0..R {
+        // SAFETY: a prefetch never faults, whatever the address.
+        _mm_prefetch::<_MM_HINT_ET0>(t.c.wrapping_add(r * t.rs_c) as *const i8);
+    }
+    let mut acc = [[_mm256_setzero_ps(); W]; R];
+    let mut a = t.a;
+    for p in 0..t.kc {
+        // SAFETY: each row of B (packed, or in place for a full panel) holds NR = 64
+        // floats, of which the quarter's 8·W are read; A's packed strip has MR floats per
+        // depth step.
+        let b = b_row::<D>(t, p);
+        // A comes from memory or L2 on the first quarter only.
+        if first_quarter {
+            _mm_prefetch::<_MM_HINT_T0>(a.add(A_AHEAD) as *const i8);
+        }
+        let b0 = _mm256_loadu_ps(b);
+        // (Read only when W = 2: the quarter has more than 8 columns.)
+        let b1 = if W == 2 {
+            _mm256_loadu_ps(b.add(8))
+        } else {
+            b0
+        };
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm256_broadcast_ss(&*a.add(r));
+            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+            if W == 2 {
                 row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
-            a = a.add(MR);
         }
-        let zero = _mm256_setzero_ps();
-        let one = _mm256_set1_ps(1.0);
-        for (r, row) in acc.iter().enumerate() {
-            let dst = t.c.add(r * t.rs_c);
-            let res = if t.res.is_null() {
-                t.res
+        a = a.add(MR);
+    }
+    let zero = _mm256_setzero_ps();
+    let one = _mm256_set1_ps(1.0);
+    for (r, row) in acc.iter().enumerate() {
+        let dst = t.c.add(r * t.rs_c);
+        let res = if t.res.is_null() {
+            t.res
+        } else {
+            t.res.add(r * t.rs_c)
+        };
+        // A quarter with fewer than 8·W columns goes through a stack copy: the vector
+        // code then reads and writes only that (C and the residual are copied in and
+        // the tile's columns copied out).
+        let (c_at, r_at) = if cols == 8 * W {
+            (dst, res)
+        } else {
+            if !t.first {
+                std::ptr::copy_nonoverlapping(dst, tmp_c.as_mut_ptr(), cols);
+            }
+            if !res.is_null() && t.epilogue.is_some() {
+                std::ptr::copy_nonoverlapping(res, tmp_r.as_mut_ptr(), cols);
+            }
+            (tmp_c.as_mut_ptr(), tmp_r.as_ptr())
+        };
+        let bias = match t.epilogue {
+            Some(e) if !e.bias.is_null() => _mm256_set1_ps(*e.bias.add(t.row0 + r)),
+            _ => zero,
+        };
+        for (j, &v) in row.iter().enumerate() {
+            // SAFETY: `c_at` is the tile's row (8·W columns here) or the stack copy.
+            let at = c_at.add(8 * j);
+            let mut v = if t.first {
+                v
             } else {
-                t.res.add(r * t.rs_c)
+                _mm256_add_ps(v, _mm256_loadu_ps(at))
             };
-            // A quarter with fewer than 16 columns goes through a stack copy: the vector
-            // code then reads and writes only that (C and the residual are copied in and
-            // the tile's columns copied out).
-            let (c_at, r_at) = if cols == 16 {
-                (dst, res)
-            } else {
-                if !t.first {
-                    std::ptr::copy_nonoverlapping(dst, tmp_c.as_mut_ptr(), cols);
+            if let Some(e) = t.epilogue {
+                v = _mm256_add_ps(v, bias);
+                if !t.res.is_null() {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(r_at.add(8 * j)));
                 }
-                if !res.is_null() && t.epilogue.is_some() {
-                    std::ptr::copy_nonoverlapping(res, tmp_r.as_mut_ptr(), cols);
-                }
-                (tmp_c.as_mut_ptr(), tmp_r.as_ptr())
-            };
-            let bias = match t.epilogue {
-                Some(e) if !e.bias.is_null() => _mm256_set1_ps(*e.bias.add(t.row0 + r)),
-                _ => zero,
-            };
-            for (j, &v) in row.iter().enumerate() {
-                // SAFETY: `c_at` is the tile's row (16 columns here) or the stack copy.
-                let at = c_at.add(8 * j);
-                let mut v = if t.first {
-                    v
-                } else {
-                    _mm256_add_ps(v, _mm256_loadu_ps(at))
+                let (ea, eb) = (_mm256_set1_ps(e.a), _mm256_set1_ps(e.b));
+                v = match e.act {
+                    act::RELU => _mm256_max_ps(v, zero),
+                    act::CLIP => _mm256_min_ps(_mm256_max_ps(v, ea), eb),
+                    act::HARD_SIGMOID => {
+                        _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one)
+                    }
+                    act::HARD_SWISH => _mm256_mul_ps(
+                        v,
+                        _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one),
+                    ),
+                    act::LEAKY_RELU => {
+                        let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
+                        _mm256_blendv_ps(v, _mm256_mul_ps(v, ea), neg)
+                    }
+                    _ => v,
                 };
-                if let Some(e) = t.epilogue {
-                    v = _mm256_add_ps(v, bias);
-                    if !t.res.is_null() {
-                        v = _mm256_add_ps(v, _mm256_loadu_ps(r_at.add(8 * j)));
-                    }
-                    let (ea, eb) = (_mm256_set1_ps(e.a), _mm256_set1_ps(e.b));
-                    v = match e.act {
-                        act::RELU => _mm256_max_ps(v, zero),
-                        act::CLIP => _mm256_min_ps(_mm256_max_ps(v, ea), eb),
-                        act::HARD_SIGMOID => {
-                            _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one)
-                        }
-                        act::HARD_SWISH => _mm256_mul_ps(
-                            v,
-                            _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(ea, v, eb), zero), one),
-                        ),
-                        act::LEAKY_RELU => {
-                            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
-                            _mm256_blendv_ps(v, _mm256_mul_ps(v, ea), neg)
-                        }
-                        _ => v,
-                    };
-                    if vector_act(e.act) {
-                        v = _mm256_fmadd_ps(
-                            v,
-                            _mm256_set1_ps(e.post_mul),
-                            _mm256_set1_ps(e.post_add),
-                        );
-                    }
+                if vector_act(e.act) {
+                    v = _mm256_fmadd_ps(v, _mm256_set1_ps(e.post_mul), _mm256_set1_ps(e.post_add));
                 }
-                _mm256_storeu_ps(at, v);
             }
-            if cols < 16 {
-                std::ptr::copy_nonoverlapping(tmp_c.as_ptr(), dst, cols);
-            }
+            _mm256_storeu_ps(at, v);
+        }
+        if cols < 8 * W {
+            std::ptr::copy_nonoverlapping(tmp_c.as_ptr(), dst, cols);
         }
     }
 }
