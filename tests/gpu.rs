@@ -316,6 +316,12 @@ fn convolutions_match_the_cpu_path() {
             ("3x3, 40 channels on 70-pixel rows", [1, 6, 4, 70], 40, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("3x3 asymmetric pads, few channels", [2, 3, 6, 61], 5, [3, 3], 1, [1, 1], [0, 2, 1, 0], [1, 1]),
             ("groups 2, wide rows", [1, 4, 5, 70], 6, [3, 3], 2, [1, 1], [1, 1, 1, 1], [1, 1]),
+            // The padded copy split by column phase for strided convolutions: the EAST stem
+            // on rows with a partial last panel, 24 channels on 129-pixel rows,
+            // stride 3 with dilation and asymmetric pads.
+            ("7x7 stride 2 (EAST stem), wide rows", [1, 3, 13, 150], 8, [7, 7], 1, [2, 2], [3, 3, 2, 2], [1, 1]),
+            ("3x3 stride 2, 24 channels on rows of a partial panel", [1, 5, 6, 257], 24, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
+            ("stride 3, dilation 2, few channels", [1, 3, 9, 200], 6, [3, 3], 1, [3, 3], [2, 1, 0, 2], [2, 2]),
             ("depthwise 5x5, wide rows", [1, 3, 7, 70], 3, [5, 5], 3, [1, 1], [2, 2, 2, 2], [1, 1]),
             ("depthwise stride 2, wide rows", [1, 2, 8, 90], 2, [3, 3], 2, [2, 2], [1, 1, 1, 1], [1, 1]),
             // PP-OCR's 5x5 stride 2, odd widths (a partial last block), dilation with
@@ -331,6 +337,7 @@ fn convolutions_match_the_cpu_path() {
         #[rustfmt::skip]
         let large: Vec<ConvCase> = vec![
             ("3x3, a padded copy in bands", [1, 64, 132, 254], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("3x3 stride 2, a padded copy in bands", [1, 24, 400, 300], 8, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
         ];
         let cases = cases
             .into_iter()

@@ -504,29 +504,33 @@ thread_local! {
     static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A stride-1 convolution's input copied with its padding made zeros, a band of `band`
-/// output rows at a time (the whole image when its copy fits in [`PADDED_MAX`]): `cg` planes
-/// `plane` floats apart, each `hp` rows of `wp` (for the band from output row `oy0`, padded
-/// row `r` is input row `oy0·sh + r − pt`, padded column `c` input column `c − pl`), then
-/// `NR` floats of slack. Every patch row of every panel inside an output row is then a run
-/// of the copy (no packing at all, however narrow the image), at the price of panels no
-/// wider than a row: used where rows fill their vectors well.
+/// A convolution's input copied with its padding made zeros, a band of `band` output rows
+/// at a time (the whole image when its copy fits in [`PADDED_MAX`]): `cg` planes `plane`
+/// floats apart, each `hp` rows of `wp` floats (for the band from output row `oy0`, padded
+/// row `r` is input row `oy0·sh + r − pt`), each row split by column phase into `sw` parts
+/// of `wq` (padded column `c` at `(c % sw)·wq + c / sw`, input column `c − pl`), then `NR`
+/// floats of slack. Every patch row of every panel inside an output row is then a run of
+/// the copy (tap `kx` of output `ox` is padded column `ox·sw + kx·dw`: entry `ox +
+/// (kx·dw)/sw` of phase `(kx·dw) % sw`), so nothing is packed, however narrow the image or
+/// large the stride, at the price of panels no wider than a row: used where rows fill their
+/// vectors well.
 struct Padded {
     hp: usize,
     wp: usize,
+    wq: usize,
     band: usize,
     plane: usize,
 }
 
 impl Padded {
-    /// The padded layout, when a stride-1 (not pointwise) convolution with non-negative
+    /// The padded layout, when a (not pointwise) convolution with non-negative
     /// padding gains by it: rows of at least one panel (the border panels need no packing),
     /// or few output channels (a packed panel would serve only those few strips) with rows
     /// that fill at least 3/4 of their vector lanes. Many channels on rows narrower than a
     /// panel (STR's 26-pixel rows) keep the packed panels across rows, whose wider tiles
     /// make up for the packing.
     fn worth_it(g: &Geometry) -> Option<Padded> {
-        if g.sw != 1 || g.pointwise() || g.pt < 0 || g.pl < 0 || g.ow == 0 || g.oh == 0 {
+        if g.pointwise() || g.pt < 0 || g.pl < 0 || g.ow == 0 || g.oh == 0 {
             return None;
         }
         let tail = g.ow % gemm::NR;
@@ -537,7 +541,16 @@ impl Padded {
         if tail != 0 && g.ow < gemm::NR && !few_channels {
             return None;
         }
-        let wp = g.ow + (g.kw - 1) * g.dw;
+        // A strided convolution packs every panel (a gather per patch row), which few output
+        // channels cannot amortise (the EAST fixture's 7x7 stem, 8 channels: 10.8 -> 6.2 ms
+        // on an AVX2 EPYC with the copy); with many, the packed panels' contiguous rows are
+        // worth their packing (the full-size stem's 64 channels ran 26.6 ms packed, ~31 from
+        // the copy's scattered rows).
+        if g.sw > 1 && !few_channels {
+            return None;
+        }
+        let wq = ((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1).div_ceil(g.sw);
+        let wp = g.sw * wq;
         let rows_for = |band: usize| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1;
         // Channel planes whose stride is a multiple of 4 KiB would put every channel's rows
         // in the same L1 sets (PP-OCR det's 184x320 planes are 230 x 4 KiB): such a stride
@@ -561,6 +574,7 @@ impl Padded {
         (g.cg * plane(hp) <= PADDED_MAX).then(|| Padded {
             hp,
             wp,
+            wq,
             band,
             plane: plane(hp),
         })
@@ -582,8 +596,7 @@ impl Padded {
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
-        let (pt, pl) = (g.pt as usize, g.pl as usize);
-        let top = (oy0 * g.sh) as isize - pt as isize;
+        let top = (oy0 * g.sh) as isize - g.pt;
         for ci in 0..g.cg {
             let src = x.add(ci * g.h * g.w);
             let dst = &mut buf[ci * self.plane..ci * self.plane + self.hp * self.wp];
@@ -591,14 +604,9 @@ impl Padded {
                 let iy = top + r as isize;
                 if iy < 0 || iy >= g.h as isize {
                     row.fill(0.0);
-                    continue;
+                } else {
+                    fill_phases(src.add(iy as usize * g.w), g.w, g.pl, g.sw, self.wq, row);
                 }
-                let n = g.w.min(self.wp.saturating_sub(pl));
-                let lead = pl.min(self.wp);
-                row[..lead].fill(0.0);
-                row[lead..lead + n]
-                    .copy_from_slice(std::slice::from_raw_parts(src.add(iy as usize * g.w), n));
-                row[lead + n..].fill(0.0);
             }
         }
         buf[len - gemm::NR..len].fill(0.0);
@@ -625,7 +633,10 @@ impl Padded {
             let kq = k0 + q;
             let (ci, t) = (kq / taps, kq % taps);
             let (ky, kx) = (t / g.kw, t % g.kw);
-            *r = buf.add(ci * self.plane + (oy * g.sh + ky * g.dh) * self.wp + ox0 + kx * g.dw);
+            let (phase, at) = ((kx * g.dw) % g.sw, (kx * g.dw) / g.sw);
+            *r = buf.add(
+                ci * self.plane + (oy * g.sh + ky * g.dh) * self.wp + phase * self.wq + ox0 + at,
+            );
         }
     }
 }
@@ -814,6 +825,43 @@ unsafe fn pack_patches(
 }
 }
 
+/// One input row (`w` floats at `src`) zero-padded and split by column phase into `dst`:
+/// `sw` parts of `phase` floats, entry `i` of part `ph` input column `i·sw + ph − pl`
+/// (zero outside the row). With `sw` = 1 that is the row with `pl` zeros before it.
+///
+/// # Safety
+/// `src` holds `w` floats; `dst` holds `sw·phase`.
+unsafe fn fill_phases(
+    src: *const f32,
+    w: usize,
+    pl: isize,
+    sw: usize,
+    phase: usize,
+    dst: &mut [f32],
+) {
+    for (ph, part) in dst.chunks_exact_mut(phase).enumerate() {
+        // Entries i with input column i·sw + ph − pl inside the row: [lo, hi).
+        let first = ph as isize - pl;
+        let s = sw as isize;
+        let lo = if first < 0 { (-first + s - 1) / s } else { 0 }.min(phase as isize);
+        let hi = ((w as isize - first + s - 1) / s).clamp(lo, phase as isize);
+        let (lo, hi) = (lo as usize, hi as usize);
+        part[..lo].fill(0.0);
+        part[hi..].fill(0.0);
+        let from = src.offset(first + (lo * sw) as isize);
+        match sw {
+            1 => part[lo..hi].copy_from_slice(std::slice::from_raw_parts(from, hi - lo)),
+            // SAFETY: entries lo .. hi read columns inside the row.
+            2 => gather_stride2(part.as_mut_ptr().add(lo), from, hi - lo),
+            _ => {
+                for (i, v) in part[lo..hi].iter_mut().enumerate() {
+                    *v = *from.add(i * sw);
+                }
+            }
+        }
+    }
+}
+
 /// A depthwise convolution (`group == c == co`), plane by plane: the input plane copied once
 /// into zero-padded rows split by column phase (`sw` phases, so column `ox·sw + kx·dw`
 /// of output `ox` and tap `kx` is entry `ox + (kx·dw)/sw` of phase `(kx·dw) % sw`), then
@@ -868,28 +916,8 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
             let (b, ch) = (pl / g.c, pl % g.c);
             let plane = x.add((b * g.c + ch) * g.h * g.w);
             for (iy, dst) in pad.chunks_exact_mut(row_len).enumerate() {
-                let src = std::slice::from_raw_parts(plane.add(iy * g.w), g.w);
-                for (ph, part) in dst.chunks_exact_mut(phase).enumerate() {
-                    // Entries i with input column i·sw + ph − pl inside the row: [lo, hi).
-                    let first = ph as isize - g.pl;
-                    let sw = g.sw as isize;
-                    let lo = if first < 0 { (-first + sw - 1) / sw } else { 0 }.min(phase as isize);
-                    let hi = ((g.w as isize - first + sw - 1) / sw).clamp(lo, phase as isize);
-                    let (lo, hi) = (lo as usize, hi as usize);
-                    part[..lo].fill(0.0);
-                    part[hi..].fill(0.0);
-                    let from = src.as_ptr().offset(first + (lo * g.sw) as isize);
-                    match g.sw {
-                        1 => part[lo..hi].copy_from_slice(std::slice::from_raw_parts(from, hi - lo)),
-                        // SAFETY: entries lo .. hi read columns inside the row.
-                        2 => gather_stride2(part.as_mut_ptr().add(lo), from, hi - lo),
-                        _ => {
-                            for (i, v) in part[lo..hi].iter_mut().enumerate() {
-                                *v = *from.add(i * g.sw);
-                            }
-                        }
-                    }
-                }
+                let src = plane.add(iy * g.w);
+                fill_phases(src, g.w, g.pl, g.sw, phase, dst);
             }
             let wk = std::slice::from_raw_parts(w.add(ch * taps), taps);
             let out =
