@@ -192,7 +192,7 @@ unsafe fn lanes_below(n: usize) -> std::arch::x86_64::__m256i {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn copy_short_avx2(dst: *mut f32, src: *const f32, n: usize) {
+pub(super) unsafe fn copy_short_avx2(dst: *mut f32, src: *const f32, n: usize) {
     use std::arch::x86_64::*;
     let mut i = 0;
     while i + 8 <= n {

@@ -87,36 +87,44 @@ fn params<T: k::Params>(bytes: &[u8]) -> DeviceResult<T> {
 
 /// Convolution weights in the GEMM's strip-major layout ([`gemm::pack_a_whole`]), packed on
 /// their first launch and kept until their allocation is freed, keyed by the allocation's
-/// address and the group's first row. Sound because a convolution's weights are always a
+/// address, the group's first row and the products' `deep` (their depth blocks). Sound because a convolution's weights are always a
 /// program constant (`Operand::Const` in the lowering): uploaded once before any launch,
 /// never written again, and freed through this device's `free`, which drops their packs
 /// first (so a later allocation at the same address never meets a stale pack). The packs
 /// live beside the weights, outside the memory cap (one more copy of the conv weights).
-type Packs = HashMap<(DevPtr, usize), Arc<Vec<f32>>>;
+type Packs = HashMap<(DevPtr, usize, bool), Arc<Vec<f32>>>;
 
 fn packs() -> &'static parking_lot::Mutex<Packs> {
     static PACKS: std::sync::OnceLock<parking_lot::Mutex<Packs>> = std::sync::OnceLock::new();
     PACKS.get_or_init(Default::default)
 }
 
-/// Rows `row0 .. row0 + m` of the `k`-wide weights at `base`, packed (once).
+/// Rows `row0 .. row0 + m` of the `k`-wide weights at `base`, packed (once) for products
+/// with that `deep` ([`gemm::Problem::deep`]).
 ///
 /// # Safety
 /// `base` is a live constant weight allocation holding at least `(row0 + m)·k` floats.
-unsafe fn packed_weights(base: DevPtr, row0: usize, m: usize, k: usize) -> Arc<Vec<f32>> {
-    if let Some(p) = packs().lock().get(&(base, row0)) {
+unsafe fn packed_weights(
+    base: DevPtr,
+    row0: usize,
+    m: usize,
+    k: usize,
+    deep: bool,
+) -> Arc<Vec<f32>> {
+    let key = (base, row0, deep);
+    if let Some(p) = packs().lock().get(&key) {
         return p.clone();
     }
     let w = (base as *const f32).add(row0 * k);
-    let packed = Arc::new(gemm::pack_a_whole(w, m, k, k));
-    packs().lock().entry((base, row0)).or_insert(packed).clone()
+    let packed = Arc::new(gemm::pack_a_whole(w, m, k, k, deep));
+    packs().lock().entry(key).or_insert(packed).clone()
 }
 
 /// Drops the packs of the allocation at `ptr` (before it is freed).
 fn forget_packs(ptr: DevPtr) {
     let mut packs = packs().lock();
     if !packs.is_empty() {
-        packs.retain(|(base, _), _| *base != ptr);
+        packs.retain(|(base, _, _), _| *base != ptr);
     }
 }
 
@@ -390,7 +398,15 @@ unsafe fn conv_images(
     let kk = g.cg * g.kh * g.kw;
     // Each group's weights, packed (looked up once, not per image).
     let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
-        .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk))
+        .map(|grp| {
+            packed_weights(
+                p.wt,
+                grp * g.mg,
+                g.mg,
+                kk,
+                padded.is_some() && deep_blocks(g),
+            )
+        })
         .collect();
     // Bands of output rows, each one product (one band unless the padded copy of the whole
     // image would be too large).
@@ -465,6 +481,8 @@ unsafe fn conv_band(
         k: kk,
         a: w.add(grp * g.mg * kk),
         a_packed: packed.as_ptr(),
+        // Every panel from the padded copy is read in place.
+        deep: padded && deep_blocks(g),
         rs_a: kk,
         c: y.add((b * g.co + grp * g.mg) * plane + base),
         rs_c: plane,
@@ -496,6 +514,16 @@ unsafe fn conv_band(
     gemm::run_parallel(threads, &prob, pack);
 }
 
+/// Whether a convolution read from its padded copy runs in deep blocks
+/// ([`gemm::Problem::deep`]): with few output channels (a few strips per panel, so each
+/// block's store and reload of C weighs more against its multiply-adds). On the AVX2 EPYC,
+/// STR's fixture went 0.92 -> 0.79 ms; PP-OCR det and the full-size EAST, whose deep-blocked
+/// wide convolutions would keep more of B per block than L2 holds, were not faster deep
+/// (within the noise either way), so they stay at `KC`.
+fn deep_blocks(g: &Geometry) -> bool {
+    g.mg <= 32
+}
+
 /// The largest padded copy (floats, 8 MiB) a stride-1 convolution makes.
 const PADDED_MAX: usize = 1 << 21;
 
@@ -520,6 +548,10 @@ struct Padded {
     wq: usize,
     band: usize,
     plane: usize,
+    /// Per patch row `(ci, ky, kx)`, its offset in the copy from its output row's first
+    /// pixel, computed once per launch: [`Padded::rows`] adds a panel's start to each
+    /// (four integer divisions per patch row and panel were 15 % of STR's time).
+    offsets: Vec<usize>,
 }
 
 impl Padded {
@@ -571,12 +603,26 @@ impl Padded {
             band = band.div_ceil(2);
         }
         let hp = rows_for(band);
-        (g.cg * plane(hp) <= PADDED_MAX).then(|| Padded {
+        let plane = plane(hp);
+        if g.cg * plane > PADDED_MAX {
+            return None;
+        }
+        let mut offsets = Vec::with_capacity(g.cg * g.kh * g.kw);
+        for ci in 0..g.cg {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let (phase, at) = ((kx * g.dw) % g.sw, (kx * g.dw) / g.sw);
+                    offsets.push(ci * plane + ky * g.dh * wp + phase * wq + at);
+                }
+            }
+        }
+        Some(Padded {
             hp,
             wp,
             wq,
             band,
-            plane: plane(hp),
+            plane,
+            offsets,
         })
     }
 
@@ -627,16 +673,10 @@ impl Padded {
         n0: usize,
         rows: &mut [*const f32],
     ) {
-        let taps = g.kh * g.kw;
         let (oy, ox0) = (n0 / g.ow, n0 % g.ow);
-        for (q, r) in rows.iter_mut().enumerate() {
-            let kq = k0 + q;
-            let (ci, t) = (kq / taps, kq % taps);
-            let (ky, kx) = (t / g.kw, t % g.kw);
-            let (phase, at) = ((kx * g.dw) % g.sw, (kx * g.dw) / g.sw);
-            *r = buf.add(
-                ci * self.plane + (oy * g.sh + ky * g.dh) * self.wp + phase * self.wq + ox0 + at,
-            );
+        let start = buf.add(oy * g.sh * self.wp + ox0);
+        for (r, &at) in rows.iter_mut().zip(&self.offsets[k0..]) {
+            *r = start.add(at);
         }
     }
 }
@@ -1078,6 +1118,7 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
                 epilogue: gemm::Epilogue::NONE,
                 row: 0,
                 a_packed: std::ptr::null(),
+                deep: false,
             };
             gemm::run_parallel(threads, &prob, &pack);
             if exact {
@@ -1271,6 +1312,7 @@ unsafe fn matmul(p: &k::GemmParams, threads: usize) {
             },
             row: 0,
             a_packed: std::ptr::null(),
+            deep: false,
         };
         gemm::run_parallel(threads, &prob, &pack);
         if !c_direct {
@@ -1645,12 +1687,12 @@ mod tests {
         let want = conv3x3_reference(&x, &w1, c, co);
         assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-3));
         assert!(
-            packs().lock().contains_key(&(wd, 0)),
+            packs().lock().keys().any(|key| key.0 == wd),
             "the weights were packed"
         );
         dev.free(wd);
         assert!(
-            !packs().lock().contains_key(&(wd, 0)),
+            !packs().lock().keys().any(|key| key.0 == wd),
             "freeing dropped the pack"
         );
         // New weights, wherever the allocator puts them (often at the same address): the
