@@ -114,8 +114,11 @@ pub(super) struct Problem {
 // sharing a problem write disjoint column panels of C.
 unsafe impl Sync for Problem {}
 
-/// Runs `p` on up to `threads` threads; small products (below ~2 M multiply-adds) on this
-/// thread alone. Threads split the column panels when there are enough of them (each its
+/// Runs `p` on up to `threads` threads; small products (below 2^17 multiply-adds, a few
+/// microseconds on one core against about one to start a spinning worker) on this thread
+/// alone. (The limit was 2^21: STR's fixture, whose convolutions are all under 1 M
+/// multiply-adds, then ran on one core whatever the thread count; at 2^17 it went 0.78 ->
+/// 0.55-0.62 ms on two threads of the AVX2 EPYC, and the EAST fixture ~10.8 -> 9-10.) Threads split the column panels when there are enough of them (each its
 /// own share of C, reading all of A), else the rows of A (each its own share of A and C,
 /// packing every panel of B): a convolution over a small image (STR's 4x26 planes: two
 /// panels) keeps both cores busy and each reads half the weights.
@@ -126,7 +129,7 @@ pub(super) unsafe fn run_parallel(threads: usize, p: &Problem, pack: &Pack) {
     let n_panels = panels(p);
     let n_strips = p.m.div_ceil(MR);
     let macs = p.m * p.n * p.k.max(1);
-    let parts = if macs < (1 << 21) { 1 } else { threads.max(1) };
+    let parts = if macs < (1 << 17) { 1 } else { threads.max(1) };
     if parts == 1 {
         return run(p, pack, 0..n_panels, 0..n_strips);
     }
