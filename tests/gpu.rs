@@ -1305,6 +1305,27 @@ fn element_wise_chains_are_one_launch() {
         assert_eq!(r.launches, 1, "{r:?}");
         assert_eq!(r.kernels.get("pointwise_f32"), Some(&1), "{r:?}");
         assert_eq!(r.fused_nodes, 4, "{r:?}");
+
+        // Channels last, few of them (EAST's geometry head): per-channel operands repeat
+        // one short row for every pixel, which the CPU walk tiles into long rows.
+        let op = OneOp::new("Add", vec![("x", vec![2, 5, 40, 4])])
+            .weight("b", random(&[4], 11))
+            .extra_weight("s", random(&[1, 1, 1, 4], 12))
+            .then("Sigmoid")
+            .then_with("Mul", "s")
+            .then_with("Mul", "x");
+        let folder = op.folder(None, &[2, 5, 40, 4]);
+        let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
+        let x = vec![("x".to_string(), random(&[2, 5, 40, 4], 13))];
+        compare(
+            &repo,
+            &x,
+            1e-6,
+            1e-6,
+            &format!("channels-last chain on {target:?}"),
+        );
+        let r = repo.model("gpu").unwrap().execution_report().unwrap();
+        assert_eq!(r.kernels.get("pointwise_f32"), Some(&1), "{r:?}");
     }
 }
 
