@@ -118,9 +118,10 @@ unsafe impl Sync for Problem {}
 /// microseconds on one core against about one to start a spinning worker) on this thread
 /// alone. (The limit was 2^21: STR's fixture, whose convolutions are all under 1 M
 /// multiply-adds, then ran on one core whatever the thread count; at 2^17 it went 0.78 ->
-/// 0.55-0.62 ms on two threads of the AVX2 EPYC, and the EAST fixture ~10.8 -> 9-10.) Threads split the column panels when there are enough of them (each its
-/// own share of C, reading all of A), else the rows of A (each its own share of A and C,
-/// packing every panel of B): a convolution over a small image (STR's 4x26 planes: two
+/// 0.55-0.62 ms on two threads of the AVX2 EPYC, and the EAST fixture ~10.8 -> 9-10.)
+/// Threads split the column panels when there are enough of them (each its own share of C,
+/// reading all of A), else the rows of A (each its own share of A and C, packing every
+/// panel of B): a convolution over a small image (STR's 4x26 planes: two
 /// panels) keeps both cores busy and each reads half the weights.
 ///
 /// # Safety

@@ -397,16 +397,9 @@ unsafe fn conv_images(
     let x = p.x as *const f32;
     let kk = g.cg * g.kh * g.kw;
     // Each group's weights, packed (looked up once, not per image).
+    let deep = padded.as_ref().is_some_and(|pd| pd.deep);
     let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
-        .map(|grp| {
-            packed_weights(
-                p.wt,
-                grp * g.mg,
-                g.mg,
-                kk,
-                padded.is_some() && deep_blocks(g),
-            )
-        })
+        .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk, deep))
         .collect();
     // Bands of output rows, each one product (one band unless the padded copy of the whole
     // image would be too large).
@@ -443,7 +436,7 @@ unsafe fn conv_images(
                         p,
                         g,
                         threads,
-                        padded.is_some(),
+                        padded.as_ref(),
                         packed,
                         grp,
                         b,
@@ -463,7 +456,7 @@ unsafe fn conv_band(
     p: &k::ConvParams,
     g: &Geometry,
     threads: usize,
-    padded: bool,
+    padded: Option<&Padded>,
     packed: &[f32],
     grp: usize,
     b: usize,
@@ -482,7 +475,7 @@ unsafe fn conv_band(
         a: w.add(grp * g.mg * kk),
         a_packed: packed.as_ptr(),
         // Every panel from the padded copy is read in place.
-        deep: padded && deep_blocks(g),
+        deep: padded.is_some_and(|pd| pd.deep),
         rs_a: kk,
         c: y.add((b * g.co + grp * g.mg) * plane + base),
         rs_c: plane,
@@ -505,7 +498,7 @@ unsafe fn conv_band(
         },
         // Panels inside output rows, so they read the image in place: every one
         // from the padded copy, else the interior ones of rows of 64 or more.
-        row: if padded || (g.sw == 1 && g.ow >= gemm::NR && !g.pointwise()) {
+        row: if padded.is_some() || (g.sw == 1 && g.ow >= gemm::NR && !g.pointwise()) {
             g.ow
         } else {
             0
@@ -552,6 +545,9 @@ struct Padded {
     /// pixel, computed once per launch: [`Padded::rows`] adds a panel's start to each
     /// (four integer divisions per patch row and panel were 15 % of STR's time).
     offsets: Vec<usize>,
+    /// The products run in deep blocks ([`deep_blocks`]), and their packed weights are
+    /// laid out so.
+    deep: bool,
 }
 
 impl Padded {
@@ -623,6 +619,7 @@ impl Padded {
             band,
             plane,
             offsets,
+            deep: deep_blocks(g),
         })
     }
 
