@@ -338,6 +338,15 @@ fn convolutions_match_the_cpu_path() {
         let large: Vec<ConvCase> = vec![
             ("3x3, a padded copy in bands", [1, 64, 132, 254], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("3x3 stride 2, a padded copy in bands", [1, 24, 400, 300], 8, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
+            // Winograd F(2x2, 3x3) (64+ channels, 128 on one side): odd sizes (partial tiles
+            // at the bottom and right), batch 2, no padding on rows one output wide,
+            // asymmetric and 2-pixel pads, channels not a multiple of the strips or panels,
+            // an image in bands of tile rows (10 + 10 + 5).
+            ("3x3 Winograd, odd sizes, batch 2", [2, 64, 7, 9], 130, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("3x3 Winograd, no padding, one output column", [1, 128, 6, 3], 64, [3, 3], 1, [1, 1], [0, 0, 0, 0], [1, 1]),
+            ("3x3 Winograd, asymmetric pads", [1, 131, 5, 8], 67, [3, 3], 1, [1, 1], [0, 2, 1, 0], [1, 1]),
+            ("3x3 Winograd, pads of 2", [1, 70, 4, 5], 129, [3, 3], 1, [1, 1], [2, 2, 2, 2], [1, 1]),
+            ("3x3 Winograd in bands of tile rows", [1, 64, 50, 200], 128, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
         ];
         let cases = cases
             .into_iter()
@@ -426,6 +435,15 @@ fn a_convolutions_affine_and_hard_swish_tail_runs_in_its_epilogue() {
             ("depthwise", [1, 8, 9, 70], 8, 3, 8, 1),
             // tract makes this an EinSum; it runs as a 1x1 convolution with the epilogue.
             ("1x1", [2, 8, 5, 70], 12, 1, 1, 1),
+            // The CPU's Winograd path applies all of the epilogue in its output transform.
+            (
+                "3x3, 128 channels (Winograd on the CPU)",
+                [2, 128, 5, 7],
+                64,
+                3,
+                1,
+                1,
+            ),
         ] {
             let p = (k / 2) as i64;
             let (op, out) = conv(x, co, [k, k], g, [s, s], [p, p, p, p], [1, 1]);
@@ -474,6 +492,15 @@ fn a_residual_add_and_its_activation_run_in_the_convolutions_epilogue() {
             ("depthwise", [1, 8, 9, 70], 8, 3, 8, 1),
             // tract makes this an EinSum; it runs as a 1x1 convolution with the epilogue.
             ("1x1", [2, 8, 5, 70], 12, 1, 1, 1),
+            // The CPU's Winograd path applies all of the epilogue in its output transform.
+            (
+                "3x3, 128 channels (Winograd on the CPU)",
+                [2, 128, 5, 7],
+                64,
+                3,
+                1,
+                1,
+            ),
         ] {
             let p = (k / 2) as i64;
             let (op, out) = conv(x, co, [k, k], g, [s, s], [p, p, p, p], [1, 1]);

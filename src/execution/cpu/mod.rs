@@ -23,6 +23,7 @@ mod elementwise;
 mod gemm;
 mod isa;
 mod pool;
+mod winograd;
 
 use isa::{copy_short, gather_stride2, zero_short};
 
@@ -87,20 +88,29 @@ fn params<T: k::Params>(bytes: &[u8]) -> DeviceResult<T> {
 
 /// Convolution weights in the GEMM's strip-major layout ([`gemm::pack_a_whole`]), packed on
 /// their first launch and kept until their allocation is freed, keyed by the allocation's
-/// address, the group's first row and the products' `deep` (their depth blocks). Sound because a convolution's weights are always a
+/// address, the group's first row and the layout (the products' `deep`, their depth blocks, or
+/// Winograd's transform, [`winograd::transform_weights`]). Sound because a convolution's weights are always a
 /// program constant (`Operand::Const` in the lowering): uploaded once before any launch,
 /// never written again, and freed through this device's `free`, which drops their packs
 /// first (so a later allocation at the same address never meets a stale pack). The packs
 /// live beside the weights, outside the memory cap (one more copy of the conv weights).
-type Packs = HashMap<(DevPtr, usize, bool), Arc<Vec<f32>>>;
+type Packs = HashMap<(DevPtr, usize, Layout), Arc<Vec<f32>>>;
+
+/// How a pack lays out its weights.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Layout {
+    /// [`gemm::pack_a_whole`] with this `deep`.
+    Strips { deep: bool },
+    /// [`winograd::transform_weights`] (3x3 kernels).
+    Winograd,
+}
 
 fn packs() -> &'static parking_lot::Mutex<Packs> {
     static PACKS: std::sync::OnceLock<parking_lot::Mutex<Packs>> = std::sync::OnceLock::new();
     PACKS.get_or_init(Default::default)
 }
 
-/// Rows `row0 .. row0 + m` of the `k`-wide weights at `base`, packed (once) for products
-/// with that `deep` ([`gemm::Problem::deep`]).
+/// Rows `row0 .. row0 + m` of the `k`-wide weights at `base`, packed (once) in `layout`.
 ///
 /// # Safety
 /// `base` is a live constant weight allocation holding at least `(row0 + m)·k` floats.
@@ -109,14 +119,17 @@ unsafe fn packed_weights(
     row0: usize,
     m: usize,
     k: usize,
-    deep: bool,
+    layout: Layout,
 ) -> Arc<Vec<f32>> {
-    let key = (base, row0, deep);
+    let key = (base, row0, layout);
     if let Some(p) = packs().lock().get(&key) {
         return p.clone();
     }
     let w = (base as *const f32).add(row0 * k);
-    let packed = Arc::new(gemm::pack_a_whole(w, m, k, k, deep));
+    let packed = Arc::new(match layout {
+        Layout::Strips { deep } => gemm::pack_a_whole(w, m, k, k, deep),
+        Layout::Winograd => winograd::transform_weights(w, m, k / 9),
+    });
     packs().lock().entry(key).or_insert(packed).clone()
 }
 
@@ -367,13 +380,18 @@ unsafe fn pad(p: &k::PadParams) {
 /// kh, kw]`, bias and activation in the epilogue. Depthwise convolutions (one input channel
 /// per output channel) run [`depthwise`]; the others are one [`gemm`] product per image and
 /// group, `W_g[co/group, c/group·kh·kw] · patches`, the patches packed panel by panel from
-/// the image.
+/// the image, but the 3x3 stride-1 ones with many channels, which run by Winograd
+/// ([`winograd::applies`]).
 unsafe fn conv(p: &k::ConvParams, threads: usize) {
     let g = Geometry::of(p);
     if g.cg == 1 && g.mg == 1 {
         return depthwise(p, &g, threads);
     }
-    let padded = Padded::worth_it(&g);
+    let padded = if winograd::applies(&g) {
+        None
+    } else {
+        Padded::worth_it(&g)
+    };
     // A batch of at least one image per thread: each thread its own images (its data stays
     // in its core's caches, one dispatch per launch), each product on that thread alone.
     let by_image = threads > 1 && g.n >= threads;
@@ -396,10 +414,17 @@ unsafe fn conv_images(
 ) {
     let x = p.x as *const f32;
     let kk = g.cg * g.kh * g.kw;
+    if winograd::applies(g) {
+        let u = packed_weights(p.wt, 0, g.mg, kk, Layout::Winograd);
+        for b in images {
+            winograd::conv_image(p, g, &u, threads, b);
+        }
+        return;
+    }
     // Each group's weights, packed (looked up once, not per image).
     let deep = padded.as_ref().is_some_and(|pd| pd.deep);
     let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
-        .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk, deep))
+        .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk, Layout::Strips { deep }))
         .collect();
     // Bands of output rows, each one product (one band unless the padded copy of the whole
     // image would be too large).
