@@ -24,9 +24,10 @@
 //!
 //! [`Problem::a_packed`]: gemm::Problem::a_packed
 
+use super::elementwise::{activate_row, affine_row};
 use super::gemm::{self, Shared, MR, NR};
 use super::pool;
-use super::{activate, Geometry};
+use super::{isa, Geometry};
 use crate::execution::program::kernels as k;
 
 /// The most floats of `V` or `M` (`16 x tiles x channels`) one band of tile rows has: a larger
@@ -215,8 +216,11 @@ thread_local! {
         const { std::cell::RefCell::new(Scratch { v: Vec::new(), m: Vec::new() }) };
 }
 
+isa::multiversion! {
 /// `V_f = Bᵀ d B` of every tile of the band for input channels `channels`: entry
-/// `(ci, tile)` of frequency `f` at `(f·cg + ci)·tiles + tile`.
+/// `(ci, tile)` of frequency `f` at `f·vs + ci·tiles + tile`. A tile row at a time: its four
+/// input rows copied zero-padded (no bounds checks after), `Bᵀ d` along whole rows, then
+/// `· B` along each row's tiles, every loop over contiguous floats or tiles.
 unsafe fn transform_input(
     p: &k::ConvParams,
     g: &Geometry,
@@ -225,60 +229,57 @@ unsafe fn transform_input(
     channels: std::ops::Range<usize>,
 ) {
     let tw = g.ow.div_ceil(2);
+    // Padded row `c` is input column `c − pl`; tile `t` reads columns `2t .. 2t + 4`.
+    let wpad = 2 * tw + 2;
     let x = (p.x as *const f32).add(b * g.c * g.h * g.w);
-    let stride = band.vs;
-    let (h, w) = (g.h as isize, g.w as isize);
+    let mut rows = vec![0f32; 4 * wpad];
+    let mut r = vec![0f32; 4 * wpad];
     for ci in channels {
         let src = x.add(ci * g.h * g.w);
-        let dst = band.v.add(ci * band.tiles);
-        for t in 0..band.tiles {
-            let (ty, tx) = (band.ty0 + t / tw, t % tw);
-            let (y0, x0) = ((2 * ty) as isize - g.pt, (2 * tx) as isize - g.pl);
-            let mut d = [[0f32; 4]; 4];
-            if y0 >= 0 && x0 >= 0 && y0 + 4 <= h && x0 + 4 <= w {
-                // Inside the image (most tiles): four rows of four.
-                let at = src.add(y0 as usize * g.w + x0 as usize);
-                for (i, row) in d.iter_mut().enumerate() {
-                    *row = *(at.add(i * g.w) as *const [f32; 4]);
-                }
-            } else {
-                for (i, row) in d.iter_mut().enumerate() {
-                    let iy = y0 + i as isize;
-                    if iy < 0 || iy >= h {
-                        continue;
-                    }
-                    let line = src.add(iy as usize * g.w);
-                    for (j, v) in row.iter_mut().enumerate() {
-                        let ix = x0 + j as isize;
-                        if ix >= 0 && ix < w {
-                            *v = *line.add(ix as usize);
-                        }
-                    }
+        for ty in 0..band.tiles / tw {
+            let y0 = (2 * (band.ty0 + ty)) as isize - g.pt;
+            for (i, row) in rows.chunks_exact_mut(wpad).enumerate() {
+                let iy = y0 + i as isize;
+                if iy < 0 || iy >= g.h as isize {
+                    row.fill(0.0);
+                } else {
+                    super::fill_phases(src.add(iy as usize * g.w), g.w, g.pl, 1, wpad, row);
                 }
             }
-            // Bᵀ d, then (Bᵀ d) B.
-            let r = [
-                sub(d[0], d[2]),
-                add(d[1], d[2]),
-                sub(d[2], d[1]),
-                sub(d[1], d[3]),
-            ];
-            for (i, r) in r.iter().enumerate() {
-                let row = [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]];
-                for (j, v) in row.into_iter().enumerate() {
-                    *dst.add((4 * i + j) * stride + t) = v;
+            // Bᵀ d: r0 = d0 − d2, r1 = d1 + d2, r2 = d2 − d1, r3 = d1 − d3 (rows).
+            let (d0, rest) = rows.split_at(wpad);
+            let (d1, rest) = rest.split_at(wpad);
+            let (d2, d3) = rest.split_at(wpad);
+            let (r0, rest) = r.split_at_mut(wpad);
+            let (r1, rest) = rest.split_at_mut(wpad);
+            let (r2, r3) = rest.split_at_mut(wpad);
+            for c in 0..wpad {
+                r0[c] = d0[c] - d2[c];
+                r1[c] = d1[c] + d2[c];
+                r2[c] = d2[c] - d1[c];
+                r3[c] = d1[c] - d3[c];
+            }
+            // (Bᵀ d) B along the tiles: entry j of tile t from columns 2t .. 2t + 4.
+            let t0 = ty * tw;
+            for (i, ri) in [&*r0, &*r1, &*r2, &*r3].into_iter().enumerate() {
+                let out = |j: usize| {
+                    std::slice::from_raw_parts_mut(
+                        band.v.add((4 * i + j) * band.vs + ci * band.tiles + t0),
+                        tw,
+                    )
+                };
+                let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
+                for t in 0..tw {
+                    let (a, b, c, d) = (ri[2 * t], ri[2 * t + 1], ri[2 * t + 2], ri[2 * t + 3]);
+                    o0[t] = a - c;
+                    o1[t] = b + c;
+                    o2[t] = c - b;
+                    o3[t] = b - d;
                 }
             }
         }
     }
 }
-
-fn add(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
-    std::array::from_fn(|i| a[i] + b[i])
-}
-
-fn sub(a: [f32; 4], b: [f32; 4]) -> [f32; 4] {
-    std::array::from_fn(|i| a[i] - b[i])
 }
 
 /// `M_f = U_fᵀ · V_f` for frequency `f` of the band, on this thread.
@@ -315,8 +316,11 @@ unsafe fn products(g: &Geometry, band: &Band, u: &[f32], f: usize) {
     gemm::run(&prob, &pack, 0..panels, 0..strips);
 }
 
+isa::multiversion! {
 /// `y = Aᵀ M A` of every tile of the band for output channels `channels`, plus the bias and
-/// the residual, through the activation and the affine op, into image `b` of the output.
+/// the residual, through the activation and the affine op, into image `b` of the output: a
+/// tile row at a time, `Aᵀ M` along the row's tiles, `· A` into its two output rows, then
+/// the epilogue along them.
 unsafe fn transform_output(
     p: &k::ConvParams,
     g: &Geometry,
@@ -329,41 +333,44 @@ unsafe fn transform_output(
     let y = (p.y as *mut f32).add(b * g.co * plane);
     let res = (p.res != 0).then(|| (p.res as *const f32).add(b * g.co * plane));
     let bias = p.bias as *const f32;
-    let stride = band.ms;
+    // The two output rows of a tile row (2·tw wide; the last column past `ow` when odd).
+    let mut ys = vec![0f32; 4 * tw];
     for co in channels {
         let bias = if bias.is_null() { 0.0 } else { *bias.add(co) };
-        let out = y.add(co * plane);
-        let src = band.m.add(co * band.tiles);
-        for t in 0..band.tiles {
-            let mf: [f32; 16] = std::array::from_fn(|f| *src.add(f * stride + t));
-            // Aᵀ M (2 rows of 4), then (Aᵀ M) A.
-            let row = |i: usize| -> [f32; 4] { std::array::from_fn(|j| mf[4 * i + j]) };
-            let (m0, m1, m2, m3) = (row(0), row(1), row(2), row(3));
-            let t0 = add(add(m0, m1), m2);
-            let t1 = sub(sub(m1, m2), m3);
-            let ys = [
-                [t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3]],
-                [t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]],
-            ];
-            let (ty, tx) = (band.ty0 + t / tw, t % tw);
-            for (i, ys) in ys.iter().enumerate() {
-                let oy = 2 * ty + i;
+        for ty in 0..band.tiles / tw {
+            let t0 = ty * tw;
+            let m = |f: usize| {
+                std::slice::from_raw_parts(band.m.add(f * band.ms + co * band.tiles + t0), tw)
+            };
+            let (y0, y1) = ys.split_at_mut(2 * tw);
+            for t in 0..tw {
+                let mf: [f32; 16] = std::array::from_fn(|f| m(f)[t]);
+                // Aᵀ M: a = m0 + m1 + m2, c = m1 − m2 − m3 (rows of M), then · A.
+                let a: [f32; 4] = std::array::from_fn(|j| mf[j] + mf[4 + j] + mf[8 + j]);
+                let c: [f32; 4] = std::array::from_fn(|j| mf[4 + j] - mf[8 + j] - mf[12 + j]);
+                y0[2 * t] = a[0] + a[1] + a[2] + bias;
+                y0[2 * t + 1] = a[1] - a[2] - a[3] + bias;
+                y1[2 * t] = c[0] + c[1] + c[2] + bias;
+                y1[2 * t + 1] = c[1] - c[2] - c[3] + bias;
+            }
+            for (i, row) in [y0, y1].into_iter().enumerate() {
+                let oy = 2 * (band.ty0 + ty) + i;
                 if oy >= g.oh {
                     break;
                 }
-                for (j, &v) in ys.iter().enumerate() {
-                    let ox = 2 * tx + j;
-                    if ox >= g.ow {
-                        break;
+                let row = &mut row[..g.ow];
+                let at = co * plane + oy * g.ow;
+                if let Some(r) = res {
+                    let r = std::slice::from_raw_parts(r.add(at), g.ow);
+                    for (v, r) in row.iter_mut().zip(r) {
+                        *v += r;
                     }
-                    let o = oy * g.ow + ox;
-                    let mut v = v + bias;
-                    if let Some(r) = res {
-                        v += *r.add(co * plane + o);
-                    }
-                    *out.add(o) = activate(v, p.act, p.a, p.b) * p.post_mul + p.post_add;
                 }
+                activate_row(row, p.act, p.a, p.b);
+                affine_row(row, p.post_mul, p.post_add);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), y.add(at), g.ow);
             }
         }
     }
+}
 }
