@@ -764,6 +764,22 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
         let tr = OneOp::new("Transpose", vec![("x", vec![1, 6, 5, 3])])
             .attr(attr_ints("perm", &[0, 3, 1, 2]));
         check_op(target, "Transpose NHWC->NCHW", &tr, None, &[1, 3, 6, 5]);
+        // (The CPU de-interleaves 2-4 channels in one pass; batch 2 walks image by image.)
+        for (x, out) in [
+            ([1, 7, 9, 4], [1, 4, 7, 9]),
+            ([1, 5, 3, 2], [1, 2, 5, 3]),
+            ([2, 4, 5, 3], [2, 3, 4, 5]),
+        ] {
+            let tr = OneOp::new("Transpose", vec![("x", x.to_vec())])
+                .attr(attr_ints("perm", &[0, 3, 1, 2]));
+            check_op(
+                target,
+                &format!("Transpose NHWC->NCHW {x:?}"),
+                &tr,
+                None,
+                &out,
+            );
+        }
         let cat = OneOp::new(
             "Concat",
             vec![("a", vec![1, 3, 4, 5]), ("b", vec![1, 2, 4, 5])],

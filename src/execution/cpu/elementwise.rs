@@ -341,6 +341,31 @@ fn dense(dims: &[i32]) -> (isize, [isize; MAX_RANK]) {
     (0, s)
 }
 
+multiversion! {
+/// `y[ch·n + i] = x[i·c + ch]` for `c` channels of `n` pixels (`y` holds `c·n` floats).
+unsafe fn deinterleave(x: &[f32], y: *mut f32, c: usize, n: usize) {
+    let out = std::slice::from_raw_parts_mut(y, c * n);
+    match c {
+        3 => {
+            let (y0, rest) = out.split_at_mut(n);
+            let (y1, y2) = rest.split_at_mut(n);
+            for (i, px) in x.chunks_exact(3).enumerate() {
+                y0[i] = px[0];
+                y1[i] = px[1];
+                y2[i] = px[2];
+            }
+        }
+        _ => {
+            for (i, px) in x.chunks_exact(c).enumerate() {
+                for (ch, &v) in px.iter().enumerate() {
+                    out[ch * n + i] = v;
+                }
+            }
+        }
+    }
+}
+}
+
 /// `dst[t] = src[t · stride]` for `t < dst.len()`.
 #[inline(always)]
 unsafe fn gather(dst: &mut [f32], src: *const f32, stride: isize) {
@@ -645,6 +670,19 @@ pub(super) unsafe fn copy(p: &k::CopyParams) {
                     run.fill(*px.offset(t as isize * st[0]));
                 }
             });
+        }
+        if r == 2 {
+            let (c, n) = (walk.dims[0], walk.dims[1]);
+            if (2..=4).contains(&c)
+                && walk.strides[1] == [c as isize, 1]
+                && walk.strides[0] == [1, n as isize]
+            {
+                // Channels-last to channels-first (a tf2onnx model's NHWC input transposed to
+                // NCHW): one pass reading the pixels in order, instead of one strided pass
+                // per channel over all of them (EAST's 480x640x3: 1.5 ms).
+                let (px, py) = (x.offset(walk.offsets[0]), y.offset(walk.offsets[1]));
+                return deinterleave(std::slice::from_raw_parts(px, c * n), py, c, n);
+            }
         }
         return walk.rows(|off, len, st| {
             let (px, py) = (x.offset(off[0]), y.offset(off[1]));
