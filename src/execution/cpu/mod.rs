@@ -387,10 +387,10 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     if g.cg == 1 && g.mg == 1 {
         return depthwise(p, &g, threads);
     }
-    let padded = if winograd::applies(&g) {
-        None
+    let method = if winograd::applies(&g) {
+        Method::Winograd
     } else {
-        Padded::worth_it(&g)
+        Method::Gemm(Padded::worth_it(&g))
     };
     // A batch of at least one image per thread: each thread its own images (its data stays
     // in its core's caches, one dispatch per launch), each product on that thread alone.
@@ -398,29 +398,41 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     if by_image {
         let parts = threads.min(g.n);
         return pool::parallel(parts, &|i| {
-            conv_images(p, &g, &padded, 1, pool::range(g.n, parts, i))
+            conv_images(p, &g, &method, 1, pool::range(g.n, parts, i))
         });
     }
-    conv_images(p, &g, &padded, threads, 0..g.n)
+    conv_images(p, &g, &method, threads, 0..g.n)
+}
+
+/// How a (non-depthwise) convolution runs, decided once per launch.
+enum Method {
+    /// Winograd F(2x2, 3x3) ([`winograd::applies`]).
+    Winograd,
+    /// One packed-panel product per image and group, reading the zero-padded copy where
+    /// there is one.
+    Gemm(Option<Padded>),
 }
 
 /// Images `images` of the (non-depthwise) convolution `p`, each product on `threads`.
 unsafe fn conv_images(
     p: &k::ConvParams,
     g: &Geometry,
-    padded: &Option<Padded>,
+    method: &Method,
     threads: usize,
     images: std::ops::Range<usize>,
 ) {
     let x = p.x as *const f32;
     let kk = g.cg * g.kh * g.kw;
-    if winograd::applies(g) {
-        let u = packed_weights(p.wt, 0, g.mg, kk, Layout::Winograd);
-        for b in images {
-            winograd::conv_image(p, g, &u, threads, b);
+    let padded = match method {
+        Method::Winograd => {
+            let u = packed_weights(p.wt, 0, g.mg, kk, Layout::Winograd);
+            for b in images {
+                winograd::conv_image(p, g, &u, threads, b);
+            }
+            return;
         }
-        return;
-    }
+        Method::Gemm(padded) => padded,
+    };
     // Each group's weights, packed (looked up once, not per image).
     let deep = padded.as_ref().is_some_and(|pd| pd.deep);
     let packs: Vec<Arc<Vec<f32>>> = (0..g.group)

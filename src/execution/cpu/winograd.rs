@@ -270,11 +270,11 @@ unsafe fn transform_input(
                 };
                 let (o0, o1, o2, o3) = (out(0), out(1), out(2), out(3));
                 for t in 0..tw {
-                    let (a, b, c, d) = (ri[2 * t], ri[2 * t + 1], ri[2 * t + 2], ri[2 * t + 3]);
-                    o0[t] = a - c;
-                    o1[t] = b + c;
-                    o2[t] = c - b;
-                    o3[t] = b - d;
+                    let (e0, e1, e2, e3) = (ri[2 * t], ri[2 * t + 1], ri[2 * t + 2], ri[2 * t + 3]);
+                    o0[t] = e0 - e2;
+                    o1[t] = e1 + e2;
+                    o2[t] = e2 - e1;
+                    o3[t] = e1 - e3;
                 }
             }
         }
