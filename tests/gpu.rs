@@ -1243,6 +1243,29 @@ fn staging_slots_are_reused_between_synchronisations() {
     }
 }
 
+/// The native CPU engine's memory is the host's: its copies go straight between the
+/// request's tensors (and the islands' values) and the arena, no staging buffer at all, and
+/// the answers are the same as tract's with the values copied in and out around two islands
+/// (three times: instances are reused).
+#[test]
+fn the_native_engine_copies_without_staging() {
+    let op = OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
+        .then("Sign")
+        .then("Sigmoid")
+        .then("Acos")
+        .then("Neg");
+    let folder = op.folder(None, &[2, 3, 5]);
+    let (_tmp, repo) = cpu_and_gpu(folder.path(), Target::Native);
+    for seed in 4..7 {
+        let x = vec![("x".to_string(), random(&[2, 3, 5], seed))];
+        compare(&repo, &x, 1e-6, 1e-6, "two islands on the native engine");
+    }
+    let r = repo.model("gpu").unwrap().execution_report().unwrap();
+    assert_eq!(r.cpu_islands, 2, "{r:?}");
+    assert_eq!((r.uploads, r.downloads), (3, 3), "{r:?}");
+    assert_eq!(r.staging_bytes, 0, "{r:?}");
+}
+
 /// Resize, linear, half_pixel: the GPU follows ONNX (ONNX Runtime clamps the source
 /// coordinate to the image); tract's CPU Resize extrapolates at the borders instead, so here
 /// the reference is ONNX Runtime's known answer, not the CPU path.

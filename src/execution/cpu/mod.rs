@@ -142,6 +142,11 @@ fn forget_packs(ptr: DevPtr) {
 }
 
 impl Device for CpuDevice {
+    fn direct_copies(&self) -> bool {
+        // `upload` and `download` are memcpys (`host_memory_methods!`).
+        true
+    }
+
     fn describe(&self) -> String {
         "cpu (native kernels)".into()
     }

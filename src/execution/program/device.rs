@@ -100,6 +100,14 @@ pub(crate) trait Device: Send + Sync {
         None
     }
 
+    /// Whether [`Device::upload`] and [`Device::download`] are synchronous copies within host
+    /// memory (the CPU device): the executor then copies between the request's tensors and
+    /// device memory directly, without a staging buffer (one copy of each input and output
+    /// instead of two). The emulator answers `false`: it stands in for CUDA, staging included.
+    fn direct_copies(&self) -> bool {
+        false
+    }
+
     /// "NVIDIA H200 (sm_90)" or "emulator (host C++)".
     fn describe(&self) -> String;
     /// Device memory, 256-byte aligned.
@@ -177,6 +185,10 @@ impl<D: Device> Sticky<D> {
 }
 
 impl<D: Device> Device for Sticky<D> {
+    fn direct_copies(&self) -> bool {
+        self.inner.direct_copies()
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -206,7 +206,11 @@ impl ProgramExecutable {
             .upload_weights(&program.weights)
             .map_err(|e| device_error(m, self.device, "uploading the weights", e))?;
         report.uploaded_weight_bytes = uploaded;
-        let (staging, staging_bytes) = staging_layout(&program);
+        let (staging, staging_bytes) = if self.device.direct_copies() {
+            (vec![0; program.steps.len()], 0)
+        } else {
+            staging_layout(&program)
+        };
         report.staging_bytes = staging_bytes;
         *self.last_report.lock() = Some(report.clone());
         let plan = Arc::new(GpuPlan {
@@ -448,20 +452,8 @@ impl GpuPlan {
             }
             dev.sync(inst.stream)?;
             for (v, off) in pending.drain(..) {
-                let val = &p.values[v];
-                let n = val.shape.iter().product::<usize>();
-                let mut data = vec![0f32; n];
-                // SAFETY: the staging slot holds `n` f32 just downloaded (stream synced).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        inst.staging.add(off),
-                        data.as_mut_ptr() as *mut u8,
-                        n * 4,
-                    )
-                };
-                let t = tract_ndarray::ArrayD::from_shape_vec(val.shape.as_slice(), data)
-                    .map_err(|e| DeviceError::Internal(e.to_string()))?;
-                host[v] = Some(t.into_tvalue());
+                // SAFETY: the staging slot holds the value just downloaded (stream synced).
+                host[v] = Some(unsafe { host_value(p, v, inst.staging.add(off)) }?);
             }
             Ok(())
         };
@@ -486,6 +478,14 @@ impl GpuPlan {
                         .ok_or_else(|| missing("a value to upload"))?;
                     self.stage_upload(dev, inst, i, *value, &t)?;
                     staged = true;
+                }
+                // Host memory is the device's: the value is copied out as it is.
+                Step::Download { value } if dev.direct_copies() => {
+                    // SAFETY: the value's slot is live in the arena and `download` is a
+                    // synchronous copy out of it (`direct_copies`).
+                    host[*value] = Some(unsafe {
+                        host_value(p, *value, self.ptr(inst, *value)? as *const u8)
+                    }?);
                 }
                 Step::Download { value } => {
                     let off = self.staging[i];
@@ -563,6 +563,10 @@ impl GpuPlan {
             )));
         }
         let bytes = t.as_bytes();
+        if dev.direct_copies() {
+            // A synchronous copy straight from the request's tensor.
+            return dev.upload(inst.stream, self.ptr(inst, v)?, bytes.as_ptr(), bytes.len());
+        }
         let off = self.staging[step];
         // SAFETY: the slot was sized for this value; the staging buffer outlives the copy
         // (the stream is synchronised before the instance is reused or freed).
@@ -572,6 +576,20 @@ impl GpuPlan {
             dev.upload(inst.stream, self.ptr(inst, v)?, dst, bytes.len())
         }
     }
+}
+
+/// Value `v` of `p` copied from `src` (its f32 data, in host memory) into a host tensor.
+///
+/// # Safety
+/// `src` holds the value's bytes (`p.values[v].bytes()`), readable now.
+unsafe fn host_value(p: &Program, v: ValueId, src: *const u8) -> DeviceResult<TValue> {
+    let val = &p.values[v];
+    let n = val.shape.iter().product::<usize>();
+    let mut data = vec![0f32; n];
+    std::ptr::copy_nonoverlapping(src, data.as_mut_ptr() as *mut u8, n * 4);
+    let t = tract_ndarray::ArrayD::from_shape_vec(val.shape.as_slice(), data)
+        .map_err(|e| DeviceError::Internal(e.to_string()))?;
+    Ok(t.into_tvalue())
 }
 
 impl Executable for ProgramExecutable {
