@@ -217,6 +217,7 @@ pub(crate) fn plans(
 
 #[cfg(test)]
 mod tests {
+    use crate::execution::tract::Bound;
     use crate::execution::Executable;
     use crate::tensor::Tensor;
     use tract_onnx::prelude::*;
@@ -240,9 +241,11 @@ mod tests {
         let plans = super::plans("rec", &mut rec_proto(), None, &dims, 4, 1).unwrap();
         for shape in [tvec![1, 3, 48, 320], tvec![2, 3, 48, 488]] {
             let shapes = vec![shape.clone()];
-            let bind_symbolic = plans
-                .bind_symbolic(&shapes)
-                .unwrap_or_else(|| panic!("{shape:?} not planned from the symbolic graph"));
+            let bound = |how| {
+                plans
+                    .bind_symbolic(&shapes, how)
+                    .unwrap_or_else(|| panic!("{shape:?} not planned from the symbolic graph"))
+            };
             let direct = plans.decluttered_from_start(&shapes).unwrap();
             let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
                 ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
@@ -253,21 +256,77 @@ mod tests {
                     .run(tvec![tract_onnx::prelude::Tensor::from(x.clone()).into()])
                     .unwrap()
             };
-            let (a, b) = (run(bind_symbolic), run(direct));
-            assert_eq!(a.len(), b.len());
-            for (a, b) in a.iter().zip(&b) {
-                assert_eq!(a.shape(), b.shape(), "{shape:?}");
-                let (a, b) = (
-                    a.to_plain_array_view::<f32>().unwrap(),
-                    b.to_plain_array_view::<f32>().unwrap(),
-                );
-                let diff = a
-                    .iter()
-                    .zip(b.iter())
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(diff <= 1e-6, "{shape:?}: differs by {diff}");
+            let b = run(direct);
+            // Bound and decluttered again, or bound with its constants folded only.
+            for how in [Bound::Decluttered, Bound::Folded] {
+                let a = run(bound(how));
+                assert_eq!(a.len(), b.len());
+                for (a, b) in a.iter().zip(&b) {
+                    assert_eq!(a.shape(), b.shape(), "{shape:?} {how:?}");
+                    let (a, b) = (
+                        a.to_plain_array_view::<f32>().unwrap(),
+                        b.to_plain_array_view::<f32>().unwrap(),
+                    );
+                    let diff = a
+                        .iter()
+                        .zip(b.iter())
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff <= 1e-6, "{shape:?} {how:?}: differs by {diff}");
+                }
             }
+        }
+    }
+
+    /// On the native engine, the recogniser's first width decides (by lowering both) that a
+    /// bound graph with its constants only folded does the same work as the decluttered one,
+    /// and every later width is planned so, answering what tract's plan of the graph typed
+    /// at that shape from the start answers.
+    #[test]
+    fn later_widths_are_planned_with_the_constants_folded_and_answer_the_same() {
+        let dims = [Some(vec![-1, 3, 48, -1])];
+        let plans = super::plans("rec", &mut rec_proto(), None, &dims, 4, 1).unwrap();
+        let reference = super::plans("rec", &mut rec_proto(), None, &dims, 4, 1).unwrap();
+        let exec = crate::execution::program::executor::ProgramExecutable::new(
+            plans,
+            crate::execution::cpu::device(1),
+            true,
+            8,
+        );
+        assert_eq!(exec.plans_by_folding(), None);
+        for (i, width) in [320usize, 200, 488].into_iter().enumerate() {
+            let shape = tvec![1, 3, 48, width];
+            let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
+                ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
+            });
+            let got = exec
+                .execute(
+                    vec![("x".into(), Tensor::from(x.clone()))],
+                    &["softmax_11.tmp_0".into()],
+                )
+                .unwrap();
+            // The first width lowers both graphs and keeps the decluttered one's program.
+            assert_eq!(
+                exec.plans_by_folding(),
+                Some(true),
+                "after width {width} ({i})"
+            );
+            let want = reference
+                .decluttered_from_start(std::slice::from_ref(&shape))
+                .unwrap()
+                .into_runnable()
+                .unwrap()
+                .run(tvec![tract_onnx::prelude::Tensor::from(x).into()])
+                .unwrap();
+            let want = want[0].to_plain_array_view::<f32>().unwrap();
+            let got = got[0].1.view::<f32>().unwrap();
+            assert_eq!(got.shape(), want.shape(), "width {width}");
+            let diff = got
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-4, "width {width}: differs by {diff}");
         }
     }
 

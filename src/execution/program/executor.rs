@@ -14,7 +14,7 @@ use super::kernels::Kernel;
 use super::ExecutionReport;
 use crate::error::{Error, ErrorKind, Result};
 use crate::execution::lower::{self, Program, Step, Storage, ValueId};
-use crate::execution::tract::Plans;
+use crate::execution::tract::{Bound, Plans};
 use crate::execution::{Executable, Named};
 use crate::tensor::Tensor as MyTensor;
 use crate::util::lru::Lru;
@@ -38,6 +38,10 @@ pub(crate) struct ProgramExecutable {
     /// Weights on the device by (content hash, bytes), shared by the plans of every shape
     /// (a new input shape uploads only the constants that differ).
     weights: Mutex<HashMap<(u64, usize), DevPtr>>,
+    /// Whether a new shape bound from the symbolic graph is planned with its constants
+    /// folded only ([`Bound::Folded`]), decided at the first bound shape: when that graph
+    /// lowers to a program doing the same work as the decluttered one ([`same_work`]).
+    fold_only: std::sync::OnceLock<bool>,
 }
 
 impl Drop for ProgramExecutable {
@@ -163,7 +167,55 @@ impl ProgramExecutable {
             cache: Mutex::new(Lru::new(capacity)),
             last_report: Mutex::new(None),
             weights: Mutex::new(HashMap::new()),
+            fold_only: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether new shapes are planned from the bound graph with its constants only folded
+    /// (`None`: not decided yet, no shape bound from the symbolic graph).
+    #[cfg(test)]
+    pub(crate) fn plans_by_folding(&self) -> Option<bool> {
+        self.fold_only.get().copied()
+    }
+
+    /// The graph at `shapes`, typed and simplified for the lowering, lowered: bound from the
+    /// symbolic graph where it binds (its constants only folded once that proved to give as
+    /// good a program), else typed and decluttered from the start.
+    fn lowered(&self, shapes: &[TVec<usize>]) -> Result<Program> {
+        let lower = |typed: TypedModel| {
+            let m = self.plans.model_name();
+            catch_unwind(AssertUnwindSafe(|| lower::lower(typed)))
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Execution,
+                        format!("model '{m}': building the GPU plan panicked"),
+                    )
+                })?
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        format!("model '{m}' cannot run on the GPU: {e:#}"),
+                    )
+                })
+        };
+        if self.fold_only.get() == Some(&true) {
+            if let Some(folded) = self.plans.bind_symbolic(shapes, Bound::Folded) {
+                return lower(folded);
+            }
+        }
+        let Some(typed) = self.plans.bind_symbolic(shapes, Bound::Decluttered) else {
+            return lower(self.plans.decluttered_from_start(shapes)?);
+        };
+        let program = lower(typed)?;
+        if self.fold_only.get().is_none() {
+            let same = self
+                .plans
+                .bind_symbolic(shapes, Bound::Folded)
+                .and_then(|folded| lower(folded).ok())
+                .is_some_and(|folded| same_work(&folded, &program));
+            let _ = self.fold_only.set(same);
+        }
+        Ok(program)
     }
 
     fn plan_for(&self, shapes: &[TVec<usize>]) -> Result<Arc<GpuPlan>> {
@@ -171,20 +223,7 @@ impl ProgramExecutable {
             return Ok(plan);
         }
         let m = self.plans.model_name();
-        let typed = self.plans.decluttered(shapes)?;
-        let program = catch_unwind(AssertUnwindSafe(|| lower::lower(typed)))
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Execution,
-                    format!("model '{m}': building the GPU plan panicked"),
-                )
-            })?
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    format!("model '{m}' cannot run on the GPU: {e:#}"),
-                )
-            })?;
+        let program = self.lowered(shapes)?;
         let mut report = program.report.clone();
         report.device = self.device.describe();
         if report.cpu_nodes.is_empty() {
@@ -576,6 +615,21 @@ impl GpuPlan {
             dev.upload(inst.stream, self.ptr(inst, v)?, dst, bytes.len())
         }
     }
+}
+
+/// Whether two programs do as much work: the same steps, each launch of the same kernel,
+/// the same arena and CPU nodes. (Their parameters may differ where the graphs spell the
+/// same operator differently, a unit axis kept or dropped; what they compute is the same,
+/// since each graph is the same model's, only simplified differently.)
+fn same_work(a: &Program, b: &Program) -> bool {
+    let step = |x: &Step, y: &Step| match (x, y) {
+        (Step::Launch { kernel, .. }, Step::Launch { kernel: k2, .. }) => kernel == k2,
+        (x, y) => std::mem::discriminant(x) == std::mem::discriminant(y),
+    };
+    a.steps.len() == b.steps.len()
+        && a.steps.iter().zip(&b.steps).all(|(x, y)| step(x, y))
+        && a.report.arena_bytes == b.report.arena_bytes
+        && a.report.cpu_nodes == b.report.cpu_nodes
 }
 
 /// Value `v` of `p` copied from `src` (its f32 data, in host memory) into a host tensor.
