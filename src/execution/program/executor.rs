@@ -199,8 +199,10 @@ impl ProgramExecutable {
                 })
         };
         if self.fold_only.get() == Some(&true) {
-            if let Some(folded) = self.plans.bind_symbolic(shapes, Bound::Folded) {
-                return lower(folded);
+            // (A folded graph the lowering refuses at some shape falls back to the whole
+            // declutter below.)
+            if let Some(Ok(program)) = self.plans.bind_symbolic(shapes, Bound::Folded).map(lower) {
+                return Ok(program);
             }
         }
         let Some(typed) = self.plans.bind_symbolic(shapes, Bound::Decluttered) else {
