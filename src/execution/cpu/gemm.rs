@@ -50,6 +50,21 @@ pub(super) fn depth_block(k: usize, deep: bool) -> usize {
     k.div_ceil(k.div_ceil(max).max(1)).max(1)
 }
 
+/// Whether a panel whose rows lie far apart in memory (a plane or more: a 1x1 convolution's
+/// input channels, Winograd's `V_f` rows over many tiles) is better packed than read in
+/// place. On AVX2 machines (32 KiB L1) a 64-column panel of `KC` rows is the whole L1, and
+/// rows a plane apart (75 KiB on EAST's 120x160 maps) fall in a few L1 sets, so every strip
+/// rereads them from L2; packed, they are one contiguous block. Alternated in one process over
+/// the same data (AVX2 EPYC), 1x1-shaped products ran faster packed at every full-size EAST
+/// shape tried, medians 256x19200x64 27.6 -> 33.2 and 34.0 -> 55.0 GFLOP/s in two runs,
+/// 64x19200x256 29-32 -> 41-49, 512x4800x128 34-35 -> 39-41, 128x4800x512 33 -> 38-40,
+/// 256x1200x1024 38-41 -> 44; in the model, EAST's Winograd convolutions against its 1x1 ones
+/// 0.41-0.45 -> 0.35-0.39 of their time. (AVX-512's 48 KiB L1 holds a panel: not measured
+/// there, so it reads in place.)
+pub(super) fn packs_scattered_panels() -> bool {
+    isa() == Isa::Avx2
+}
+
 /// What the last pass over `k` does to C before storing it.
 #[derive(Clone, Copy)]
 pub(super) struct Epilogue {

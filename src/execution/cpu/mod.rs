@@ -446,16 +446,8 @@ unsafe fn conv_images(
     // Bands of output rows, each one product (one band unless the padded copy of the whole
     // image would be too large).
     let band = padded.as_ref().map_or(g.oh, |pd| pd.band).max(1);
-    // A 1x1 convolution's panels are packed on AVX2 rather than read in place: there a
-    // panel (32 KiB) is the whole L1, and read in place its rows are `kc` lines a plane
-    // apart (75 KiB on EAST's 120x160 maps: a panel's rows in 4 of the 64 L1 sets), each
-    // strip rereading them from L2; packed, they are one contiguous block. Alternated in
-    // one process over the same data (AVX2 EPYC), the products ran faster packed at every
-    // full-size EAST 1x1 shape tried, medians 256x19200x64 27.6 -> 33.2 and 34.0 -> 55.0
-    // GFLOP/s in two runs, 64x19200x256 29-32 -> 41-49, 512x4800x128 34-35 -> 39-41,
-    // 128x4800x512 33 -> 38-40, 256x1200x1024 38-41 -> 44. (AVX-512's 48 KiB L1 holds a
-    // panel; not measured there, so it reads in place as before.)
-    let packs_pointwise = isa::isa() == isa::Isa::Avx2;
+    // A 1x1 convolution's rows lie a plane apart ([`gemm::packs_scattered_panels`]).
+    let packs_pointwise = g.pointwise() && gemm::packs_scattered_panels();
     PADDED.with(|cell| {
         let mut scratch = cell.borrow_mut();
         for b in images {
@@ -479,7 +471,7 @@ unsafe fn conv_images(
                         }
                         let n0 = base + n0;
                         if nc == gemm::NR
-                            && !(packs_pointwise && g.pointwise())
+                            && !packs_pointwise
                             && patch_rows(g, xg.get(), k0, n0, &mut rows[..kc])
                         {
                             return true;

@@ -26,6 +26,7 @@
 
 use super::elementwise::{activate_row, affine_row};
 use super::gemm::{self, Shared, MR, NR};
+use super::isa::{copy_short, zero_short};
 use super::pool;
 use super::{isa, Geometry};
 use crate::execution::program::kernels as k;
@@ -300,19 +301,17 @@ unsafe fn products(g: &Geometry, band: &Band, u: &[f32], f: usize) {
         row: 0,
     };
     // B's rows are V_f's, read in place (`NR` readable floats after each: the next rows, or
-    // the slack after the last frequency), or on AVX2, where a panel is the whole 32 KiB L1,
-    // packed when they lie two panels or more apart (as the 1x1 convolutions' panels are,
-    // see `conv_images`): full-size EAST's Winograd convolutions against its 1x1 ones in the
-    // same runs, 0.41-0.45 -> 0.35-0.39 of their time (4 alternated runs). STR's 26 tiles a
-    // row are one panel of contiguous rows, read in place.
-    let packs = isa::isa() == isa::Isa::Avx2 && tiles >= 2 * NR;
+    // the slack after the last frequency), or packed when they lie two panels or more apart
+    // where that pays ([`gemm::packs_scattered_panels`]; STR's 26 tiles a row are one panel
+    // of contiguous rows).
+    let packs = tiles >= 2 * NR && gemm::packs_scattered_panels();
     let pack =
         |k0: usize, kc: usize, n0: usize, nc: usize, dst: &mut [f32], rows: &mut [*const f32]| {
             if packs {
                 for (q, d) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
-                    let src = std::slice::from_raw_parts(v_f.get().add((k0 + q) * tiles + n0), nc);
-                    d[..nc].copy_from_slice(src);
-                    d[nc..].fill(0.0);
+                    let d = d.as_mut_ptr();
+                    copy_short(d, v_f.get().add((k0 + q) * tiles + n0), nc);
+                    zero_short(d.add(nc), NR - nc);
                 }
                 return false;
             }
