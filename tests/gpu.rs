@@ -1218,6 +1218,17 @@ fn nodes_without_a_kernel_run_as_one_cpu_island() {
     }
 }
 
+/// Neg -> Sign (CPU) -> Sigmoid -> Acos (CPU) -> Neg over `[2, 3, 5]`: two CPU islands
+/// between device kernels, so values are copied in and out three times each.
+fn two_islands() -> tempfile::TempDir {
+    OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
+        .then("Sign")
+        .then("Sigmoid")
+        .then("Acos")
+        .then("Neg")
+        .folder(None, &[2, 3, 5])
+}
+
 /// Page-locked staging is reused by liveness: the copies between two synchronisations (the
 /// run waits for its copies before each CPU step) share the buffer with the next group's.
 /// Neg -> Sign (CPU) -> Sigmoid -> Acos (CPU) -> Neg: three groups of two 30-float copies (120
@@ -1225,12 +1236,7 @@ fn nodes_without_a_kernel_run_as_one_cpu_island() {
 #[test]
 fn staging_slots_are_reused_between_synchronisations() {
     for target in device_targets() {
-        let op = OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
-            .then("Sign")
-            .then("Sigmoid")
-            .then("Acos")
-            .then("Neg");
-        let folder = op.folder(None, &[2, 3, 5]);
+        let folder = two_islands();
         let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
         let x = vec![("x".to_string(), random(&[2, 3, 5], 4))];
         for _ in 0..3 {
@@ -1249,12 +1255,7 @@ fn staging_slots_are_reused_between_synchronisations() {
 /// (three times: instances are reused).
 #[test]
 fn the_native_engine_copies_without_staging() {
-    let op = OneOp::new("Neg", vec![("x", vec![2, 3, 5])])
-        .then("Sign")
-        .then("Sigmoid")
-        .then("Acos")
-        .then("Neg");
-    let folder = op.folder(None, &[2, 3, 5]);
+    let folder = two_islands();
     let (_tmp, repo) = cpu_and_gpu(folder.path(), Target::Native);
     for seed in 4..7 {
         let x = vec![("x".to_string(), random(&[2, 3, 5], seed))];

@@ -228,6 +228,17 @@ mod tests {
         super::super::io::read_proto(&path, "rec", usize::MAX).unwrap()
     }
 
+    /// The largest absolute difference between two arrays of the same shape.
+    fn largest_difference(
+        a: tract_ndarray::ArrayViewD<f32>,
+        b: tract_ndarray::ArrayViewD<f32>,
+    ) -> f32 {
+        a.iter()
+            .zip(b.iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     /// PP-OCRv4's recogniser (paddle2onnx) types with a symbolic width once its three
     /// `Shape -> Cast(int32) -> Slice -> Cast(int64)` casts are int64, and a graph planned
     /// from the symbolic one answers exactly what the graph typed at the shape from the start
@@ -263,15 +274,10 @@ mod tests {
                 assert_eq!(a.len(), b.len());
                 for (a, b) in a.iter().zip(&b) {
                     assert_eq!(a.shape(), b.shape(), "{shape:?} {how:?}");
-                    let (a, b) = (
+                    let diff = largest_difference(
                         a.to_plain_array_view::<f32>().unwrap(),
                         b.to_plain_array_view::<f32>().unwrap(),
                     );
-                    let diff = a
-                        .iter()
-                        .zip(b.iter())
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0f32, f32::max);
                     assert!(diff <= 1e-6, "{shape:?} {how:?}: differs by {diff}");
                 }
             }
@@ -321,11 +327,7 @@ mod tests {
             let want = want[0].to_plain_array_view::<f32>().unwrap();
             let got = got[0].1.view::<f32>().unwrap();
             assert_eq!(got.shape(), want.shape(), "width {width}");
-            let diff = got
-                .iter()
-                .zip(want.iter())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let diff = largest_difference(got, want);
             assert!(diff <= 1e-4, "width {width}: differs by {diff}");
         }
     }
