@@ -59,8 +59,9 @@ pub(super) fn depth_block(k: usize, deep: bool) -> usize {
 /// shape tried, medians 256x19200x64 27.6 -> 33.2 and 34.0 -> 55.0 GFLOP/s in two runs,
 /// 64x19200x256 29-32 -> 41-49, 512x4800x128 34-35 -> 39-41, 128x4800x512 33 -> 38-40,
 /// 256x1200x1024 38-41 -> 44; in the model, EAST's Winograd convolutions against its 1x1 ones
-/// 0.41-0.45 -> 0.35-0.39 of their time. (AVX-512's 48 KiB L1 holds a panel: not measured
-/// there, so it reads in place.)
+/// 0.41-0.45 -> 0.35-0.39 of their time. On AVX-512 (Zen 5, 48 KiB L1) packing them was
+/// slower: full-size EAST, packed and in place alternated per inference in one process, 10
+/// pairs, median 196.4 against 190.2 ms (pair ratio 1.04), so AVX-512 reads in place.
 pub(super) fn packs_scattered_panels() -> bool {
     isa() == Isa::Avx2
 }
