@@ -233,6 +233,75 @@ impl Plans {
         (concrete && inputs_match).then_some(bound)
     }
 
+    /// `reference` (this model's graph decluttered at other input shapes) re-typed at
+    /// `shapes`: the same operators, each node's output facts computed again from its inputs'
+    /// (nothing simplified again). What an operator fixed at the reference's shapes (a
+    /// constant folded from a shape, a reshape's sizes) it keeps, so the graph may not be the
+    /// model's at `shapes`: the caller checks that re-typing gives the program the declutter
+    /// gives before relying on it ([`crate::execution::program::retype`]). `None` where an
+    /// operator refuses the new facts or a dimension is left unknown.
+    pub(crate) fn retyped(
+        &self,
+        reference: &TypedModel,
+        shapes: &[TVec<usize>],
+    ) -> Option<TypedModel> {
+        let retyped = guarded("", || {
+            let mut m = TypedModel {
+                symbols: reference.symbols.clone(),
+                properties: reference.properties.clone(),
+                ..TypedModel::default()
+            };
+            let inputs = reference.input_outlets()?;
+            tract_onnx::tract_core::internal::ensure!(inputs.len() == shapes.len());
+            let mut map: std::collections::HashMap<OutletId, OutletId> = Default::default();
+            for (input, shape) in inputs.iter().zip(shapes) {
+                let dt = reference.outlet_fact(*input)?.datum_type;
+                let name = &reference.node(input.node).name;
+                let source = m.add_source(name, TypedFact::dt_shape(dt, shape.as_slice()))?;
+                map.insert(*input, source);
+            }
+            for id in reference.eval_order()? {
+                let node = reference.node(id);
+                if inputs.iter().any(|i| i.node == id) {
+                    continue;
+                }
+                let mut wired: TVec<OutletId> = node.inputs.iter().map(|i| map[i]).collect();
+                if let Some((slot, scale)) = mean_scale(reference, node, &m, &wired) {
+                    wired[slot] = m.add_const(format!("{}.scale", node.name), scale)?;
+                }
+                let facts = wired
+                    .iter()
+                    .map(|o| m.outlet_fact(*o).cloned())
+                    .collect::<TractResult<TVec<_>>>()?;
+                let facts = node.op.output_facts(&facts.iter().collect::<TVec<_>>())?;
+                tract_onnx::tract_core::internal::ensure!(facts.len() == node.outputs.len());
+                let new = m.add_node(&node.name, node.op.clone(), facts)?;
+                for (slot, outlet) in wired.iter().enumerate() {
+                    m.add_edge(*outlet, InletId::new(new, slot))?;
+                }
+                for slot in 0..node.outputs.len() {
+                    map.insert(OutletId::new(id, slot), OutletId::new(new, slot));
+                }
+            }
+            let outputs: TVec<OutletId> =
+                reference.output_outlets()?.iter().map(|o| map[o]).collect();
+            m.select_output_outlets(&outputs)?;
+            for (outlet, label) in &reference.outlet_labels {
+                if let Some(o) = map.get(outlet) {
+                    m.set_outlet_label(*o, label.clone())?;
+                }
+            }
+            Ok(m)
+        })
+        .ok()?;
+        let concrete = retyped.nodes().iter().all(|n| {
+            n.outputs
+                .iter()
+                .all(|o| o.fact.shape.as_concrete().is_some())
+        });
+        concrete.then_some(retyped)
+    }
+
     /// The graph with concrete input shapes, turned into `T` by `f` (panics caught).
     fn compile<T>(
         &self,
@@ -292,6 +361,74 @@ impl Plans {
         v.sort();
         v
     }
+}
+
+/// A mean's scale at new shapes: where `node` (of `reference`) multiplies a sum over some axes
+/// by the constant `1 / n` (or divides it by `n`), `n` the number of values summed at the
+/// reference's shapes, the slot of that constant and its value for the sum as wired in `m`
+/// (`wired`: `node`'s inputs there). tract types `GlobalAveragePool` and `ReduceMean` so, the
+/// count folded into a constant at concrete shapes; anything else is left as it is.
+fn mean_scale(
+    reference: &TypedModel,
+    node: &TypedNode,
+    m: &TypedModel,
+    wired: &[OutletId],
+) -> Option<(usize, Arc<Tensor>)> {
+    use tract_onnx::tract_core::ops::{binary::TypedBinOp, konst::Const, nn::Reduce, nn::Reducer};
+    let bin = node.op_as::<TypedBinOp>()?;
+    let divides = match bin.0.name() {
+        "Mul" => false,
+        "Div" => true,
+        _ => return None,
+    };
+    let [a, b] = node.inputs.as_slice() else {
+        return None;
+    };
+    // The sum is the dividend, or either factor.
+    let (sum, slot) = if divides || reference.node(a.node).op_is::<Reduce>() {
+        (a, 1)
+    } else {
+        (b, 0)
+    };
+    let reduce = reference.node(sum.node).op_as::<Reduce>()?;
+    if !matches!(reduce.reducer, Reducer::Sum) {
+        return None;
+    }
+    let konst = reference
+        .node(node.inputs[slot].node)
+        .op_as::<Const>()?
+        .val();
+    if konst.datum_type() != f32::datum_type() || konst.len() != 1 {
+        return None;
+    }
+    let count = |model: &TypedModel, input: OutletId| -> Option<f32> {
+        let shape = model.outlet_fact(input).ok()?.shape.as_concrete()?.to_vec();
+        Some(
+            reduce
+                .axes
+                .iter()
+                .map(|&k| shape.get(k).copied())
+                .product::<Option<usize>>()? as f32,
+        )
+    };
+    let summed = reference.node(sum.node).inputs.first()?;
+    let before = count(reference, *summed)?;
+    let now_summed = m.node(wired[1 - slot].node).inputs.first()?;
+    let now = count(m, *now_summed)?;
+    let value = *konst
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<f32>()
+        .ok()?
+        .first()?;
+    let scale = if divides {
+        (value == before).then_some(now)?
+    } else {
+        (value == 1.0 / before).then_some(1.0 / now)?
+    };
+    let mut t = konst.as_ref().clone();
+    t.try_as_plain_ram_mut().ok()?.as_slice_mut::<f32>().ok()?[0] = scale;
+    Some((slot, t.into_arc_tensor()))
 }
 
 fn to_tvalue(t: &MyTensor, dt: DatumType) -> Result<TValue> {

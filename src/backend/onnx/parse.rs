@@ -332,6 +332,85 @@ mod tests {
         }
     }
 
+    /// `file` (under fixtures/) planned on the native engine at each of `shapes` in turn,
+    /// each answer against tract's plan of the graph typed at that shape from the start;
+    /// returns the executable, to read how it planned.
+    fn planned_at(
+        file: &str,
+        input: &str,
+        output: &str,
+        shapes: &[[usize; 4]],
+    ) -> crate::execution::program::executor::ProgramExecutable {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(file);
+        let proto = || super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
+        let plans = super::plans("m", &mut proto(), None, &[], 8, 1).unwrap();
+        let reference = super::plans("m", &mut proto(), None, &[], 8, 1).unwrap();
+        let exec = crate::execution::program::executor::ProgramExecutable::new(
+            plans,
+            crate::execution::cpu::device(1),
+            false,
+            8,
+        );
+        for shape in shapes {
+            let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
+                ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
+            });
+            let got = exec
+                .execute(
+                    vec![(input.into(), Tensor::from(x.clone()))],
+                    &[output.into()],
+                )
+                .unwrap();
+            let want = reference
+                .decluttered_from_start(&[shape.iter().copied().collect()])
+                .unwrap()
+                .into_runnable()
+                .unwrap()
+                .run(tvec![tract_onnx::prelude::Tensor::from(x).into()])
+                .unwrap();
+            let want = want[0].to_plain_array_view::<f32>().unwrap();
+            let got = got[0].1.view::<f32>().unwrap();
+            assert_eq!(got.shape(), want.shape(), "{shape:?}");
+            let diff = largest_difference(got, want);
+            assert!(diff <= 1e-4, "{shape:?}: differs by {diff}");
+            // None of these has a symbolic form: every shape is planned from the start.
+            assert_eq!(exec.plans_by_folding(), None, "{shape:?}");
+        }
+        exec
+    }
+
+    /// PaddleOCR's detector does not type with symbolic shapes; once a shape differing from
+    /// the first in height and width was planned both ways to the same program (its means'
+    /// scales, folded from the shapes, set again), later shapes are re-typed, not decluttered
+    /// again, and answer what tract's plan at each shape answers.
+    #[test]
+    fn the_detector_is_planned_by_re_typing_once_that_was_checked() {
+        let det = "ocr_repository/text_detection/1/model.onnx";
+        let shapes = [
+            [1, 3, 64, 96],
+            [1, 3, 96, 128],
+            [1, 3, 128, 64],
+            [1, 3, 32, 160],
+        ];
+        let exec = planned_at(det, "x", "sigmoid_0.tmp_0", &shapes);
+        assert_eq!(exec.plans_by_retyping(), (Some(true), 2));
+    }
+
+    /// A graph computing a value from a shape (a division by the input's width, read with
+    /// `Shape`) is not re-typed: re-typing kept the first width, the check saw another
+    /// program, and every shape is decluttered from the start and answers right. Without the
+    /// division the same graph is re-typed (its mean's scale set again).
+    #[test]
+    fn a_value_folded_from_a_shape_stops_re_typing() {
+        let shapes = [[1, 2, 8, 12], [1, 2, 10, 16], [1, 2, 6, 20]];
+        let exec = planned_at("generated/fpn_sum_scaled.onnx", "X", "OUT", &shapes);
+        assert_eq!(exec.plans_by_retyping(), (Some(false), 0));
+        let exec = planned_at("generated/fpn_sum.onnx", "X", "OUT", &shapes);
+        assert_eq!(exec.plans_by_retyping(), (Some(true), 1));
+    }
+
     /// A cast to int32 outside the pattern (its value added to, or a graph output) is left.
     #[test]
     fn only_shape_casts_read_back_as_int64_are_widened() {

@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 
 use super::device::{DevPtr, Device, DeviceError, DeviceResult};
 use super::kernels::Kernel;
+use super::retype::{Plan, Retyping};
 use super::ExecutionReport;
 use crate::error::{Error, ErrorKind, Result};
 use crate::execution::lower::{self, Program, Step, Storage, ValueId};
@@ -42,6 +43,9 @@ pub(crate) struct ProgramExecutable {
     /// folded only ([`Bound::Folded`]), decided at the first bound shape: when that graph
     /// lowers to a program doing the same work as the decluttered one ([`same_work`]).
     fold_only: std::sync::OnceLock<bool>,
+    /// How far a new shape of a graph without a symbolic form may be planned by re-typing
+    /// the graph decluttered at the first ([`super::retype`]).
+    retyping: Mutex<Retyping>,
 }
 
 impl Drop for ProgramExecutable {
@@ -168,6 +172,7 @@ impl ProgramExecutable {
             last_report: Mutex::new(None),
             weights: Mutex::new(HashMap::new()),
             fold_only: std::sync::OnceLock::new(),
+            retyping: Mutex::new(Retyping::default()),
         }
     }
 
@@ -176,6 +181,13 @@ impl ProgramExecutable {
     #[cfg(test)]
     pub(crate) fn plans_by_folding(&self) -> Option<bool> {
         self.fold_only.get().copied()
+    }
+
+    /// Whether new shapes are planned by re-typing: refused (`Some(false)`), checked for
+    /// some dimension (`Some(true)`), or not decided yet; and how many were.
+    #[cfg(test)]
+    pub(crate) fn plans_by_retyping(&self) -> (Option<bool>, usize) {
+        self.retyping.lock().state()
     }
 
     /// The graph at `shapes`, typed and simplified for the lowering, lowered: bound from the
@@ -206,7 +218,29 @@ impl ProgramExecutable {
             }
         }
         let Some(typed) = self.plans.bind_symbolic(shapes, Bound::Decluttered) else {
-            return lower(self.plans.decluttered_from_start(shapes)?);
+            // No symbolic form: re-typed from the first shape's graph as far as that was
+            // checked to give the same program, else typed and decluttered from the start.
+            let plan = self.retyping.lock().plan(shapes);
+            if let Plan::Retype(graph) = &plan {
+                if let Some(Ok(program)) = self.plans.retyped(graph, shapes).map(lower) {
+                    self.retyping.lock().used();
+                    return Ok(program);
+                }
+            }
+            let program = lower(self.plans.decluttered_from_start(shapes)?)?;
+            match plan {
+                Plan::Declutter => self.retyping.lock().first(shapes, &program),
+                Plan::Check(graph) | Plan::Retype(graph) => {
+                    let retyped = self
+                        .plans
+                        .retyped(&graph, shapes)
+                        .and_then(|g| lower(g).ok());
+                    self.retyping
+                        .lock()
+                        .checked(shapes, &program, retyped.as_ref());
+                }
+            }
+            return Ok(program);
         };
         let program = lower(typed)?;
         if self.fold_only.get().is_none() {

@@ -7,6 +7,7 @@
 pub(crate) mod device;
 pub(crate) mod executor;
 pub(crate) mod kernels;
+pub(crate) mod retype;
 
 /// Where the nodes of a GPU plan run and what crosses between host and device per inference
 /// ([`crate::Model::execution_report`]).
