@@ -396,6 +396,9 @@ mod tests {
         ];
         let exec = planned_at(det, "x", "sigmoid_0.tmp_0", &shapes);
         assert_eq!(exec.plans_by_retyping(), (Some(true), 2));
+        // One after another, the four shapes' plans ran in one arena (each shape's run in
+        // memory another shape wrote before, and answered right).
+        assert_eq!(exec.arenas_held(), 1);
     }
 
     /// A graph computing a value from a shape (a division by the input's width, read with

@@ -1,6 +1,7 @@
 //! The GPU executable: per distinct set of input shapes, a [`Program`] lowered from tract's
-//! decluttered graph, its weights uploaded once, and a pool of instances (activation arena,
-//! stream, page-locked staging buffer), one per concurrent execution.
+//! decluttered graph, its weights uploaded once, and a pool of instances (stream, page-locked
+//! staging buffer), one per concurrent execution, each running in an activation arena taken
+//! from the model's, which the plans of every shape share ([`Arenas`]).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -43,6 +44,7 @@ pub(crate) struct ProgramExecutable {
     /// folded only ([`Bound::Folded`]), decided at the first bound shape: when that graph
     /// lowers to a program doing the same work as the decluttered one ([`same_work`]).
     fold_only: std::sync::OnceLock<bool>,
+    arenas: Arc<Arenas>,
     /// How far a new shape of a graph without a symbolic form may be planned by re-typing
     /// the graph decluttered at the first ([`super::retype`]).
     retyping: Mutex<Retyping>,
@@ -59,7 +61,10 @@ impl Drop for ProgramExecutable {
 }
 
 struct Instance {
+    /// The arena base `params` point into (0: not patched yet); the arena itself is held
+    /// only while the instance runs (`held`), else it is back with the model's [`Arenas`].
     arena: DevPtr,
+    held: Option<(DevPtr, usize)>,
     stream: u64,
     staging: *mut u8,
     /// The parameter bytes of each launch of the program, in order, with this instance's
@@ -81,6 +86,51 @@ struct GpuPlan {
     staging: Vec<usize>,
     staging_bytes: usize,
     pool: Mutex<Vec<Instance>>,
+    arenas: Arc<Arenas>,
+}
+
+/// The activation arenas of one model version, shared by the plans of every input shape: an
+/// execution takes one at least as large as its plan's and gives it back when done. So a
+/// model holds as many arenas as it ran executions at once (sized for the largest shapes),
+/// not one per cached shape, and a new shape's first run writes into memory already faulted
+/// in (a fresh 73 MB arena, PaddleOCR's detector at 736x1280, took ~30 ms to zero and fault
+/// in, a third of planning that shape). A plan reads nothing of its arena it did not write
+/// in the same run, as it already did when its instance ran again.
+struct Arenas {
+    device: &'static dyn Device,
+    free: Mutex<Vec<(DevPtr, usize)>>,
+}
+
+impl Arenas {
+    /// An arena of at least `bytes`: the smallest free one that is large enough, else a new
+    /// one (the largest free one freed first, so there are never more arenas than ran at
+    /// once).
+    fn take(&self, bytes: usize) -> DeviceResult<(DevPtr, usize)> {
+        let mut free = self.free.lock();
+        let fits = (0..free.len())
+            .filter(|&i| free[i].1 >= bytes)
+            .min_by_key(|&i| free[i].1);
+        if let Some(i) = fits {
+            return Ok(free.swap_remove(i));
+        }
+        if let Some(i) = (0..free.len()).max_by_key(|&i| free[i].1) {
+            self.device.free(free.swap_remove(i).0);
+        }
+        drop(free);
+        Ok((self.device.alloc(bytes)?, bytes))
+    }
+
+    fn give(&self, arena: (DevPtr, usize)) {
+        self.free.lock().push(arena);
+    }
+}
+
+impl Drop for Arenas {
+    fn drop(&mut self) {
+        for (p, _) in self.free.get_mut().drain(..) {
+            self.device.free(p);
+        }
+    }
 }
 
 impl Drop for GpuPlan {
@@ -173,6 +223,10 @@ impl ProgramExecutable {
             weights: Mutex::new(HashMap::new()),
             fold_only: std::sync::OnceLock::new(),
             retyping: Mutex::new(Retyping::default()),
+            arenas: Arc::new(Arenas {
+                device,
+                free: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -181,6 +235,12 @@ impl ProgramExecutable {
     #[cfg(test)]
     pub(crate) fn plans_by_folding(&self) -> Option<bool> {
         self.fold_only.get().copied()
+    }
+
+    /// The activation arenas this model holds (none is in use between executions).
+    #[cfg(test)]
+    pub(crate) fn arenas_held(&self) -> usize {
+        self.arenas.free.lock().len()
     }
 
     /// Whether new shapes are planned by re-typing: refused (`Some(false)`), checked for
@@ -296,6 +356,7 @@ impl ProgramExecutable {
             staging,
             staging_bytes,
             pool: Mutex::new(Vec::new()),
+            arenas: self.arenas.clone(),
         });
         self.cache.lock().insert(shapes.to_vec(), plan.clone());
         Ok(plan)
@@ -404,7 +465,7 @@ impl ProgramExecutable {
             self.device.sync(inst.stream)?;
             Ok::<_, DeviceError>(started.elapsed())
         })();
-        plan.pool.lock().push(inst);
+        plan.release(inst);
         timed.map_err(|e| device_error(m, self.device, "timing the kernels", e))
     }
 
@@ -415,49 +476,73 @@ impl ProgramExecutable {
 }
 
 impl GpuPlan {
+    /// An instance to run on, from the pool or new, holding an arena from the model's
+    /// [`Arenas`] (its parameters patched again where that arena is another than last time).
     fn instance(&self) -> DeviceResult<Instance> {
-        if let Some(i) = self.pool.lock().pop() {
-            return Ok(i);
-        }
-        let arena = self.device.alloc(self.program.report.arena_bytes)?;
-        let staging = match self.device.alloc_host(self.staging_bytes) {
-            Ok(s) => s,
+        let pooled = self.pool.lock().pop();
+        let mut inst = match pooled {
+            Some(i) => i,
+            None => self.new_instance()?,
+        };
+        let arena = match self.arenas.take(self.program.report.arena_bytes) {
+            Ok(a) => a,
             Err(e) => {
-                self.device.free(arena);
+                self.free_instance(inst);
                 return Err(e);
             }
         };
+        inst.held = Some(arena);
+        if inst.arena != arena.0 {
+            inst.arena = arena.0;
+            if let Err(e) = self.patch(&mut inst) {
+                self.free_instance(inst);
+                return Err(e);
+            }
+        }
+        Ok(inst)
+    }
+
+    fn new_instance(&self) -> DeviceResult<Instance> {
+        let staging = self.device.alloc_host(self.staging_bytes)?;
         let stream = match self.device.new_stream() {
             Ok(s) => s,
             Err(e) => {
-                self.device.free(arena);
                 self.device.free_host(staging, self.staging_bytes);
                 return Err(e);
             }
         };
-        let mut inst = Instance {
-            arena,
+        Ok(Instance {
+            arena: 0,
+            held: None,
             stream,
             staging,
             params: Vec::new(),
-        };
+        })
+    }
+
+    /// `inst`'s parameter bytes for each launch, with its arena's and the weights' addresses.
+    fn patch(&self, inst: &mut Instance) -> DeviceResult<()> {
+        let mut all = Vec::with_capacity(inst.params.len());
         for step in &self.program.steps {
             if let Step::Launch { params, fixups, .. } = step {
                 let mut bytes = params.clone();
                 for (at, v) in fixups {
-                    let ptr = match self.ptr(&inst, *v) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            self.free_instance(inst);
-                            return Err(e);
-                        }
-                    };
+                    let ptr = self.ptr(inst, *v)?;
                     bytes[*at..*at + 8].copy_from_slice(&ptr.to_le_bytes());
                 }
-                inst.params.push(bytes);
+                all.push(bytes);
             }
         }
-        Ok(inst)
+        inst.params = all;
+        Ok(())
+    }
+
+    /// `inst` back to the pool, its arena back to the model's.
+    fn release(&self, mut inst: Instance) {
+        if let Some(arena) = inst.held.take() {
+            self.arenas.give(arena);
+        }
+        self.pool.lock().push(inst);
     }
 
     /// The program's launches with `inst`'s parameter bytes.
@@ -482,7 +567,9 @@ impl GpuPlan {
     }
 
     fn free_instance(&self, inst: Instance) {
-        self.device.free(inst.arena);
+        if let Some((arena, _)) = inst.held {
+            self.device.free(arena);
+        }
         self.device.free_host(inst.staging, self.staging_bytes);
         self.device.free_stream(inst.stream);
     }
@@ -849,7 +936,7 @@ impl GpuPlan {
         let result = catch_unwind(AssertUnwindSafe(|| self.run(dev, &inst, values)))
             .unwrap_or_else(|_| Err(DeviceError::Internal("the executor panicked".into())));
         if result.is_ok() {
-            self.pool.lock().push(inst);
+            self.release(inst);
         } else {
             let _ = self.device.sync(inst.stream);
             self.free_instance(inst);

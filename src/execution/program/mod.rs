@@ -38,7 +38,8 @@ pub struct ExecutionReport {
     /// Bytes of weights uploaded when this plan was built (the others were already there
     /// for another input shape).
     pub uploaded_weight_bytes: usize,
-    /// Bytes of the activation arena each instance holds.
+    /// Bytes of the activation arena an execution uses (taken from the model's arenas, which
+    /// the plans of every input shape share).
     pub arena_bytes: usize,
     /// Bytes of page-locked host memory each instance holds for its copies: the slots of the
     /// copies between two stream synchronisations (the run synchronises before each CPU
