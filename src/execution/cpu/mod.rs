@@ -283,6 +283,20 @@ fn profile_line(kernel: Kernel, bytes: &[u8], took: std::time::Duration) -> Devi
                 &p.vy.strides[..r]
             )
         }
+        Kernel::Pool => {
+            let p: k::PoolParams = params(bytes)?;
+            format!(
+                "{}x{}x{} -> {}x{} k{}x{} s{}x{} mode {}",
+                p.nc, p.h, p.w, p.oh, p.ow, p.kh, p.kw, p.sh, p.sw, p.mode
+            )
+        }
+        Kernel::Resize => {
+            let p: k::ResizeParams = params(bytes)?;
+            format!(
+                "{}x{}x{} -> {}x{} linear {} coord {}",
+                p.nc, p.h, p.w, p.oh, p.ow, p.linear, p.coord
+            )
+        }
         _ => String::new(),
     };
     eprintln!("PROF {kernel:?} {} {shape}", took.as_micros());
@@ -1397,8 +1411,38 @@ isa::multiversion! {
         // Output columns whose every tap is inside: [lo, hi).
         let lo = (0..ow).find(|&ox| (0..kw).all(|kx| inside(ox, kx).is_some())).unwrap_or(ow);
         let hi = (lo..ow).find(|&ox| (0..kw).any(|kx| inside(ox, kx).is_none())).unwrap_or(ow);
-        // A stride-2 tap's interior inputs, de-interleaved so the fold is one vector pass.
-        let mut gathered = vec![0f32; if sw == 2 { hi - lo } else { 0 }];
+        // A 1x1 kernel without padding (ResNet v1's stride-2 shortcut, EAST's subsample) only
+        // picks inputs: each output row straight from its input row, one pass.
+        let (ush, usw) = (sh.max(0) as usize, sw.max(0) as usize);
+        if kh == 1 && kw == 1 && pt == 0 && pl == 0 && oh > 0 && ow > 0
+            && (oh - 1) * ush < h && (ow - 1) * usw < w
+        {
+            for plane in planes {
+                let xp = x.add(plane * h * w);
+                for oy in 0..oh {
+                    let (src, dst) = (xp.add(oy * ush * w), y.add((plane * oh + oy) * ow));
+                    // SAFETY: output column ox reads input column ox·sw < w of row oy·sh < h.
+                    if sw == 2 {
+                        gather_stride2(dst, src, ow);
+                    } else {
+                        for ox in 0..ow {
+                            *dst.add(ox) = *src.add(ox * usw);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        // Stride 2, no dilation: each input row de-interleaved once (its even and odd columns,
+        // the last row's kept for the next output row, which shares it when the kernel is
+        // taller than the stride), so every tap folds a contiguous run of one of them.
+        let halves = sw == 2 && dw == 1 && hi > lo;
+        let (mut even, mut odd) = if halves {
+            (vec![0f32; w.div_ceil(2)], vec![0f32; w / 2])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut split_row: Option<(usize, isize)> = None;
         for plane in planes {
             let xp = x.add(plane * h * w);
             let out = std::slice::from_raw_parts_mut(y.add(plane * oh * ow), oh * ow);
@@ -1412,18 +1456,27 @@ isa::multiversion! {
                     }
                     rows += 1;
                     let src = xp.offset(iy * w as isize);
+                    if halves && split_row != Some((plane, iy)) {
+                        // SAFETY: evens read columns 0, 2, .. < w; odds 1, 3, .. < w.
+                        gather_stride2(even.as_mut_ptr(), src, even.len());
+                        gather_stride2(odd.as_mut_ptr(), src.add(1), odd.len());
+                        split_row = Some((plane, iy));
+                    }
                     for kx in 0..kw {
                         let base = lo as isize * sw - pl + kx as isize * dw;
                         let inner = &mut row[lo..hi];
-                        if sw == 2 && !inner.is_empty() {
-                            // SAFETY: interior outputs read base + 2i inside the row.
-                            gather_stride2(gathered.as_mut_ptr(), src.offset(base), inner.len());
+                        if halves {
+                            // Interior outputs read base + 2i, inside the row: an even base
+                            // is even[base / 2 + i], an odd one odd[(base - 1) / 2 + i].
+                            let half = if base % 2 == 0 { &even } else { &odd };
+                            let from = (base / 2) as usize;
+                            let taps = &half[from..from + inner.len()];
                             if is_max {
-                                for (o, &v) in inner.iter_mut().zip(&gathered) {
+                                for (o, &v) in inner.iter_mut().zip(taps) {
                                     *o = o.max(v);
                                 }
                             } else {
-                                for (o, &v) in inner.iter_mut().zip(&gathered) {
+                                for (o, &v) in inner.iter_mut().zip(taps) {
                                     *o += v;
                                 }
                             }
