@@ -338,6 +338,10 @@ fn convolutions_match_the_cpu_path() {
         let large: Vec<ConvCase> = vec![
             ("3x3, a padded copy in bands", [1, 64, 132, 254], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("3x3 stride 2, a padded copy in bands", [1, 24, 400, 300], 8, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
+            // Strided with many channels: the padded copy on AVX-512, packed panels on AVX2
+            // (the full-size EAST stem; a 3x3 stride 2 on rows of a partial last panel).
+            ("7x7 stride 2, 64 channels", [1, 3, 21, 140], 64, [7, 7], 1, [2, 2], [3, 3, 3, 3], [1, 1]),
+            ("3x3 stride 2, 64 channels", [1, 16, 12, 161], 64, [3, 3], 1, [2, 2], [1, 1, 1, 1], [1, 1]),
             // Winograd F(2x2, 3x3) (64+ channels, 128 on one side): odd sizes (partial tiles
             // at the bottom and right), batch 2, no padding on rows one output wide,
             // asymmetric and 2-pixel pads, channels not a multiple of the strips or panels,

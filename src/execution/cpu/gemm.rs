@@ -51,8 +51,8 @@ pub(super) fn depth_block(k: usize, deep: bool) -> usize {
 }
 
 /// Whether a panel whose rows lie far apart in memory (a plane or more: a 1x1 convolution's
-/// input channels, Winograd's `V_f` rows over many tiles) is better packed than read in
-/// place. On AVX2 machines (32 KiB L1) a 64-column panel of `KC` rows is the whole L1, and
+/// input channels, Winograd's `V_f` rows over many tiles, a strided convolution's padded copy)
+/// is better packed than read in place. On AVX2 machines (32 KiB L1) a 64-column panel of `KC` rows is the whole L1, and
 /// rows a plane apart (75 KiB on EAST's 120x160 maps) fall in a few L1 sets, so every strip
 /// rereads them from L2; packed, they are one contiguous block. Alternated in one process over
 /// the same data (AVX2 EPYC), 1x1-shaped products ran faster packed at every full-size EAST

@@ -632,10 +632,14 @@ impl Padded {
         }
         // A strided convolution packs every panel (a gather per patch row), which few output
         // channels cannot amortise (the EAST fixture's 7x7 stem, 8 channels: 10.8 -> 6.2 ms
-        // on an AVX2 EPYC with the copy); with many, the packed panels' contiguous rows are
-        // worth their packing (the full-size stem's 64 channels ran 26.6 ms packed, ~31 from
-        // the copy's scattered rows).
-        if g.sw > 1 && !few_channels {
+        // on an AVX2 EPYC with the copy); with many, on AVX2 the packed panels' contiguous
+        // rows are worth their packing (the full-size stem's 64 channels ran 26.6 ms packed,
+        // ~31 from the copy's scattered rows), as with a 1x1 convolution's scattered rows
+        // ([`gemm::packs_scattered_panels`]). On AVX-512 (Zen 5, 48 KiB L1) the copy is
+        // faster there too: full-size EAST, both alternated per inference in one process (one
+        // thread, medians of 8), its stem 8.17 -> 6.33 ms (ONNX Runtime: 5.4), its 64-channel
+        // 3x3 stride-2 at 120x160 2.51 -> 2.18; the 128- and 256-channel ones level.
+        if g.sw > 1 && !few_channels && gemm::packs_scattered_panels() {
             return None;
         }
         let wq = ((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1).div_ceil(g.sw);
