@@ -414,6 +414,43 @@ mod tests {
         assert_eq!(exec.plans_by_retyping(), (Some(true), 1));
     }
 
+    /// The STR fixture's residual blocks: the three whose shortcut is a 1x1 convolution read
+    /// by the block's Add alone accumulate in place (the output takes the shortcut's storage);
+    /// the eight identity shortcuts, which the block's first convolution reads too, do not.
+    /// (`tests/tutorial.rs` checks the model's answers against ONNX Runtime's.)
+    #[test]
+    fn single_use_residuals_are_accumulated_in_place() {
+        use crate::execution::lower::Step;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/tutorial_repository/text_recognition/1/model.onnx");
+        let mut proto = super::super::io::read_proto(&path, "str", usize::MAX).unwrap();
+        let plans = super::plans("str", &mut proto, None, &[], 4, 1).unwrap();
+        let graph = plans
+            .decluttered_from_start(&[tvec![1, 1, 32, 100]])
+            .unwrap();
+        let program = crate::execution::lower::lower(graph).unwrap();
+        let root = |v: usize| program.values[v].root;
+        // (output, residual) of each convolution launch with a residual (`ConvParams`: y
+        // at byte 24, res at 32).
+        let residual: Vec<(usize, usize)> = program
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Launch { fixups, .. } => {
+                    let at = |o: usize| fixups.iter().find(|(a, _)| *a == o).map(|f| f.1);
+                    Some((at(24)?, at(32)?))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(residual.len(), 11);
+        let in_place = residual
+            .iter()
+            .filter(|(y, r)| root(*y) == root(*r))
+            .count();
+        assert_eq!(in_place, 3);
+    }
+
     /// A cast to int32 outside the pattern (its value added to, or a graph output) is left.
     #[test]
     fn only_shape_casts_read_back_as_int64_are_widened() {

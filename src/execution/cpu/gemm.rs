@@ -124,6 +124,9 @@ pub(super) struct Problem {
     /// in one 288-deep block than in three. A callback that packs anyway gets a buffer of
     /// that depth.
     pub deep: bool,
+    /// C already holds values the product adds to (a residual accumulated in place): no
+    /// depth block writes it without reading it first.
+    pub accumulate: bool,
 }
 
 // SAFETY: the pointers name memory the kernel's contract keeps live for the launch; threads
@@ -359,7 +362,7 @@ unsafe fn run_on(
                         &mut rows[slot * KC_DEEP..slot * KC_DEEP + kc],
                     );
                 }
-                let first = k0 == 0;
+                let first = k0 == 0 && !p.accumulate;
                 let last = k0 + kc == p.k;
                 let mut s0 = strips.start;
                 while s0 < strips.end {
@@ -883,6 +886,7 @@ mod tests {
             a_packed: std::ptr::null(),
             // B read in place may run in deep blocks (on AVX2): 3·KC + 7 is two of them.
             deep: direct,
+            accumulate: false,
         };
         let prepacked = unsafe { pack_a_whole(a.as_ptr(), m, k, k, direct) };
         let no_res = vec![0.0; m * n];
@@ -900,6 +904,17 @@ mod tests {
             let r = if with_res { &res } else { &no_res };
             compare(isa, &p, &a, &b, &bias, r, &c, ep_act);
         }
+        // The residual accumulated in place: C starts as the residual, every depth block
+        // adds to it (none writes it first).
+        c.copy_from_slice(&res);
+        let mut p = Problem {
+            a_packed: prepacked.as_ptr(),
+            accumulate: true,
+            ..p
+        };
+        p.epilogue.res = std::ptr::null();
+        unsafe { run_on(isa, &p, &pack, 0..panels(&p), 0..m.div_ceil(MR)) };
+        compare(isa, &p, &a, &b, &bias, &res, &c, ep_act);
     }
 
     /// `c` against `act(a · b + bias + res) · 1.5 - 0.25` in f64.
@@ -998,6 +1013,7 @@ mod tests {
             row,
             a_packed: std::ptr::null(),
             deep: false,
+            accumulate: false,
         };
         assert_eq!(panels(&p), 6);
         // Split by panels, then by strips of rows, as the threads would.

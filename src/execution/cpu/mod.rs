@@ -546,7 +546,9 @@ unsafe fn conv_band(
             } else {
                 bias.add(grp * g.mg)
             },
-            res: if p.res == 0 {
+            // A residual in place (the lowering gave the output the residual's storage) is
+            // C's starting value instead.
+            res: if p.res == 0 || p.res == p.y {
                 std::ptr::null()
             } else {
                 (p.res as *const f32).add((b * g.co + grp * g.mg) * plane + base)
@@ -564,6 +566,7 @@ unsafe fn conv_band(
         } else {
             0
         },
+        accumulate: p.res != 0 && p.res == p.y,
     };
     gemm::run_parallel(threads, &prob, pack);
 }
@@ -1022,10 +1025,11 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                 fill_phases(src, g.w, g.pl, g.sw, phase, dst);
             }
             let wk = std::slice::from_raw_parts(w.add(ch * taps), taps);
-            let out =
-                std::slice::from_raw_parts_mut(y.add((b * g.co + ch) * g.oh * g.ow), g.oh * g.ow);
+            // The output plane, written row by row through the pointer (no slice of it is
+            // held while the residual, which may be the same memory, is read).
+            let out = y.add((b * g.co + ch) * g.oh * g.ow);
             let b0 = if bias.is_null() { 0.0 } else { *bias.add(ch) };
-            for (oy, row) in out.chunks_exact_mut(g.ow.max(1)).enumerate() {
+            for oy in 0..g.oh {
                 // The kernel rows inside the image, with their padded input rows.
                 valid.clear();
                 for ky in 0..g.kh {
@@ -1047,9 +1051,10 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                 if blk < blocks {
                     dw_group::<1>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
                 }
-                row.copy_from_slice(&acc_row[..g.ow]);
+                let row = &mut acc_row[..g.ow];
                 if p.res != 0 {
-                    // The residual, laid out as the output (the lowering's contract).
+                    // The residual, laid out as the output (the lowering's contract), read
+                    // before the row is written (it may be the output itself, in place).
                     let at = (b * g.co + ch) * g.oh * g.ow + oy * g.ow;
                     let res = std::slice::from_raw_parts((p.res as *const f32).add(at), g.ow);
                     for (v, r) in row.iter_mut().zip(res) {
@@ -1058,6 +1063,7 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                 }
                 activate_row(row, p.act, p.a, p.b);
                 affine_row(row, p.post_mul, p.post_add);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(oy * g.ow), g.ow);
             }
         }
     })
@@ -1181,6 +1187,7 @@ unsafe fn deconv(p: &k::ConvParams, threads: usize) {
                 row: 0,
                 a_packed: std::ptr::null(),
                 deep: false,
+                accumulate: false,
             };
             gemm::run_parallel(threads, &prob, &pack);
             if exact {
@@ -1384,6 +1391,7 @@ unsafe fn matmul_as_is(p: &k::GemmParams, threads: usize) {
             row: 0,
             a_packed: std::ptr::null(),
             deep: false,
+            accumulate: false,
         };
         gemm::run_parallel(threads, &prob, &pack);
         if !c_direct {

@@ -301,6 +301,7 @@ unsafe fn products(g: &Geometry, band: &Band, u: &[f32], f: usize) {
         rs_c: tiles,
         epilogue: gemm::Epilogue::NONE,
         row: 0,
+        accumulate: false,
     };
     // B's rows are V_f's, read in place (`NR` readable floats after each: the next rows, or
     // the slack after the last frequency), or packed when they lie two panels or more apart
