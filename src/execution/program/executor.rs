@@ -290,7 +290,9 @@ impl ProgramExecutable {
             let program = lower(self.plans.decluttered_from_start(shapes)?)?;
             match plan {
                 Plan::Declutter => self.retyping.lock().first(shapes, &program),
-                Plan::Check(graph) | Plan::Retype(graph) => {
+                // Re-typing failed where it was checked: refused, not tried again.
+                Plan::Retype(_) => self.retyping.lock().checked(shapes, &program, None),
+                Plan::Check(graph) => {
                     let retyped = self
                         .plans
                         .retyped(&graph, shapes)
