@@ -698,48 +698,15 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
         // The CPU's strided-pick path (1x1 kernels, ResNet v1's stride-2 shortcut) and its
         // stride-2 fold from each row's even and odd columns, at both parities of the first
         // tap (no padding; SAME_UPPER's pads after only) over odd widths.
-        for (what, k, s, pads, x, out) in [
-            (
-                "MaxPool 1x1 s2, wide",
-                1,
-                2,
-                [0, 0, 0, 0],
-                [2, 32, 81, 101],
-                [2, 32, 41, 51],
-            ),
-            (
-                "MaxPool 1x1 s3",
-                1,
-                3,
-                [0, 0, 0, 0],
-                [2, 3, 9, 8],
-                [2, 3, 3, 3],
-            ),
-            (
-                "AveragePool 1x1 s2",
-                1,
-                2,
-                [0, 0, 0, 0],
-                [1, 3, 7, 37],
-                [1, 3, 4, 19],
-            ),
-            (
-                "MaxPool 3x3 s2 pad 0, wide",
-                3,
-                2,
-                [0, 0, 0, 0],
-                [2, 32, 81, 101],
-                [2, 32, 40, 50],
-            ),
-            (
-                "MaxPool 3x3 s2 SAME_UPPER, wide",
-                3,
-                2,
-                [0, 0, 1, 1],
-                [1, 16, 80, 100],
-                [1, 16, 40, 50],
-            ),
-        ] {
+        #[rustfmt::skip]
+        let pools = [
+            ("MaxPool 1x1 s2, wide", 1, 2, [0, 0, 0, 0], [2, 32, 81, 101], [2, 32, 41, 51]),
+            ("MaxPool 1x1 s3", 1, 3, [0, 0, 0, 0], [2, 3, 9, 8], [2, 3, 3, 3]),
+            ("AveragePool 1x1 s2", 1, 2, [0, 0, 0, 0], [1, 3, 7, 37], [1, 3, 4, 19]),
+            ("MaxPool 3x3 s2 pad 0, wide", 3, 2, [0, 0, 0, 0], [2, 32, 81, 101], [2, 32, 40, 50]),
+            ("MaxPool 3x3 s2 SAME_UPPER, wide", 3, 2, [0, 0, 1, 1], [1, 16, 80, 100], [1, 16, 40, 50]),
+        ];
+        for (what, k, s, pads, x, out) in pools {
             let op = OneOp::new(
                 if what.starts_with("Max") {
                     "MaxPool"

@@ -220,11 +220,7 @@ impl Plans {
             }
         })
         .ok()?;
-        let concrete = bound.nodes().iter().all(|n| {
-            n.outputs
-                .iter()
-                .all(|o| o.fact.shape.as_concrete().is_some())
-        });
+        let concrete = every_shape_concrete(&bound);
         let inputs_match = shapes.iter().enumerate().all(|(i, shape)| {
             bound
                 .input_fact(i)
@@ -294,12 +290,7 @@ impl Plans {
             Ok(m)
         })
         .ok()?;
-        let concrete = retyped.nodes().iter().all(|n| {
-            n.outputs
-                .iter()
-                .all(|o| o.fact.shape.as_concrete().is_some())
-        });
-        concrete.then_some(retyped)
+        every_shape_concrete(&retyped).then_some(retyped)
     }
 
     /// The graph with concrete input shapes, turned into `T` by `f` (panics caught).
@@ -361,6 +352,15 @@ impl Plans {
         v.sort();
         v
     }
+}
+
+/// Whether every node's outputs of `model` have concrete shapes (what the lowering needs).
+fn every_shape_concrete(model: &TypedModel) -> bool {
+    model.nodes().iter().all(|n| {
+        n.outputs
+            .iter()
+            .all(|o| o.fact.shape.as_concrete().is_some())
+    })
 }
 
 /// A mean's scale at new shapes: where `node` (of `reference`) multiplies a sum over some axes

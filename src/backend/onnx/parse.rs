@@ -301,35 +301,52 @@ mod tests {
         );
         assert_eq!(exec.plans_by_folding(), None);
         for (i, width) in [320usize, 200, 488].into_iter().enumerate() {
-            let shape = tvec![1, 3, 48, width];
-            let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
-                ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
-            });
-            let got = exec
-                .execute(
-                    vec![("x".into(), Tensor::from(x.clone()))],
-                    &["softmax_11.tmp_0".into()],
-                )
-                .unwrap();
+            answers_as_tract(
+                &exec,
+                &reference,
+                "x",
+                "softmax_11.tmp_0",
+                &[1, 3, 48, width],
+            );
             // The first width lowers both graphs and keeps the decluttered one's program.
             assert_eq!(
                 exec.plans_by_folding(),
                 Some(true),
                 "after width {width} ({i})"
             );
-            let want = reference
-                .decluttered_from_start(std::slice::from_ref(&shape))
-                .unwrap()
-                .into_runnable()
-                .unwrap()
-                .run(tvec![tract_onnx::prelude::Tensor::from(x).into()])
-                .unwrap();
-            let want = want[0].to_plain_array_view::<f32>().unwrap();
-            let got = got[0].1.view::<f32>().unwrap();
-            assert_eq!(got.shape(), want.shape(), "width {width}");
-            let diff = largest_difference(got, want);
-            assert!(diff <= 1e-4, "width {width}: differs by {diff}");
         }
+    }
+
+    /// `exec`'s answer at `shape` (a deterministic input) against tract's plan of the graph
+    /// typed at that shape from the start (`reference`).
+    fn answers_as_tract(
+        exec: &crate::execution::program::executor::ProgramExecutable,
+        reference: &crate::execution::tract::Plans,
+        input: &str,
+        output: &str,
+        shape: &[usize],
+    ) {
+        let x = tract_ndarray::ArrayD::from_shape_fn(shape, |i| {
+            ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
+        });
+        let got = exec
+            .execute(
+                vec![(input.into(), Tensor::from(x.clone()))],
+                &[output.into()],
+            )
+            .unwrap();
+        let want = reference
+            .decluttered_from_start(&[shape.iter().copied().collect()])
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec![tract_onnx::prelude::Tensor::from(x).into()])
+            .unwrap();
+        let want = want[0].to_plain_array_view::<f32>().unwrap();
+        let got = got[0].1.view::<f32>().unwrap();
+        assert_eq!(got.shape(), want.shape(), "{shape:?}");
+        let diff = largest_difference(got, want);
+        assert!(diff <= 1e-4, "{shape:?}: differs by {diff}");
     }
 
     /// `file` (under fixtures/) planned on the native engine at each of `shapes` in turn,
@@ -354,27 +371,7 @@ mod tests {
             8,
         );
         for shape in shapes {
-            let x = tract_ndarray::ArrayD::from_shape_fn(shape.as_slice(), |i| {
-                ((i[1] * 7 + i[2] * 3 + i[3]) % 17) as f32 / 8.0 - 1.0
-            });
-            let got = exec
-                .execute(
-                    vec![(input.into(), Tensor::from(x.clone()))],
-                    &[output.into()],
-                )
-                .unwrap();
-            let want = reference
-                .decluttered_from_start(&[shape.iter().copied().collect()])
-                .unwrap()
-                .into_runnable()
-                .unwrap()
-                .run(tvec![tract_onnx::prelude::Tensor::from(x).into()])
-                .unwrap();
-            let want = want[0].to_plain_array_view::<f32>().unwrap();
-            let got = got[0].1.view::<f32>().unwrap();
-            assert_eq!(got.shape(), want.shape(), "{shape:?}");
-            let diff = largest_difference(got, want);
-            assert!(diff <= 1e-4, "{shape:?}: differs by {diff}");
+            answers_as_tract(&exec, &reference, input, output, shape);
             // None of these has a symbolic form: every shape is planned from the start.
             assert_eq!(exec.plans_by_folding(), None, "{shape:?}");
         }
