@@ -330,6 +330,18 @@ fn convolutions_match_the_cpu_path() {
             ("depthwise dilation 2, asymmetric pads", [2, 3, 8, 21], 3, [3, 3], 3, [1, 1], [0, 2, 3, 1], [2, 2]),
             ("depthwise stride 3", [1, 4, 10, 50], 4, [3, 3], 4, [3, 3], [1, 1, 1, 1], [1, 1]),
             ("depthwise kernel wider than the image", [1, 2, 3, 2], 2, [5, 5], 2, [1, 1], [2, 2, 2, 2], [1, 1]),
+            // The CPU's output channels along the lanes (AVX-512; 16·k channels on rows its
+            // GEMM's panels fill badly): STR's 32 channels on 26-pixel rows and its 2x2
+            // tail, 16 channels on rows split in tiles wider than 16, one-pixel rows, 48
+            // channels with stride 2 and asymmetric pads, 80 (two blocks) with dilation,
+            // groups of 32, batch 2.
+            ("lanes: 32 channels on 26-pixel rows", [1, 32, 4, 26], 32, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes: 2x2, stride 2 by 1", [1, 32, 4, 26], 32, [2, 2], 1, [2, 1], [0, 1, 0, 1], [1, 1]),
+            ("lanes: 16 channels on 40-pixel rows, batch 2", [2, 3, 4, 40], 16, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes: one-pixel rows", [1, 4, 6, 1], 16, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes: 48 channels, stride 2, asymmetric pads", [1, 5, 7, 23], 48, [3, 3], 1, [2, 2], [0, 1, 2, 1], [1, 1]),
+            ("lanes: 80 channels, dilation 2", [1, 6, 6, 19], 80, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
+            ("lanes: groups of 32", [1, 8, 3, 40], 64, [3, 3], 2, [1, 1], [1, 1, 1, 1], [1, 1]),
         ];
         // On the CPU only (0.3 GFLOP: minutes on the emulator): a padded copy over the
         // 8 MiB cap, so it is made band by band (two bands of 66 rows), each band's channel
@@ -398,6 +410,15 @@ fn convolutions_match_the_cpu_path() {
             }
         }
         check_op(target, "Conv + Sigmoid fused", &op, Some("Sigmoid"), &out);
+        // An activation without a vector form after the CPU's lanes kernel's transpose.
+        let (op, out) = conv([1, 5, 3, 20], 32, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]);
+        check_op(
+            target,
+            "Conv (lanes) + Sigmoid fused",
+            &op,
+            Some("Sigmoid"),
+            &out,
+        );
     }
 }
 
@@ -492,6 +513,23 @@ fn a_residual_add_and_its_activation_run_in_the_convolutions_epilogue() {
             // Whole 64-pixel panels (the CPU reads them in place), a partial last one.
             ("3x3 wide rows", [1, 6, 4, 130], 40, 3, 1, 1),
             ("3x3 stride 2", [1, 4, 12, 70], 6, 3, 1, 2),
+            // The CPU's lanes kernel (STR's shape; 16 channels in tiles wider than 16).
+            (
+                "3x3, 32 channels on 26-pixel rows",
+                [1, 16, 4, 26],
+                32,
+                3,
+                1,
+                1,
+            ),
+            (
+                "3x3, 16 channels on 40-pixel rows",
+                [2, 4, 3, 40],
+                16,
+                3,
+                1,
+                1,
+            ),
             ("groups 2, batch 2", [2, 6, 8, 8], 4, 3, 2, 1),
             ("depthwise", [1, 8, 9, 70], 8, 3, 8, 1),
             // tract makes this an EinSum; it runs as a 1x1 convolution with the epilogue.

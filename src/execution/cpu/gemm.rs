@@ -502,7 +502,7 @@ unsafe fn micro(isa: Isa, rows: usize, t: &Tile) {
 }
 
 /// Activations the microkernels apply in registers.
-fn vector_act(code: i32) -> bool {
+pub(super) fn vector_act(code: i32) -> bool {
     matches!(
         code,
         act::NONE | act::RELU | act::CLIP | act::HARD_SIGMOID | act::HARD_SWISH | act::LEAKY_RELU
@@ -761,7 +761,6 @@ unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) 
         }
     };
     let zero = _mm512_setzero_ps();
-    let one = _mm512_set1_ps(1.0);
     for (r, row) in acc.iter().enumerate() {
         let c = t.c.add(r * t.rs_c);
         let bias = match t.epilogue {
@@ -786,30 +785,44 @@ unsafe fn micro_avx512<const R: usize, const D: bool, const V: usize>(t: &Tile) 
                     // SAFETY: the residual has C's layout; the mask keeps to the tile.
                     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, t.res.add(r * t.rs_c + 16 * j)));
                 }
-                let (ea, eb) = (_mm512_set1_ps(e.a), _mm512_set1_ps(e.b));
-                v = match e.act {
-                    act::RELU => _mm512_max_ps(v, zero),
-                    act::CLIP => _mm512_min_ps(_mm512_max_ps(v, ea), eb),
-                    act::HARD_SIGMOID => {
-                        _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(ea, v, eb), zero), one)
-                    }
-                    act::HARD_SWISH => _mm512_mul_ps(
-                        v,
-                        _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(ea, v, eb), zero), one),
-                    ),
-                    act::LEAKY_RELU => {
-                        let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
-                        _mm512_mask_mul_ps(v, neg, v, ea)
-                    }
-                    _ => v,
-                };
-                if vector_act(e.act) {
-                    v = _mm512_fmadd_ps(v, _mm512_set1_ps(e.post_mul), _mm512_set1_ps(e.post_add));
-                }
+                v = finish_avx512(v, &e);
             }
             _mm512_mask_storeu_ps(dst, m, v);
         }
     }
+}
+
+/// The activation of `e` (when it has a vector form, [`vector_act`]) and its affine op,
+/// applied to `v`, which holds the bias and residual already.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+pub(super) unsafe fn finish_avx512(
+    v: std::arch::x86_64::__m512,
+    e: &Epilogue,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    if !vector_act(e.act) {
+        return v;
+    }
+    let zero = _mm512_setzero_ps();
+    let one = _mm512_set1_ps(1.0);
+    let (ea, eb) = (_mm512_set1_ps(e.a), _mm512_set1_ps(e.b));
+    let v = match e.act {
+        act::RELU => _mm512_max_ps(v, zero),
+        act::CLIP => _mm512_min_ps(_mm512_max_ps(v, ea), eb),
+        act::HARD_SIGMOID => _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(ea, v, eb), zero), one),
+        act::HARD_SWISH => _mm512_mul_ps(
+            v,
+            _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(ea, v, eb), zero), one),
+        ),
+        act::LEAKY_RELU => {
+            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
+            _mm512_mask_mul_ps(v, neg, v, ea)
+        }
+        _ => v,
+    };
+    _mm512_fmadd_ps(v, _mm512_set1_ps(e.post_mul), _mm512_set1_ps(e.post_add))
 }
 
 #[cfg(test)]

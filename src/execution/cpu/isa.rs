@@ -111,6 +111,7 @@ pub(super) unsafe fn gather_stride2(dst: *mut f32, src: *const f32, n: usize) {
 /// `2·n - 1`; returns how many outputs it wrote.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn gather_stride2_avx512(dst: *mut f32, src: *const f32, n: usize) -> usize {
     use std::arch::x86_64::*;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -127,6 +128,7 @@ unsafe fn gather_stride2_avx512(dst: *mut f32, src: *const f32, n: usize) -> usi
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn copy_short_avx512(dst: *mut f32, src: *const f32, n: usize) {
     use std::arch::x86_64::*;
     let mut i = 0;
@@ -143,6 +145,7 @@ unsafe fn copy_short_avx512(dst: *mut f32, src: *const f32, n: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn zero_short_avx512(dst: *mut f32, n: usize) {
     use std::arch::x86_64::*;
     let z = _mm512_setzero_ps();
@@ -161,6 +164,7 @@ unsafe fn zero_short_avx512(dst: *mut f32, n: usize) {
 /// `2·n - 1`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn gather_stride2_avx2(dst: *mut f32, src: *const f32, n: usize) -> usize {
     use std::arch::x86_64::*;
     let mut t = 0;
@@ -192,6 +196,7 @@ unsafe fn lanes_below(n: usize) -> std::arch::x86_64::__m256i {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 pub(super) unsafe fn copy_short_avx2(dst: *mut f32, src: *const f32, n: usize) {
     use std::arch::x86_64::*;
     let mut i = 0;
@@ -208,6 +213,7 @@ pub(super) unsafe fn copy_short_avx2(dst: *mut f32, src: *const f32, n: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn zero_short_avx2(dst: *mut f32, n: usize) {
     use std::arch::x86_64::*;
     let z = _mm256_setzero_ps();

@@ -22,6 +22,7 @@ use std::sync::Arc;
 mod elementwise;
 mod gemm;
 mod isa;
+mod lanes;
 mod pool;
 mod winograd;
 
@@ -103,6 +104,8 @@ enum Layout {
     Strips { deep: bool },
     /// [`winograd::transform_weights`] (3x3 kernels).
     Winograd,
+    /// [`lanes::pack_weights`].
+    Lanes,
 }
 
 fn packs() -> &'static parking_lot::Mutex<Packs> {
@@ -129,6 +132,7 @@ unsafe fn packed_weights(
     let packed = Arc::new(match layout {
         Layout::Strips { deep } => gemm::pack_a_whole(w, m, k, k, deep),
         Layout::Winograd => winograd::transform_weights(w, m, k / 9),
+        Layout::Lanes => lanes::pack_weights(w, m, k),
     });
     packs().lock().entry(key).or_insert(packed).clone()
 }
@@ -408,6 +412,8 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     }
     let method = if winograd::applies(&g) {
         Method::Winograd
+    } else if let Some(pd) = lanes::applies(&g) {
+        Method::Lanes(pd)
     } else {
         Method::Gemm(Padded::worth_it(&g))
     };
@@ -427,6 +433,8 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
 enum Method {
     /// Winograd F(2x2, 3x3) ([`winograd::applies`]).
     Winograd,
+    /// Output channels along the lanes, from the padded copy ([`lanes::applies`]).
+    Lanes(Padded),
     /// One packed-panel product per image and group, reading the zero-padded copy where
     /// there is one.
     Gemm(Option<Padded>),
@@ -449,6 +457,17 @@ unsafe fn conv_images(
                 winograd::conv_image(p, g, &u, threads, b);
             }
             return;
+        }
+        Method::Lanes(pd) => {
+            let packs: Vec<Arc<Vec<f32>>> = (0..g.group)
+                .map(|grp| packed_weights(p.wt, grp * g.mg, g.mg, kk, Layout::Lanes))
+                .collect();
+            return PADDED.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                for b in images {
+                    lanes::conv_image(p, g, pd, &packs, threads, b, &mut scratch);
+                }
+            });
         }
         Method::Gemm(padded) => padded,
     };
@@ -645,6 +664,15 @@ impl Padded {
         if g.sw > 1 && !few_channels && gemm::packs_scattered_panels() {
             return None;
         }
+        Padded::new(g, deep_blocks(g))
+    }
+
+    /// The padded layout of `g` (non-negative padding), if its copy fits in
+    /// [`PADDED_MAX`] a band of at least 16 rows (or the whole image) at a time.
+    fn new(g: &Geometry, deep: bool) -> Option<Padded> {
+        if g.pt < 0 || g.pl < 0 || g.ow == 0 || g.oh == 0 {
+            return None;
+        }
         let wq = ((g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1).div_ceil(g.sw);
         let wp = g.sw * wq;
         let rows_for = |band: usize| (band - 1) * g.sh + (g.kh - 1) * g.dh + 1;
@@ -671,13 +699,16 @@ impl Padded {
         if g.cg * plane > PADDED_MAX {
             return None;
         }
+        // Each tap column's offset in its row (divisions once per column, not per patch
+        // row: they were 3 % of STR's time).
+        let columns: Vec<usize> = (0..g.kw)
+            .map(|kx| ((kx * g.dw) % g.sw) * wq + (kx * g.dw) / g.sw)
+            .collect();
         let mut offsets = Vec::with_capacity(g.cg * g.kh * g.kw);
         for ci in 0..g.cg {
             for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let (phase, at) = ((kx * g.dw) % g.sw, (kx * g.dw) / g.sw);
-                    offsets.push(ci * plane + ky * g.dh * wp + phase * wq + at);
-                }
+                let row = ci * plane + ky * g.dh * wp;
+                offsets.extend(columns.iter().map(|c| row + c));
             }
         }
         Some(Padded {
@@ -687,7 +718,7 @@ impl Padded {
             band,
             plane,
             offsets,
-            deep: deep_blocks(g),
+            deep,
         })
     }
 
@@ -708,18 +739,7 @@ impl Padded {
             buf.resize(len, 0.0);
         }
         let top = (oy0 * g.sh) as isize - g.pt;
-        for ci in 0..g.cg {
-            let src = x.add(ci * g.h * g.w);
-            let dst = &mut buf[ci * self.plane..ci * self.plane + self.hp * self.wp];
-            for (r, row) in dst.chunks_exact_mut(self.wp).enumerate() {
-                let iy = top + r as isize;
-                if iy < 0 || iy >= g.h as isize {
-                    row.fill(0.0);
-                } else {
-                    fill_phases(src.add(iy as usize * g.w), g.w, g.pl, g.sw, self.wq, row);
-                }
-            }
-        }
+        fill_planes(self, g, x, top, buf);
         buf[len - gemm::NR..len].fill(0.0);
         gemm::Shared(buf.as_ptr())
     }
@@ -930,12 +950,44 @@ unsafe fn pack_patches(
 }
 }
 
+isa::multiversion! {
+/// The padded copy of `g`'s `cg` input planes at `x` (`pd`'s layout, padded row `r` input
+/// row `top + r`) into `buf`. (Compiled per instruction set so the row copies'
+/// short moves inline: called per row, they were 5 % of STR's time.)
+unsafe fn fill_planes(pd: &Padded, g: &Geometry, x: *const f32, top: isize, buf: &mut [f32]) {
+    let (hp, wp, wq, plane) = (pd.hp, pd.wp, pd.wq, pd.plane);
+    for ci in 0..g.cg {
+        let src = x.add(ci * g.h * g.w);
+        let dst = &mut buf[ci * plane..ci * plane + hp * wp];
+        for (r, row) in dst.chunks_exact_mut(wp).enumerate() {
+            let iy = top + r as isize;
+            if iy < 0 || iy >= g.h as isize {
+                zero_short(row.as_mut_ptr(), row.len());
+            } else {
+                fill_phases(src.add(iy as usize * g.w), g.w, g.pl, g.sw, wq, row);
+            }
+        }
+    }
+}
+}
+
+/// Entries `lo .. hi` of a column phase of `phase` floats whose entry `i` is input column
+/// `first + i·s` of a `w`-wide row: those inside the row. (Inlined with `s` a constant, the
+/// divisions fold: four per row at run time were 4 % of STR's time.)
+#[inline(always)]
+fn phase_span(first: isize, s: isize, w: usize, phase: usize) -> (usize, usize) {
+    let lo = if first < 0 { (-first + s - 1) / s } else { 0 }.min(phase as isize);
+    let hi = ((w as isize - first + s - 1) / s).clamp(lo, phase as isize);
+    (lo as usize, hi as usize)
+}
+
 /// One input row (`w` floats at `src`) zero-padded and split by column phase into `dst`:
 /// `sw` parts of `phase` floats, entry `i` of part `ph` input column `i·sw + ph − pl`
 /// (zero outside the row). With `sw` = 1 that is the row with `pl` zeros before it.
 ///
 /// # Safety
 /// `src` holds `w` floats; `dst` holds `sw·phase`.
+#[inline(always)]
 unsafe fn fill_phases(
     src: *const f32,
     w: usize,
@@ -947,15 +999,18 @@ unsafe fn fill_phases(
     for (ph, part) in dst.chunks_exact_mut(phase).enumerate() {
         // Entries i with input column i·sw + ph − pl inside the row: [lo, hi).
         let first = ph as isize - pl;
-        let s = sw as isize;
-        let lo = if first < 0 { (-first + s - 1) / s } else { 0 }.min(phase as isize);
-        let hi = ((w as isize - first + s - 1) / s).clamp(lo, phase as isize);
-        let (lo, hi) = (lo as usize, hi as usize);
-        part[..lo].fill(0.0);
-        part[hi..].fill(0.0);
+        let (lo, hi) = match sw {
+            1 => phase_span(first, 1, w, phase),
+            2 => phase_span(first, 2, w, phase),
+            _ => phase_span(first, sw as isize, w, phase),
+        };
+        // (Masked moves, not `fill` and `copy_from_slice`: their calls into memset and
+        // memcpy for a few floats at each end of STR's 26-float rows were 5 % of its time.)
+        zero_short(part.as_mut_ptr(), lo);
+        zero_short(part.as_mut_ptr().add(hi), phase - hi);
         let from = src.offset(first + (lo * sw) as isize);
         match sw {
-            1 => part[lo..hi].copy_from_slice(std::slice::from_raw_parts(from, hi - lo)),
+            1 => copy_short(part.as_mut_ptr().add(lo), from, hi - lo),
             // SAFETY: entries lo .. hi read columns inside the row.
             2 => gather_stride2(part.as_mut_ptr().add(lo), from, hi - lo),
             _ => {
