@@ -342,6 +342,7 @@ fn convolutions_match_the_cpu_path() {
             ("lanes: 48 channels, stride 2, asymmetric pads", [1, 5, 7, 23], 48, [3, 3], 1, [2, 2], [0, 1, 2, 1], [1, 1]),
             ("lanes: 80 channels, dilation 2", [1, 6, 6, 19], 80, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
             ("lanes: groups of 32", [1, 8, 3, 40], 64, [3, 3], 2, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes: no left pad, 3 on the right", [1, 4, 5, 21], 32, [3, 3], 1, [1, 1], [1, 0, 2, 3], [1, 1]),
         ];
         // On the CPU only (0.3 GFLOP: minutes on the emulator): a padded copy over the
         // 8 MiB cap, so it is made band by band (two bands of 66 rows), each band's channel

@@ -956,6 +956,28 @@ isa::multiversion! {
 /// short moves inline: called per row, they were 5 % of STR's time.)
 unsafe fn fill_planes(pd: &Padded, g: &Geometry, x: *const f32, top: isize, buf: &mut [f32]) {
     let (hp, wp, wq, plane) = (pd.hp, pd.wp, pd.wq, pd.plane);
+    // Rows (input rows in range) inside the band's copy.
+    let first = (-top).clamp(0, hp as isize) as usize;
+    let end = (g.h as isize - top).clamp(first as isize, hp as isize) as usize;
+    if g.sw == 1 && g.w < 64 {
+        // Narrow rows without stride: each plane zeroed whole, then its rows copied in
+        // (per row, the zeros at each end cost as much as the copy: STR's 4x26 planes).
+        let (lo, hi) = phase_span(-g.pl, 1, g.w, wp);
+        for ci in 0..g.cg {
+            let src = x.add(ci * g.h * g.w);
+            let dst = buf.as_mut_ptr().add(ci * plane);
+            zero_short(dst, hp * wp);
+            if hi == lo {
+                continue;
+            }
+            for r in first..end {
+                // Entry lo is input column lo - pl (>= 0: the row's copied entries).
+                let from = src.add((top + r as isize) as usize * g.w + (lo as isize - g.pl) as usize);
+                copy_short(dst.add(r * wp + lo), from, hi - lo);
+            }
+        }
+        return;
+    }
     for ci in 0..g.cg {
         let src = x.add(ci * g.h * g.w);
         let dst = &mut buf[ci * plane..ci * plane + hp * wp];
