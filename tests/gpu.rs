@@ -744,6 +744,9 @@ fn element_wise_pooling_and_layout_kernels_match_the_cpu_path() {
             ("AveragePool 1x1 s2", 1, 2, [0, 0, 0, 0], [1, 3, 7, 37], [1, 3, 4, 19]),
             ("MaxPool 3x3 s2 pad 0, wide", 3, 2, [0, 0, 0, 0], [2, 32, 81, 101], [2, 32, 40, 50]),
             ("MaxPool 3x3 s2 SAME_UPPER, wide", 3, 2, [0, 0, 1, 1], [1, 16, 80, 100], [1, 16, 40, 50]),
+            ("MaxPool 2x2 s2, odd sizes", 2, 2, [0, 0, 0, 0], [2, 3, 9, 37], [2, 3, 4, 18]),
+            ("MaxPool 2x2 s2, padded", 2, 2, [1, 1, 1, 1], [1, 3, 8, 36], [1, 3, 5, 19]),
+            ("AveragePool 2x2 s2", 2, 2, [0, 0, 0, 0], [1, 4, 8, 34], [1, 4, 4, 17]),
         ];
         for (what, k, s, pads, x, out) in pools {
             let op = OneOp::new(

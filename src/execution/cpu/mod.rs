@@ -1522,6 +1522,26 @@ isa::multiversion! {
             }
             return;
         }
+        // A 2x2 stride-2 max pool inside the image (VGG's and STR's): each output the max of
+        // two pairs, read in place (the general path's per-row set-up was most of its time
+        // on STR's 100-pixel rows).
+        if is_max && kh == 2 && kw == 2 && sh == 2 && sw == 2 && dh == 1 && dw == 1
+            && pt == 0 && pl == 0 && 2 * oh <= h && 2 * ow <= w
+        {
+            for plane in planes {
+                let xp = x.add(plane * h * w);
+                for oy in 0..oh {
+                    // SAFETY: rows 2·oy and 2·oy + 1 < h, columns 2·ox + 1 < w.
+                    let a = std::slice::from_raw_parts(xp.add(2 * oy * w), 2 * ow);
+                    let b = std::slice::from_raw_parts(xp.add((2 * oy + 1) * w), 2 * ow);
+                    let out = std::slice::from_raw_parts_mut(y.add((plane * oh + oy) * ow), ow);
+                    for ((o, a), b) in out.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+                        *o = a[0].max(a[1]).max(b[0].max(b[1]));
+                    }
+                }
+            }
+            return;
+        }
         // Stride 2, no dilation: each input row de-interleaved once (its even and odd columns,
         // the last row's kept for the next output row, which shares it when the kernel is
         // taller than the stride), so every tap folds a contiguous run of one of them.
@@ -1560,6 +1580,19 @@ isa::multiversion! {
                             let half = if base % 2 == 0 { &even } else { &odd };
                             let from = (base / 2) as usize;
                             let taps = &half[from..from + inner.len()];
+                            if is_max {
+                                for (o, &v) in inner.iter_mut().zip(taps) {
+                                    *o = o.max(v);
+                                }
+                            } else {
+                                for (o, &v) in inner.iter_mut().zip(taps) {
+                                    *o += v;
+                                }
+                            }
+                        } else if sw == 1 {
+                            // Interior outputs read base + i, inside the row: a run, folded
+                            // in vectors (STR's 2x2 stride 2x1 pool).
+                            let taps = std::slice::from_raw_parts(src.offset(base), inner.len());
                             if is_max {
                                 for (o, &v) in inner.iter_mut().zip(taps) {
                                     *o = o.max(v);
