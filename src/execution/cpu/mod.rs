@@ -410,26 +410,71 @@ unsafe fn conv(p: &k::ConvParams, threads: usize) {
     if g.cg == 1 && g.mg == 1 {
         return depthwise(p, &g, threads);
     }
-    let method = if winograd::applies(&g) {
-        Method::Winograd
-    } else if let Some(pd) = lanes::applies(&g) {
-        Method::Lanes(pd)
-    } else {
-        Method::Gemm(Padded::worth_it(&g))
-    };
+    let method = Method::of(&g);
+    let method = &*method;
     // A batch of at least one image per thread: each thread its own images (its data stays
     // in its core's caches, one dispatch per launch), each product on that thread alone.
     let by_image = threads > 1 && g.n >= threads;
     if by_image {
         let parts = threads.min(g.n);
         return pool::parallel(parts, &|i| {
-            conv_images(p, &g, &method, 1, pool::range(g.n, parts, i))
+            conv_images(p, &g, method, 1, pool::range(g.n, parts, i))
         });
     }
-    conv_images(p, &g, &method, threads, 0..g.n)
+    conv_images(p, &g, method, threads, 0..g.n)
 }
 
-/// How a (non-depthwise) convolution runs, decided once per launch.
+thread_local! {
+    /// The methods of the convolution geometries this thread launched (their padded
+    /// layouts' offset tables were 2 % of STR's time when built at every launch).
+    static METHODS: std::cell::RefCell<HashMap<[usize; 16], Arc<Method>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+impl Method {
+    /// How convolution `g` runs (decided once per geometry and thread).
+    fn of(g: &Geometry) -> Arc<Method> {
+        let key = [
+            g.n,
+            g.c,
+            g.h,
+            g.w,
+            g.co,
+            g.oh,
+            g.ow,
+            g.kh,
+            g.kw,
+            g.sh,
+            g.sw,
+            g.dh,
+            g.dw,
+            g.pt as usize,
+            g.pl as usize,
+            g.group,
+        ];
+        if let Some(m) = METHODS.with(|m| m.borrow().get(&key).cloned()) {
+            return m;
+        }
+        let method = Arc::new(if winograd::applies(g) {
+            Method::Winograd
+        } else if let Some(pd) = lanes::applies(g) {
+            Method::Lanes(pd)
+        } else {
+            Method::Gemm(Padded::worth_it(g))
+        });
+        METHODS.with(|m| {
+            let mut m = m.borrow_mut();
+            // (A bound: a model planned at many shapes keeps only recent geometries.)
+            if m.len() >= 1024 {
+                m.clear();
+            }
+            m.insert(key, method.clone());
+        });
+        method
+    }
+}
+
+/// How a (non-depthwise) convolution runs.
 enum Method {
     /// Winograd F(2x2, 3x3) ([`winograd::applies`]).
     Winograd,
