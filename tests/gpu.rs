@@ -343,6 +343,10 @@ fn convolutions_match_the_cpu_path() {
             ("lanes: 80 channels, dilation 2", [1, 6, 6, 19], 80, [3, 3], 1, [1, 1], [2, 2, 2, 2], [2, 2]),
             ("lanes: groups of 32", [1, 8, 3, 40], 64, [3, 3], 2, [1, 1], [1, 1, 1, 1], [1, 1]),
             ("lanes: no left pad, 3 on the right", [1, 4, 5, 21], 32, [3, 3], 1, [1, 1], [1, 0, 2, 3], [1, 1]),
+            // 4, 8 and 12 channels: quads of pixels (a partial last quad, several tiles).
+            ("lanes, 4 channels: 70-pixel rows", [1, 3, 5, 70], 4, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes, 8 channels: 50-pixel rows, batch 2", [2, 8, 6, 50], 8, [3, 3], 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+            ("lanes, 12 channels: 5x5 stride 2", [1, 3, 11, 37], 12, [5, 5], 1, [2, 2], [2, 2, 2, 2], [1, 1]),
         ];
         // On the CPU only (0.3 GFLOP: minutes on the emulator): a padded copy over the
         // 8 MiB cap, so it is made band by band (two bands of 66 rows), each band's channel
@@ -527,6 +531,14 @@ fn a_residual_add_and_its_activation_run_in_the_convolutions_epilogue() {
                 "3x3, 16 channels on 40-pixel rows",
                 [2, 4, 3, 40],
                 16,
+                3,
+                1,
+                1,
+            ),
+            (
+                "3x3, 8 channels on 50-pixel rows",
+                [1, 4, 5, 50],
+                8,
                 3,
                 1,
                 1,

@@ -12,6 +12,8 @@
 //! dilation and padding) feed `T·V` multiply-adds, every lane of them useful. The tile is
 //! then transposed through a stack buffer (a gather per output channel) so the epilogue
 //! (bias, residual, activation, affine op) and the store run along the NCHW output rows.
+//! Convolutions with 4, 8 or 12 output channels fill a zmm with 4 channels x 4 pixels
+//! instead ([`quad_tile`]).
 //!
 //! [`gemm`]: super::gemm
 
@@ -24,14 +26,17 @@ use crate::execution::program::kernels as k;
 const BLOCK: usize = 64;
 
 /// Whether convolution `g` runs here (and the padded copy it reads): AVX-512, output
-/// channels per group a multiple of 16, a padded copy possible, and a GEMM that would leave
-/// more than 15 % of its multiply-adds idle. Measured on Zen 5 (one thread, each model with
+/// channels per group a multiple of 16 (or 4, 8 or 12), a padded copy possible, and a GEMM
+/// that would leave more than 15 % of its multiply-adds idle. Measured on Zen 5 (one thread, each model with
 /// and without it alternated per inference in one process, pair medians): STR's fixture
 /// 0.291 -> 0.229 ms, the EAST fixture 4.38 -> 4.24; the full-size STR and EAST and PP-OCR
 /// det, rec and cls level. Taken for every convolution with 16·k channels instead, the
-/// full-size models were level to 1.7 % slower (EAST), so the GEMM keeps the rest.
+/// full-size models were level to 1.7 % slower (EAST), so the GEMM keeps the rest. The
+/// quads for 4-12 channels, alternated likewise against the GEMM: STR's fixture 1.1 %
+/// faster, the EAST fixture (its 8-channel stem and 3x3s) 2.4 %, PP-OCR cls and rec level.
 pub(super) fn applies(g: &Geometry) -> Option<Padded> {
-    if isa() != Isa::Avx512 || g.mg == 0 || !g.mg.is_multiple_of(16) || g.pointwise() {
+    let quads = g.mg < 16 && g.mg.is_multiple_of(4);
+    if isa() != Isa::Avx512 || g.mg == 0 || !(g.mg.is_multiple_of(16) || quads) || g.pointwise() {
         return None;
     }
     if gemm_lane_use(g) >= 0.85 {
@@ -60,6 +65,9 @@ fn gemm_lane_use(g: &Geometry) -> f64 {
 /// # Safety
 /// `w` holds `m·k` floats.
 pub(super) unsafe fn pack_weights(w: *const f32, m: usize, k: usize) -> Vec<f32> {
+    if m < 16 {
+        return pack_quads(w, m, k);
+    }
     // Slack for the start's alignment: the weights' zmm loads would otherwise cross a cache
     // line each.
     let mut pack = vec![0.0; m * k + 16];
@@ -73,6 +81,21 @@ pub(super) unsafe fn pack_weights(w: *const f32, m: usize, k: usize) -> Vec<f32>
             for (q, &v) in src.iter().enumerate() {
                 block[q * wb + c] = v;
             }
+        }
+    }
+    pack
+}
+
+/// [`pack_weights`] for 4, 8 or 12 channels ([`quad_tile`]): `[k][group of 4][channel x 4]`,
+/// each weight four times over (one per pixel of a quad).
+unsafe fn pack_quads(w: *const f32, m: usize, k: usize) -> Vec<f32> {
+    let mut pack = vec![0.0; 4 * m * k + 16];
+    let start = aligned(&pack);
+    let dst = &mut pack[start..start + 4 * m * k];
+    for c in 0..m {
+        let src = std::slice::from_raw_parts(w.add(c * k), k);
+        for (q, &v) in src.iter().enumerate() {
+            dst[(q * m + c) * 4..(q * m + c) * 4 + 4].fill(v);
         }
     }
     pack
@@ -182,7 +205,7 @@ struct Row<'a> {
     y: *mut f32,
     res: *const f32,
     plane: usize,
-    /// 16, 32, 48 or 64.
+    /// 16, 32, 48 or 64 ([`tile`]), or 4, 8 or 12 ([`quad_tile`]).
     channels: usize,
     /// The bias at the block's first channel; `res` unused (the row's `res` is).
     epilogue: Epilogue,
@@ -191,6 +214,9 @@ struct Row<'a> {
 impl Row<'_> {
     /// Computes the row's `ow` pixels, in tiles of as nearly equal widths as fit.
     unsafe fn run(&self, ow: usize) {
+        if self.channels < 16 {
+            return self.run_quads(ow);
+        }
         let v = self.channels / 16;
         let tiles = ow.div_ceil(tile_width(v));
         let width = ow.div_ceil(tiles.max(1));
@@ -217,6 +243,141 @@ impl Row<'_> {
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!("lanes::applies is AVX-512 only");
             x0 += t;
+        }
+    }
+}
+
+impl Row<'_> {
+    /// [`Row::run`] for 4, 8 or 12 channels: tiles of whole quads of pixels (the last one
+    /// maybe partial), as nearly equal as fit.
+    unsafe fn run_quads(&self, ow: usize) {
+        let h = self.channels / 4;
+        let most = match h {
+            1 => 24,
+            2 => 12,
+            _ => 8,
+        };
+        let quads = ow.div_ceil(4);
+        let tiles = quads.div_ceil(most);
+        let width = quads.div_ceil(tiles.max(1));
+        let mut x0 = 0;
+        while x0 < ow {
+            let n = (4 * width).min(ow - x0);
+            let q = n.div_ceil(4);
+            #[cfg(target_arch = "x86_64")]
+            {
+                macro_rules! widths {
+                    ($h:literal: $($q:literal)*) => {
+                        match q {
+                            $($q => quad_tile::<$h, $q>(self, x0, n),)*
+                            _ => unreachable!("a tile wider than its register budget"),
+                        }
+                    };
+                }
+                match h {
+                    1 => widths!(1: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24),
+                    2 => widths!(2: 1 2 3 4 5 6 7 8 9 10 11 12),
+                    _ => widths!(3: 1 2 3 4 5 6 7 8),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("lanes::applies is AVX-512 only");
+            x0 += n;
+        }
+    }
+}
+
+/// Pixels `x0 .. x0 + n` of `row` (`n` <= `4·Q`), `4·H` output channels: a zmm holds 4
+/// channels x 4 pixels (lane `4j + i`: channel `j` of its group, pixel `i` of its quad), fed
+/// by one 128-bit broadcast of the quad's 4 inputs per tap and the weights repeated 4 times
+/// ([`pack_quads`]). 8 channels on 50-pixel rows fill 96 % of the lanes, against the GEMM's
+/// 52 % (8 of 12 strip rows, 50 of 64 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn quad_tile<const H: usize, const Q: usize>(row: &Row, x0: usize, n: usize) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); H]; Q];
+    let src = row.src.add(x0);
+    let mut w = row.w;
+    for &at in row.offsets {
+        // SAFETY: quad `q` reads the 4 floats from pixel 4q of patch row `at`: pixels past
+        // the row's last (at most 3, when `n` is not a multiple of 4) still lie inside the
+        // padded copy (its next row or plane, or the `NR` floats of slack after it) and
+        // only feed lanes that are not stored. The packed weights hold 16·H floats a row.
+        let x = src.add(at);
+        let mut wv = [_mm512_setzero_ps(); H];
+        for (j, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(w.add(16 * j));
+        }
+        for (q, acc) in acc.iter_mut().enumerate() {
+            let xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x.add(4 * q)));
+            for (c, &wj) in acc.iter_mut().zip(&wv) {
+                *c = _mm512_fmadd_ps(xv, wj, *c);
+            }
+        }
+        w = w.add(16 * H);
+    }
+    // Through a stack copy (see `tile`), then each 4 quads of a group transposed by 128-bit
+    // blocks: block `j` of quad `m` is channel `j`'s 4 pixels, so the transposed vector `j`
+    // holds channel `j`'s 16 pixels of those quads.
+    let mut stage = [[_mm512_setzero_ps(); H]; Q];
+    for (d, a) in stage.iter_mut().zip(&acc) {
+        *d = *a;
+    }
+    let e = &row.epilogue;
+    let vector = gemm::vector_act(e.act);
+    for s in 0..Q.div_ceil(4) {
+        let left = n - 16 * s;
+        let m: __mmask16 = if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        for h in 0..H {
+            let r = |i: usize| {
+                stage
+                    .get(4 * s + i)
+                    .map_or(_mm512_setzero_ps(), |quad| quad[h])
+            };
+            let (t0, t1) = (
+                _mm512_shuffle_f32x4::<0x44>(r(0), r(1)),
+                _mm512_shuffle_f32x4::<0xEE>(r(0), r(1)),
+            );
+            let (t2, t3) = (
+                _mm512_shuffle_f32x4::<0x44>(r(2), r(3)),
+                _mm512_shuffle_f32x4::<0xEE>(r(2), r(3)),
+            );
+            let block = [
+                _mm512_shuffle_f32x4::<0x88>(t0, t2),
+                _mm512_shuffle_f32x4::<0xDD>(t0, t2),
+                _mm512_shuffle_f32x4::<0x88>(t1, t3),
+                _mm512_shuffle_f32x4::<0xDD>(t1, t3),
+            ];
+            for (j, &v) in block.iter().enumerate() {
+                let c = 4 * h + j;
+                // SAFETY: the masked loads and stores keep to the tile's pixels of channel c.
+                let at = c * row.plane + x0 + 16 * s;
+                let mut v = if e.bias.is_null() {
+                    v
+                } else {
+                    _mm512_add_ps(v, _mm512_set1_ps(*e.bias.add(c)))
+                };
+                if !row.res.is_null() {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, row.res.add(at)));
+                }
+                if vector {
+                    v = gemm::finish_avx512(v, e);
+                }
+                let y = row.y.add(at);
+                _mm512_mask_storeu_ps(y, m, v);
+                if !vector {
+                    let out = std::slice::from_raw_parts_mut(y, left.min(16));
+                    super::activate_row(out, e.act, e.a, e.b);
+                    if e.post_mul != 1.0 || e.post_add != 0.0 {
+                        super::affine_row(out, e.post_mul, e.post_add);
+                    }
+                }
+            }
         }
     }
 }
