@@ -330,6 +330,8 @@ fn convolutions_match_the_cpu_path() {
             ("depthwise dilation 2, asymmetric pads", [2, 3, 8, 21], 3, [3, 3], 3, [1, 1], [0, 2, 3, 1], [2, 2]),
             ("depthwise stride 3", [1, 4, 10, 50], 4, [3, 3], 4, [3, 3], [1, 1, 1, 1], [1, 1]),
             ("depthwise kernel wider than the image", [1, 2, 3, 2], 2, [5, 5], 2, [1, 1], [2, 2, 2, 2], [1, 1]),
+            // Rows of more than 8 blocks of 16 (groups of 8, 8 and 3 on AVX-512).
+            ("depthwise 3x3, 300-pixel rows", [1, 3, 5, 300], 3, [3, 3], 3, [1, 1], [1, 1, 1, 1], [1, 1]),
             // The CPU's output channels along the lanes (AVX-512; 16·k channels on rows its
             // GEMM's panels fill badly): STR's 32 channels on 26-pixel rows and its 2x2
             // tail, 16 channels on rows split in tiles wider than 16, one-pixel rows, 48

@@ -36,13 +36,34 @@ macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         $vis unsafe fn $name($($arg: $ty),*) {
+            // `FMA`: whether the variant may fuse multiply-adds (`f32::mul_add` is one
+            // instruction there, a call into libm in the portable one); `AVX512`: whether
+            // it may call AVX-512 intrinsic kernels.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) $body
+            unsafe fn avx512($($arg: $ty),*) {
+                #[allow(dead_code)]
+                const FMA: bool = true;
+                #[allow(dead_code)]
+                const AVX512: bool = true;
+                $body
+            }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) $body
-            unsafe fn portable($($arg: $ty),*) $body
+            unsafe fn avx2($($arg: $ty),*) {
+                #[allow(dead_code)]
+                const FMA: bool = true;
+                #[allow(dead_code)]
+                const AVX512: bool = false;
+                $body
+            }
+            unsafe fn portable($($arg: $ty),*) {
+                #[allow(dead_code)]
+                const FMA: bool = false;
+                #[allow(dead_code)]
+                const AVX512: bool = false;
+                $body
+            }
             match $crate::execution::cpu::isa::isa() {
                 #[cfg(target_arch = "x86_64")]
                 $crate::execution::cpu::isa::Isa::Avx512 => avx512($($arg),*),

@@ -1137,7 +1137,7 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
             buf.resize(g.h * row_len, 0.0);
         }
         let pad = &mut buf[..g.h * row_len];
-        let mut acc_row = vec![0f32; blocks * DW_BLOCK];
+        let mut acc_row = vec![0f32; if AVX512 { 0 } else { blocks * DW_BLOCK }];
         let mut valid: Vec<(usize, *const f32)> = Vec::with_capacity(g.kh);
         for pl in planes {
             let (b, ch) = (pl / g.c, pl % g.c);
@@ -1160,49 +1160,175 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                         valid.push((ky, pad.as_ptr().add(iy as usize * row_len)));
                     }
                 }
-                // Four blocks at a time: four independent sums per tap.
+                // The row's outputs, and its residual (laid out as the output, the
+                // lowering's contract; maybe the output itself, in place: each is read
+                // before it is written).
+                let row_out = out.add(oy * g.ow);
+                let res = if p.res == 0 {
+                    std::ptr::null()
+                } else {
+                    (p.res as *const f32).add((b * g.co + ch) * g.oh * g.ow + oy * g.ow)
+                };
+                // On AVX-512 the sums go straight to the row, the residual added on the way;
+                // elsewhere through a row buffer, the residual added after.
+                let (row_out, row_res, n) = if AVX512 {
+                    (row_out, res, g.ow)
+                } else {
+                    (acc_row.as_mut_ptr(), std::ptr::null(), acc_row.len())
+                };
+                // Up to eight blocks at a time (independent sums per tap; a row of up to 128
+                // outputs in one group), 3- and 5-wide unstrided kernels with their taps
+                // unrolled (the loop over a tap table was most of PP-OCR rec's 5x5 time).
+                let unit = g.sw == 1 && g.dw == 1;
                 let mut blk = 0;
-                while blk + 4 <= blocks {
-                    dw_group::<4>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
-                    blk += 4;
-                }
-                if blk + 2 <= blocks {
-                    dw_group::<2>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
-                    blk += 2;
-                }
-                if blk < blocks {
-                    dw_group::<1>(&mut acc_row, blk, b0, &valid, wk, g.kw, &offsets);
-                }
-                let row = &mut acc_row[..g.ow];
-                if p.res != 0 {
-                    // The residual, laid out as the output (the lowering's contract), read
-                    // before the row is written (it may be the output itself, in place).
-                    let at = (b * g.co + ch) * g.oh * g.ow + oy * g.ow;
-                    let res = std::slice::from_raw_parts((p.res as *const f32).add(at), g.ow);
-                    for (v, r) in row.iter_mut().zip(res) {
-                        *v += r;
+                while blk < blocks {
+                    // (The portable loops stay at groups of 4 and a tap table: compiled
+                    // for more, the compiler kept their sums in scalars.)
+                    let nb = if AVX512 {
+                        (blocks - blk).min(8)
+                    } else {
+                        [1, 1, 2, 2, 4][(blocks - blk).min(4)]
+                    };
+                    macro_rules! group {
+                        ($kw:literal) => {
+                            match nb {
+                                8 => dw_any::<8, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                7 => dw_any::<7, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                6 => dw_any::<6, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                5 => dw_any::<5, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                4 => dw_any::<4, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                3 => dw_any::<3, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                2 => dw_any::<2, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                _ => dw_any::<1, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                            }
+                        };
                     }
+                    match (AVX512 && unit, g.kw) {
+                        (true, 3) => group!(3),
+                        (true, 5) => group!(5),
+                        _ => group!(0),
+                    }
+                    blk += nb;
                 }
-                activate_row(row, p.act, p.a, p.b);
-                affine_row(row, p.post_mul, p.post_add);
-                std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(oy * g.ow), g.ow);
+                if !AVX512 {
+                    let row = &mut acc_row[..g.ow];
+                    if !res.is_null() {
+                        for (i, v) in row.iter_mut().enumerate() {
+                            *v += *res.add(i);
+                        }
+                    }
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(oy * g.ow), g.ow);
+                }
             }
+            // The activation and the affine op over the whole plane at once (per row, their
+            // calls cost as much as the taps on PP-OCR rec's 80-pixel rows).
+            let plane_out = std::slice::from_raw_parts_mut(out, g.oh * g.ow);
+            activate_row(plane_out, p.act, p.a, p.b);
+            affine_row(plane_out, p.post_mul, p.post_add);
         }
     })
 }
 }
 
-/// Outputs `blk·16 .. (blk + NB)·16` of one depthwise output row into `acc_row`: the bias,
-/// plus every tap of every kernel row in `valid` (its index and padded input row), in `NB`
-/// independent vector sums (one sum would wait on its own adds: 4 cycles per tap).
+/// [`dw_group`], or on AVX-512 (`AVX512`) [`dw_group_avx512`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_any<const NB: usize, const FMA: bool, const AVX512: bool, const KW: usize>(
+    out: *mut f32,
+    res: *const f32,
+    n: usize,
+    blk: usize,
+    b0: f32,
+    valid: &[(usize, *const f32)],
+    wk: &[f32],
+    kw: usize,
+    offsets: &[usize],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        return dw_group_avx512::<NB, KW>(out, res, n, blk, b0, valid, wk, kw, offsets);
+    }
+    dw_group::<NB, FMA, KW>(out, res, n, blk, b0, valid, wk, kw, offsets)
+}
+
+/// [`dw_group`] in AVX-512 intrinsics (one zmm per block; the compiler's vectorisation of
+/// the portable loops did not survive this many instantiations: it kept the sums in
+/// scalars). Called only from code compiled for AVX-512.
+///
+/// # Safety
+/// As [`dw_group`], on a machine with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(
+    out: *mut f32,
+    res: *const f32,
+    n: usize,
+    blk: usize,
+    b0: f32,
+    valid: &[(usize, *const f32)],
+    wk: &[f32],
+    kw: usize,
+    offsets: &[usize],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_set1_ps(b0); NB];
+    let kw = if KW > 0 { KW } else { kw };
+    for &(ky, prow) in valid {
+        let wr = wk.as_ptr().add(ky * kw);
+        for kx in 0..kw {
+            let wv = _mm512_set1_ps(*wr.add(kx));
+            let at = if KW > 0 {
+                kx
+            } else {
+                *offsets.get_unchecked(kx)
+            };
+            // SAFETY: as `dw_group`: every block's 16 floats lie inside the padded row.
+            let s = prow.add(blk * DW_BLOCK + at);
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(s.add(q * DW_BLOCK)), *a);
+            }
+        }
+    }
+    for (q, &a) in acc.iter().enumerate() {
+        let base = (blk + q) * DW_BLOCK;
+        if base >= n {
+            break;
+        }
+        let len = (n - base).min(DW_BLOCK);
+        let m: __mmask16 = if len == DW_BLOCK {
+            0xffff
+        } else {
+            (1u16 << len) - 1
+        };
+        // SAFETY: the mask keeps to the row's `n` outputs (and residuals).
+        let v = if res.is_null() {
+            a
+        } else {
+            _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, res.add(base)))
+        };
+        _mm512_mask_storeu_ps(out.add(base), m, v);
+    }
+}
+
+/// Outputs `blk·16 .. (blk + NB)·16` (those below `n`) of one depthwise output row at
+/// `out`: the bias, plus every tap of every kernel row in `valid` (its index and padded
+/// input row), in `NB` independent vector sums (one sum would wait on its own adds: 4
+/// cycles per tap), fused multiply-adds when `FMA`, a `KW`-wide unstrided kernel when `KW`
+/// > 0. (`res` is null here and `n` covers every block: [`dw_group_avx512`] takes a
+/// residual row, each of its floats read before the same output float is written.)
 ///
 /// # Safety
 /// Each padded row holds `phase` entries per column phase with `(blk + NB)·16 − 1 +
 /// offsets[kx] < phase` for every tap (`depthwise_planes` sizes `phase` so), `wk` holds
-/// `kh·kw` weights and `acc_row` `(blk + NB)·16` floats.
+/// `kh·kw` weights, `out` and `res` (if not null) `n` floats.
 #[inline(always)]
-unsafe fn dw_group<const NB: usize>(
-    acc_row: &mut [f32],
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_group<const NB: usize, const FMA: bool, const KW: usize>(
+    out: *mut f32,
+    res: *const f32,
+    n: usize,
     blk: usize,
     b0: f32,
     valid: &[(usize, *const f32)],
@@ -1211,21 +1337,33 @@ unsafe fn dw_group<const NB: usize>(
     offsets: &[usize],
 ) {
     let mut acc = [[b0; DW_BLOCK]; NB];
+    // `KW` > 0: a kernel `KW` wide without stride or dilation (tap kx at offset kx).
+    let kw = if KW > 0 { KW } else { kw };
     for &(ky, prow) in valid {
         let wr = wk.as_ptr().add(ky * kw);
         for kx in 0..kw {
             let wv = *wr.add(kx);
-            let s = prow.add(blk * DW_BLOCK + *offsets.get_unchecked(kx));
+            let at = if KW > 0 {
+                kx
+            } else {
+                *offsets.get_unchecked(kx)
+            };
+            let s = prow.add(blk * DW_BLOCK + at);
             for (q, a) in acc.iter_mut().enumerate() {
                 let src = std::slice::from_raw_parts(s.add(q * DW_BLOCK), DW_BLOCK);
                 for (v, x) in a.iter_mut().zip(src) {
-                    *v += wv * x;
+                    // (Fused where the instruction set has it: a multiply and an add each
+                    // wait on the last, PP-OCR rec's 5x5 ran at a fifth of the FMA peak.)
+                    *v = if FMA { wv.mul_add(*x, *v) } else { *v + wv * x };
                 }
             }
         }
     }
+    // (Whole blocks, no residual: any element loop over the sums made the compiler keep
+    // them in scalars. The caller passes a row buffer and adds the residual after.)
+    debug_assert!(res.is_null() && n >= (blk + NB) * DW_BLOCK);
     for (q, a) in acc.iter().enumerate() {
-        acc_row[(blk + q) * DW_BLOCK..(blk + q + 1) * DW_BLOCK].copy_from_slice(a);
+        std::ptr::copy_nonoverlapping(a.as_ptr(), out.add((blk + q) * DW_BLOCK), DW_BLOCK);
     }
 }
 
