@@ -1312,12 +1312,12 @@ unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(
     }
 }
 
-/// Outputs `blk·16 .. (blk + NB)·16` (those below `n`) of one depthwise output row at
+/// Outputs `blk·16 .. (blk + NB)·16` of one depthwise output row into the row buffer
 /// `out`: the bias, plus every tap of every kernel row in `valid` (its index and padded
 /// input row), in `NB` independent vector sums (one sum would wait on its own adds: 4
-/// cycles per tap), fused multiply-adds when `FMA`, a `KW`-wide unstrided kernel when `KW`
-/// > 0. (`res` is null here and `n` covers every block: [`dw_group_avx512`] takes a
-/// residual row, each of its floats read before the same output float is written.)
+/// cycles per tap), fused multiply-adds when `FMA`, a kernel `KW` wide without stride
+/// when `KW` is not 0. (Here `res` is null and `n` covers every block; [`dw_group_avx512`]
+/// takes a residual row, each of its floats read before the same output float is written.)
 ///
 /// # Safety
 /// Each padded row holds `phase` entries per column phase with `(blk + NB)·16 − 1 +
