@@ -657,11 +657,16 @@ fn operators_tract_fuses_run_on_the_gpu() {
         // x3 along the rows; x2 (PP-OCR det's FPN) has its own loop on the CPU.
         let up = upsample(vec![1.0, 1.0, 2.0, 3.0]);
         let up2 = upsample(vec![1.0, 1.0, 2.0, 2.0]);
+        // x4 and x8 (PP-OCR det's FPN too): fixed-width runs on the CPU.
+        let up4 = upsample(vec![1.0, 1.0, 4.0, 4.0]);
+        let up8 = upsample(vec![1.0, 1.0, 8.0, 8.0]);
         for (what, op, out, kernel) in [
             ("Silu", &silu, vec![2, 3, 5, 8], "unary_f32"),
             ("RmsNorm", &rms, vec![2, 3, 5, 8], "reduce_f32"),
             ("NearestUpsample", &up, vec![2, 3, 10, 24], "copy_f32"),
             ("NearestUpsample x2", &up2, vec![2, 3, 10, 16], "copy_f32"),
+            ("NearestUpsample x4", &up4, vec![2, 3, 20, 32], "copy_f32"),
+            ("NearestUpsample x8", &up8, vec![2, 3, 40, 64], "copy_f32"),
         ] {
             let folder = op.folder(None, &out);
             let (_tmp, repo) = cpu_and_gpu(folder.path(), target);
