@@ -167,16 +167,15 @@ pub(super) unsafe fn conv_image(
                         offsets: &pd.offsets,
                         w: packed.get().add(co0 * kk),
                         y: (p.y as *mut f32).add(at),
-                        res: if p.res == 0 {
-                            std::ptr::null()
-                        } else {
-                            (p.res as *const f32).add(at)
-                        },
                         plane,
                         channels: BLOCK.min(g.mg - co0),
                         epilogue: Epilogue {
                             bias,
-                            res: std::ptr::null(),
+                            res: if p.res == 0 {
+                                std::ptr::null()
+                            } else {
+                                (p.res as *const f32).add(at)
+                            },
                             act: p.act,
                             a: p.a,
                             b: p.b,
@@ -199,15 +198,14 @@ struct Row<'a> {
     offsets: &'a [usize],
     /// The block's packed weights, `[q][channels]`.
     w: *const f32,
-    /// The row in the block's first output channel (channels `plane` apart), and the
-    /// residual laid out the same (maybe the same memory: a residual accumulated in place,
-    /// read before it is written), or null.
+    /// The row in the block's first output channel (channels `plane` apart).
     y: *mut f32,
-    res: *const f32,
     plane: usize,
     /// 16, 32, 48 or 64 ([`tile`]), or 4, 8 or 12 ([`quad_tile`]).
     channels: usize,
-    /// The bias at the block's first channel; `res` unused (the row's `res` is).
+    /// The bias at the block's first channel, and the residual laid out as `y` (maybe the
+    /// same memory: a residual accumulated in place, each float read before it is written),
+    /// or null.
     epilogue: Epilogue,
 }
 
@@ -325,14 +323,8 @@ unsafe fn quad_tile<const H: usize, const Q: usize>(row: &Row, x0: usize, n: usi
         *d = *a;
     }
     let e = &row.epilogue;
-    let vector = gemm::vector_act(e.act);
     for s in 0..Q.div_ceil(4) {
         let left = n - 16 * s;
-        let m: __mmask16 = if left >= 16 {
-            0xffff
-        } else {
-            (1u16 << left) - 1
-        };
         for h in 0..H {
             let r = |i: usize| {
                 stage
@@ -355,28 +347,45 @@ unsafe fn quad_tile<const H: usize, const Q: usize>(row: &Row, x0: usize, n: usi
             ];
             for (j, &v) in block.iter().enumerate() {
                 let c = 4 * h + j;
-                // SAFETY: the masked loads and stores keep to the tile's pixels of channel c.
-                let at = c * row.plane + x0 + 16 * s;
-                let mut v = if e.bias.is_null() {
+                let v = if e.bias.is_null() {
                     v
                 } else {
                     _mm512_add_ps(v, _mm512_set1_ps(*e.bias.add(c)))
                 };
-                if !row.res.is_null() {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, row.res.add(at)));
-                }
-                if vector {
-                    v = gemm::finish_avx512(v, e);
-                }
-                let y = row.y.add(at);
-                _mm512_mask_storeu_ps(y, m, v);
-                if !vector {
-                    let out = std::slice::from_raw_parts_mut(y, left.min(16));
-                    super::activate_row(out, e.act, e.a, e.b);
-                    if e.post_mul != 1.0 || e.post_add != 0.0 {
-                        super::affine_row(out, e.post_mul, e.post_add);
-                    }
-                }
+                row.store(c * row.plane + x0 + 16 * s, v, left.min(16));
+            }
+        }
+    }
+}
+
+impl Row<'_> {
+    /// `v` (the bias added) as output floats `at .. at + n` (`n` <= 16) of the block (one
+    /// channel's run of pixels): plus the residual there, through the activation and the
+    /// affine op.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,fma")]
+    #[inline]
+    unsafe fn store(&self, at: usize, v: std::arch::x86_64::__m512, n: usize) {
+        use std::arch::x86_64::*;
+        let e = &self.epilogue;
+        let m: __mmask16 = if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+        // SAFETY: the masked loads and stores keep to the `n` floats, which lie inside one
+        // channel's row of the tile.
+        let mut v = v;
+        if !e.res.is_null() {
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, e.res.add(at)));
+        }
+        let vector = gemm::vector_act(e.act);
+        if vector {
+            v = gemm::finish_avx512(v, e);
+        }
+        let y = self.y.add(at);
+        _mm512_mask_storeu_ps(y, m, v);
+        if !vector {
+            let out = std::slice::from_raw_parts_mut(y, n);
+            super::activate_row(out, e.act, e.a, e.b);
+            if e.post_mul != 1.0 || e.post_add != 0.0 {
+                super::affine_row(out, e.post_mul, e.post_add);
             }
         }
     }
@@ -423,11 +432,8 @@ unsafe fn tile<const V: usize, const T: usize>(row: &Row, x0: usize) {
             };
         }
     }
-    let stage = &stage;
-    let vector = gemm::vector_act(e.act);
     for half in 0..T.div_ceil(16) {
         let n = (T - 16 * half).min(16);
-        let m: __mmask16 = if n == 16 { 0xffff } else { (1u16 << n) - 1 };
         for j in 0..V {
             let mut block = [_mm512_setzero_ps(); 16];
             for (b, pixel) in block.iter_mut().zip(&stage[16 * half..16 * half + n]) {
@@ -435,25 +441,7 @@ unsafe fn tile<const V: usize, const T: usize>(row: &Row, x0: usize) {
             }
             transpose16(&mut block);
             for (i, &v) in block.iter().enumerate() {
-                let c = 16 * j + i;
-                // SAFETY: the masked loads and stores keep to the tile's pixels of channel c.
-                let y = row.y.add(c * row.plane + x0 + 16 * half);
-                let mut v = v;
-                if !row.res.is_null() {
-                    let res = row.res.add(c * row.plane + x0 + 16 * half);
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res));
-                }
-                if vector {
-                    v = gemm::finish_avx512(v, e);
-                }
-                _mm512_mask_storeu_ps(y, m, v);
-                if !vector {
-                    let out = std::slice::from_raw_parts_mut(y, n);
-                    super::activate_row(out, e.act, e.a, e.b);
-                    if e.post_mul != 1.0 || e.post_add != 0.0 {
-                        super::affine_row(out, e.post_mul, e.post_add);
-                    }
-                }
+                row.store((16 * j + i) * row.plane + x0 + 16 * half, v, n);
             }
         }
     }
