@@ -1171,10 +1171,20 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                 };
                 // On AVX-512 the sums go straight to the row, the residual added on the way;
                 // elsewhere through a row buffer, the residual added after.
-                let (row_out, row_res, n) = if AVX512 {
+                let (out_at, res_at, n) = if AVX512 {
                     (row_out, res, g.ow)
                 } else {
                     (acc_row.as_mut_ptr(), std::ptr::null(), acc_row.len())
+                };
+                let row = DwRow {
+                    out: out_at,
+                    res: res_at,
+                    n,
+                    b0,
+                    valid: &valid,
+                    wk,
+                    kw: g.kw,
+                    offsets: &offsets,
                 };
                 // Up to eight blocks at a time (independent sums per tap; a row of up to 128
                 // outputs in one group), 3- and 5-wide unstrided kernels with their taps
@@ -1192,14 +1202,14 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
                     macro_rules! group {
                         ($kw:literal) => {
                             match nb {
-                                8 => dw_any::<8, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                7 => dw_any::<7, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                6 => dw_any::<6, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                5 => dw_any::<5, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                4 => dw_any::<4, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                3 => dw_any::<3, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                2 => dw_any::<2, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
-                                _ => dw_any::<1, FMA, AVX512, $kw>(row_out, row_res, n, blk, b0, &valid, wk, g.kw, &offsets),
+                                8 => dw_any::<8, FMA, AVX512, $kw>(&row, blk),
+                                7 => dw_any::<7, FMA, AVX512, $kw>(&row, blk),
+                                6 => dw_any::<6, FMA, AVX512, $kw>(&row, blk),
+                                5 => dw_any::<5, FMA, AVX512, $kw>(&row, blk),
+                                4 => dw_any::<4, FMA, AVX512, $kw>(&row, blk),
+                                3 => dw_any::<3, FMA, AVX512, $kw>(&row, blk),
+                                2 => dw_any::<2, FMA, AVX512, $kw>(&row, blk),
+                                _ => dw_any::<1, FMA, AVX512, $kw>(&row, blk),
                             }
                         };
                     }
@@ -1230,25 +1240,33 @@ unsafe fn depthwise_planes(p: &k::ConvParams, g: &Geometry, planes: std::ops::Ra
 }
 }
 
-/// [`dw_group`], or on AVX-512 (`AVX512`) [`dw_group_avx512`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_any<const NB: usize, const FMA: bool, const AVX512: bool, const KW: usize>(
+/// One depthwise output row's sums for [`dw_group`] and [`dw_group_avx512`]: where they go
+/// (`n` floats at `out`) with the residual row `res` (or null), the bias, the kernel rows
+/// inside the image with their padded input rows (`valid`), the channel's `kh·kw` weights
+/// and each tap column's offset in a padded row.
+#[derive(Clone, Copy)]
+struct DwRow<'a> {
     out: *mut f32,
     res: *const f32,
     n: usize,
-    blk: usize,
     b0: f32,
-    valid: &[(usize, *const f32)],
-    wk: &[f32],
+    valid: &'a [(usize, *const f32)],
+    wk: &'a [f32],
     kw: usize,
-    offsets: &[usize],
+    offsets: &'a [usize],
+}
+
+/// [`dw_group`], or on AVX-512 (`AVX512`) [`dw_group_avx512`].
+#[inline(always)]
+unsafe fn dw_any<const NB: usize, const FMA: bool, const AVX512: bool, const KW: usize>(
+    row: &DwRow,
+    blk: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     if AVX512 {
-        return dw_group_avx512::<NB, KW>(out, res, n, blk, b0, valid, wk, kw, offsets);
+        return dw_group_avx512::<NB, KW>(row, blk);
     }
-    dw_group::<NB, FMA, KW>(out, res, n, blk, b0, valid, wk, kw, offsets)
+    dw_group::<NB, FMA, KW>(row, blk)
 }
 
 /// [`dw_group`] in AVX-512 intrinsics (one zmm per block; the compiler's vectorisation of
@@ -1260,19 +1278,18 @@ unsafe fn dw_any<const NB: usize, const FMA: bool, const AVX512: bool, const KW:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(
-    out: *mut f32,
-    res: *const f32,
-    n: usize,
-    blk: usize,
-    b0: f32,
-    valid: &[(usize, *const f32)],
-    wk: &[f32],
-    kw: usize,
-    offsets: &[usize],
-) {
+unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(row: &DwRow, blk: usize) {
     use std::arch::x86_64::*;
+    let DwRow {
+        out,
+        res,
+        n,
+        b0,
+        valid,
+        wk,
+        kw,
+        offsets,
+    } = *row;
     let mut acc = [_mm512_set1_ps(b0); NB];
     let kw = if KW > 0 { KW } else { kw };
     for &(ky, prow) in valid {
@@ -1313,10 +1330,10 @@ unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(
 }
 
 /// Outputs `blk·16 .. (blk + NB)·16` of one depthwise output row into the row buffer
-/// `out`: the bias, plus every tap of every kernel row in `valid` (its index and padded
-/// input row), in `NB` independent vector sums (one sum would wait on its own adds: 4
+/// `row.out`: the bias, plus every tap of every kernel row in `row.valid` (its index and
+/// padded input row), in `NB` independent vector sums (one sum would wait on its own adds: 4
 /// cycles per tap), fused multiply-adds when `FMA`, a kernel `KW` wide without stride
-/// when `KW` is not 0. (Here `res` is null and `n` covers every block; [`dw_group_avx512`]
+/// when `KW` is not 0. (Here `row.res` is null and `row.n` covers every block; [`dw_group_avx512`]
 /// takes a residual row, each of its floats read before the same output float is written.)
 ///
 /// # Safety
@@ -1324,18 +1341,17 @@ unsafe fn dw_group_avx512<const NB: usize, const KW: usize>(
 /// offsets[kx] < phase` for every tap (`depthwise_planes` sizes `phase` so), `wk` holds
 /// `kh·kw` weights, `out` and `res` (if not null) `n` floats.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn dw_group<const NB: usize, const FMA: bool, const KW: usize>(
-    out: *mut f32,
-    res: *const f32,
-    n: usize,
-    blk: usize,
-    b0: f32,
-    valid: &[(usize, *const f32)],
-    wk: &[f32],
-    kw: usize,
-    offsets: &[usize],
-) {
+unsafe fn dw_group<const NB: usize, const FMA: bool, const KW: usize>(row: &DwRow, blk: usize) {
+    let DwRow {
+        out,
+        res,
+        n,
+        b0,
+        valid,
+        wk,
+        kw,
+        offsets,
+    } = *row;
     let mut acc = [[b0; DW_BLOCK]; NB];
     // `KW` > 0: a kernel `KW` wide without stride or dilation (tap kx at offset kx).
     let kw = if KW > 0 { KW } else { kw };
