@@ -222,10 +222,16 @@ mod tests {
     use crate::tensor::Tensor;
     use tract_onnx::prelude::*;
 
-    fn rec_proto() -> tract_onnx::pb::ModelProto {
+    /// The model file `fixtures/<file>`, read as model `name`.
+    fn fixture_proto(file: &str, name: &str) -> tract_onnx::pb::ModelProto {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/ocr_repository/text_recognition/1/model.onnx");
-        super::super::io::read_proto(&path, "rec", usize::MAX).unwrap()
+            .join("fixtures")
+            .join(file);
+        super::super::io::read_proto(&path, name, usize::MAX).unwrap()
+    }
+
+    fn rec_proto() -> tract_onnx::pb::ModelProto {
+        fixture_proto("ocr_repository/text_recognition/1/model.onnx", "rec")
     }
 
     /// The largest absolute difference between two arrays of the same shape.
@@ -358,10 +364,7 @@ mod tests {
         output: &str,
         shapes: &[[usize; 4]],
     ) -> crate::execution::program::executor::ProgramExecutable {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(file);
-        let proto = || super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
+        let proto = || fixture_proto(file, "m");
         let plans = super::plans("m", &mut proto(), None, &[], 8, 1).unwrap();
         let reference = super::plans("m", &mut proto(), None, &[], 8, 1).unwrap();
         let exec = crate::execution::program::executor::ProgramExecutable::new(
@@ -418,9 +421,7 @@ mod tests {
     #[test]
     fn single_use_residuals_are_accumulated_in_place() {
         use crate::execution::lower::Step;
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/tutorial_repository/text_recognition/1/model.onnx");
-        let mut proto = super::super::io::read_proto(&path, "str", usize::MAX).unwrap();
+        let mut proto = fixture_proto("tutorial_repository/text_recognition/1/model.onnx", "str");
         let plans = super::plans("str", &mut proto, None, &[], 4, 1).unwrap();
         let graph = plans
             .decluttered_from_start(&[tvec![1, 1, 32, 100]])
@@ -494,9 +495,7 @@ mod tests {
 
     #[test]
     fn least_recently_used_plan_is_evicted() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/generated/add_sub_fp32_batch.onnx");
-        let mut proto = super::super::io::read_proto(&path, "m", usize::MAX).unwrap();
+        let mut proto = fixture_proto("generated/add_sub_fp32_batch.onnx", "m");
         let plans = super::plans("m", &mut proto, None, &[], 2, 1).unwrap();
         let run = |rows: usize| {
             let t = Tensor::from(tract_ndarray::Array2::<f32>::ones((rows, 16)));
